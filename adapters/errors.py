@@ -1,0 +1,17 @@
+"""Exceptions with messages meant for the person who picked the file."""
+
+
+class PEAError(Exception):
+    """Base class for every error the pack raises on purpose."""
+
+
+class AdapterFileError(PEAError):
+    """An adapter file is missing, damaged, or not a PEA adapter."""
+
+
+class EncoderLoadError(PEAError):
+    """A language encoder folder or file cannot be loaded."""
+
+
+class IncompatibleError(PEAError):
+    """Two parts that must agree (encoder and adapter, adapter and base model) do not."""

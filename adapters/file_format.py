@@ -1,0 +1,169 @@
+"""Reading and writing adapter files: our safetensors format and the official pickles.
+
+Our format: a safetensors file whose tensors use the official key names
+(``layernorm.*``, ``projector.N.weight``, ``fc.*``) and whose header metadata holds
+``pea_adapter`` = JSON (see :mod:`adapters.metadata`). The official release is a
+``pytorch_model.bin`` state dict (fp16 or fp32, sometimes with a ``module.`` prefix);
+it is opened with ``torch.load(weights_only=True)`` only.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+
+import safetensors
+import safetensors.torch
+import torch
+
+from .errors import AdapterFileError
+from .metadata import METADATA_KEY, AdapterInfo
+from .module import AdapterShape, PEAAdapter
+
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+ADAPTER_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
+
+_PROJECTOR_KEY = re.compile(r"^projector\.(\d+)\.weight$")
+_HEAD_KEYS = {"fc.weight", "fc.bias"}
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, header
+    except (safetensors.SafetensorError, OSError, ValueError) as e:
+        raise AdapterFileError(
+            f"Adapter file {path} is not a readable safetensors file (truncated or damaged?): {e}") from e
+
+
+def _read_pickle(path: Path) -> dict:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise AdapterFileError(
+            f"Adapter file {path} contains Python objects, not just tensors; it is refused for "
+            f"safety (only plain state dicts are loaded, with weights_only=True)") from e
+    except (EOFError, RuntimeError, OSError, ValueError) as e:
+        raise AdapterFileError(f"Adapter file {path} cannot be read (truncated or damaged?): {e}") from e
+    return obj
+
+
+def _as_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj:
+        raise AdapterFileError(
+            f"Adapter file {path} holds a {type(obj).__name__}, not a state dict "
+            f"(a mapping of parameter names to tensors)")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    if bad:
+        raise AdapterFileError(
+            f"Adapter file {path} is not a state dict: entries {bad[:3]} are not tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def infer_shape(state: dict[str, torch.Tensor], where: str = "adapter") -> AdapterShape:
+    """Work out the head, depth and widths of an adapter from its tensor shapes."""
+    if "layernorm.weight" not in state:
+        raise AdapterFileError(
+            f"{where} is not a PEA adapter: no 'layernorm.weight' among its keys "
+            f"{sorted(state)[:6]}")
+    linears = {int(m.group(1)): state[k] for k in state if (m := _PROJECTOR_KEY.match(k))}
+    known = {"layernorm.weight", "layernorm.bias", *_HEAD_KEYS} | {f"projector.{i}.weight" for i in linears}
+    unknown = sorted(set(state) - known)
+    if unknown:
+        raise AdapterFileError(f"{where} has keys a PEA adapter does not have: {unknown[:6]}")
+    if not linears or sorted(linears) != list(range(0, 2 * len(linears), 2)):
+        raise AdapterFileError(
+            f"{where}: projector Linear layers must be numbered 0, 2, 4, ... (GELU between); "
+            f"found {sorted(linears)}")
+    weights = [linears[i] for i in sorted(linears)]
+    in_dim = state["layernorm.weight"].shape[0]
+    width = in_dim
+    for i, w in enumerate(weights):
+        if w.ndim != 2 or w.shape[1] != width:
+            raise AdapterFileError(
+                f"{where}: projector.{2 * i}.weight has shape {tuple(w.shape)}, expected "
+                f"(out, {width}) to follow the previous layer")
+        width = w.shape[0]
+    hidden = tuple(w.shape[0] for w in weights[:-1])
+    if "fc.weight" in state:
+        fc = state["fc.weight"]
+        if "fc.bias" not in state or fc.ndim != 2 or fc.shape[1] != width:
+            raise AdapterFileError(
+                f"{where}: SDXL head 'fc' must be a Linear({width}, N) with bias; found "
+                f"fc.weight {tuple(fc.shape)}")
+        return AdapterShape("sdxl", in_dim, hidden, width, fc.shape[0], width)
+    return AdapterShape("sd15", in_dim, hidden, width, width, None)
+
+
+def read_adapter(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], AdapterInfo]:
+    """Read an adapter file (ours or official) into a state dict and its info."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdapterFileError(f"Adapter file not found: {path}")
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+        tensors, header = _read_safetensors(path)
+        state = _as_state_dict(tensors, path)
+        shape = infer_shape(state, str(path))
+        if METADATA_KEY not in header:
+            return state, AdapterInfo(shape=shape, source="official")
+        info = AdapterInfo.from_json(header[METADATA_KEY], str(path))
+        if info.shape != shape:
+            raise AdapterFileError(
+                f"{path}: metadata describes {info.shape} but the tensors have {shape}")
+        return state, info
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        state = _as_state_dict(_read_pickle(path), path)
+        return state, AdapterInfo(shape=infer_shape(state, str(path)), source="official")
+    raise AdapterFileError(
+        f"Adapter file {path} has an unknown extension; expected one of {ADAPTER_SUFFIXES}")
+
+
+def load_adapter(path: str | os.PathLike, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> PEAAdapter:
+    """Load an adapter file as a ready ``PEAAdapter`` (eval mode, no grad); ``.info`` holds its metadata."""
+    state, info = read_adapter(path)
+    adapter = PEAAdapter(info.shape)
+    adapter.load_state_dict({k: v.float() for k, v in state.items()})
+    adapter.info = info
+    return adapter.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_adapter(state: dict[str, torch.Tensor] | PEAAdapter, info: AdapterInfo,
+                 path: str | os.PathLike) -> Path:
+    """Write an adapter in our safetensors format, atomically (temp file, then rename)."""
+    if isinstance(state, PEAAdapter):
+        state = state.state_dict()
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    shape = infer_shape(state, "adapter to save")
+    if shape != info.shape:
+        raise AdapterFileError(f"cannot save: info says {info.shape} but the tensors have {shape}")
+    path = Path(path)
+    _atomic_write(path, lambda tmp: safetensors.torch.save_file(
+        state, tmp, metadata={METADATA_KEY: info.to_json()}))
+    return path
+
+
+def save_official(state: dict[str, torch.Tensor], path: str | os.PathLike) -> Path:
+    """Write a plain ``pytorch_model.bin`` state dict, as the authors release them."""
+    path = Path(path)
+    _atomic_write(path, lambda tmp: torch.save({k: v.contiguous() for k, v in state.items()}, tmp))
+    return path

@@ -1,0 +1,73 @@
+"""What an adapter file says about itself, stored as JSON in the safetensors header."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from .errors import AdapterFileError
+from .module import AdapterShape
+
+FORMAT_VERSION = 1
+METADATA_KEY = "pea_adapter"
+
+
+@dataclass
+class EncoderSpec:
+    """The language encoder an adapter was trained behind. ``None`` means unknown."""
+
+    kind: str | None = None
+    """Backend kind: chinese_clip, clip, altclip, t5, open_clip, ..."""
+    name: str | None = None
+    """Human-readable model id, e.g. ``OFA-Sys/chinese-clip-vit-huge-patch14``."""
+    hidden_state: str = "last"
+    context_length: int | None = None
+    """Padded token length the adapter saw in training (SDXL pools over all of it)."""
+    attention_mask: bool | None = None
+    """Whether padding was masked out inside the encoder."""
+
+
+@dataclass
+class AdapterInfo:
+    """Everything known about one adapter besides its weights."""
+
+    shape: AdapterShape
+    encoder: EncoderSpec = field(default_factory=EncoderSpec)
+    languages: list[str] = field(default_factory=list)
+    training: dict = field(default_factory=dict)
+    """How it was trained: teacher checkpoint, steps, data, losses; free-form."""
+    source: str = "pea"
+    """``pea`` for our safetensors files, ``official`` for the authors' pickles."""
+
+    @property
+    def base_family(self) -> str:
+        return self.shape.head
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "format_version": FORMAT_VERSION,
+            "base_family": self.base_family,
+            "shape": self.shape.to_dict(),
+            "encoder": asdict(self.encoder),
+            "languages": self.languages,
+            "training": self.training,
+        }, ensure_ascii=False, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> "AdapterInfo":
+        """Parse the header JSON of ``where``; raise AdapterFileError naming the bad field."""
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise AdapterFileError(f"{where}: metadata '{METADATA_KEY}' is not valid JSON ({e})") from e
+        version = d.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise AdapterFileError(
+                f"{where}: format_version {version!r} is not supported (this pack reads up to "
+                f"{FORMAT_VERSION}); update ComfyUI-PEA-Diffusion")
+        try:
+            shape = AdapterShape.from_dict(d["shape"])
+            encoder = EncoderSpec(**d.get("encoder", {}))
+        except (KeyError, TypeError, ValueError) as e:
+            raise AdapterFileError(f"{where}: metadata field 'shape' or 'encoder' is malformed ({e})") from e
+        return cls(shape=shape, encoder=encoder, languages=list(d.get("languages", [])),
+                   training=dict(d.get("training", {})), source="pea")

@@ -1,0 +1,84 @@
+"""The PEA adapter: a small MLP between a language encoder and a frozen diffusion model.
+
+Layout (official key names): ``layernorm`` -> ``projector`` (bias-free Linears with GELU
+between, any depth) -> a head. Heads:
+
+- ``sd15``: the projector's output *is* the 768-d token context; no pooled vector.
+- ``sdxl``: ``pooled = mean over tokens of x`` (1280-d) and ``tokens = fc(GELU(x))`` (2048-d).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+HEADS = ("sd15", "sdxl")
+
+
+@dataclass(frozen=True)
+class AdapterShape:
+    """Every width of an adapter; enough to build it empty."""
+
+    head: str
+    in_dim: int
+    hidden_dims: tuple[int, ...]
+    """Output widths of every projector Linear but the last."""
+    out_dim: int
+    """Output width of the last projector Linear."""
+    token_dim: int
+    pooled_dim: int | None
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"unknown adapter head {self.head!r}; expected one of {HEADS}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["hidden_dims"] = list(self.hidden_dims)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AdapterShape":
+        return cls(
+            head=d["head"],
+            in_dim=int(d["in_dim"]),
+            hidden_dims=tuple(int(h) for h in d["hidden_dims"]),
+            out_dim=int(d["out_dim"]),
+            token_dim=int(d["token_dim"]),
+            pooled_dim=None if d.get("pooled_dim") is None else int(d["pooled_dim"]),
+        )
+
+    @classmethod
+    def for_head(cls, head: str, in_dim: int, hidden_dims: tuple[int, ...]) -> "AdapterShape":
+        """The standard shape of a head: SD1.5 tokens 768; SDXL trunk 1280, tokens 2048."""
+        if head == "sd15":
+            return cls("sd15", in_dim, tuple(hidden_dims), 768, 768, None)
+        if head == "sdxl":
+            return cls("sdxl", in_dim, tuple(hidden_dims), 1280, 2048, 1280)
+        raise ValueError(f"unknown adapter head {head!r}; expected one of {HEADS}")
+
+
+class PEAAdapter(nn.Module):
+    """Maps language-encoder token states ``[B, L, in_dim]`` to ``(tokens, pooled_or_None)``."""
+
+    def __init__(self, shape: AdapterShape):
+        super().__init__()
+        self.shape = shape
+        self.layernorm = nn.LayerNorm(shape.in_dim)
+        widths = (shape.in_dim, *shape.hidden_dims, shape.out_dim)
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            if i > 0:
+                layers.append(nn.GELU())
+            layers.append(nn.Linear(a, b, bias=False))
+        self.projector = nn.Sequential(*layers)
+        if shape.head == "sdxl":
+            self.fc = nn.Linear(shape.out_dim, shape.token_dim)
+
+    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = self.projector(self.layernorm(hidden))
+        if self.shape.head == "sd15":
+            return x, None
+        pooled = x.mean(dim=1)
+        return self.fc(nn.functional.gelu(x)), pooled

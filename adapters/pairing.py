@@ -1,0 +1,50 @@
+"""Checks that an adapter fits its language encoder and the base model it will condition."""
+from __future__ import annotations
+
+from .encoders import LanguageEncoder
+from .errors import IncompatibleError
+from .metadata import AdapterInfo
+from .module import AdapterShape
+
+FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
+
+
+def describe_shape(shape: AdapterShape) -> str:
+    pooled = f"a {shape.pooled_dim}-d pooled vector" if shape.pooled_dim else "no pooled vector"
+    return f"{FAMILY_NAMES.get(shape.head, shape.head)} ({shape.token_dim}-d tokens, {pooled})"
+
+
+def check_pairing(encoder: LanguageEncoder, info: AdapterInfo, adapter_name: str) -> None:
+    """Refuse an adapter whose input does not match the encoder's output, naming both sides."""
+    trained = info.encoder
+    trained_on = f"{trained.kind or 'unknown kind'} '{trained.name or 'unknown'}'"
+    if encoder.hidden_size != info.shape.in_dim:
+        raise IncompatibleError(
+            f"Adapter '{adapter_name}' expects {info.shape.in_dim}-d token states (trained behind "
+            f"{trained_on}), but language CLIP '{encoder.name}' gives {encoder.hidden_size}-d states "
+            f"({encoder.kind}). Load the encoder this adapter was trained with.")
+    if trained.kind and trained.kind != encoder.kind:
+        raise IncompatibleError(
+            f"Adapter '{adapter_name}' was trained behind a {trained.kind} encoder "
+            f"('{trained.name or 'unknown'}'), but language CLIP '{encoder.name}' is a {encoder.kind} "
+            f"encoder. Load the encoder this adapter was trained with.")
+    if trained.context_length and trained.context_length != encoder.context_length:
+        raise IncompatibleError(
+            f"Adapter '{adapter_name}' was trained at context length {trained.context_length}, but "
+            f"language CLIP '{encoder.name}' pads to {encoder.context_length}. Set context_length to "
+            f"{trained.context_length} on the Load Language CLIP node.")
+
+
+def check_base_model(shape: AdapterShape, adapter_name: str, model_name: str,
+                     context_dim: int | None, pooled_dim: int | None) -> None:
+    """Refuse an adapter whose outputs the base model cannot take.
+
+    ``context_dim``: the model's cross-attention width; ``pooled_dim``: the pooled text width
+    it needs (None where it needs none).
+    """
+    wants = f"{context_dim}-d context" + (f" and a {pooled_dim}-d pooled vector" if pooled_dim else "")
+    fits = context_dim in (None, shape.token_dim) and (pooled_dim is None or pooled_dim == shape.pooled_dim)
+    if not fits:
+        raise IncompatibleError(
+            f"Adapter '{adapter_name}' is made for {describe_shape(shape)}, but the model "
+            f"'{model_name}' needs {wants}. Pick an adapter made for this model's family.")

@@ -1,0 +1,203 @@
+"""Tiny stand-in language encoders and adapters, written in the real file layouts.
+
+Configs are the real transformers / open_clip config classes at tiny widths; tokenizers are
+trained here with the ``tokenizers`` library on a small multilingual corpus. Nothing is
+downloaded.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from adapters import AdapterInfo, AdapterShape, EncoderSpec, PEAAdapter, save_adapter
+
+CORPUS = [
+    "一只红色的猫坐在桌子上", "红烧狮子头", "山水画，雾气弥漫的山谷", "一个灯笼挂在门口",
+    "蓝色的天空和白色的云", "a red cat sitting on a table", "a lantern hanging at the door",
+    "blue sky with white clouds", "красная кошка сидит на столе", "фонарь у двери",
+    "빨간 고양이가 탁자 위에 앉아 있다", "un gatto rosso seduto sul tavolo", "赤い猫がテーブルの上に座っている",
+    "masterpiece, best quality, detailed", "a photo of a dog", "油画风格的城市夜景",
+]
+TINY = dict(hidden=32, heads=2, layers=2, inter=64)
+
+
+def _unigram(bos: str | None, eos: str, pad: str, unk: str, vocab_size: int = 400) -> Tokenizer:
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    specials = [t for t in (bos, pad, eos, unk) if t]
+    tok.train_from_iterator(CORPUS * 4, trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=specials, unk_token=unk))
+    single = f"{bos} $A {eos}" if bos else f"$A {eos}"
+    tok.post_processor = processors.TemplateProcessing(
+        single=single, special_tokens=[(t, tok.token_to_id(t)) for t in (bos, eos) if t])
+    return tok
+
+
+def _wordpiece() -> Tokenizer:
+    chars = sorted({c for line in CORPUS for c in line.lower() if not c.isspace()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True, handle_chinese_chars=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.decoder = decoders.WordPiece()
+    return tok
+
+
+def bert_tokenizer():
+    return transformers.BertTokenizerFast(tokenizer_object=_wordpiece(), pad_token="[PAD]",
+                                          unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+                                          mask_token="[MASK]")
+
+
+def xlmr_tokenizer():
+    return transformers.XLMRobertaTokenizerFast(
+        tokenizer_object=_unigram("<s>", "</s>", "<pad>", "<unk>"), bos_token="<s>", eos_token="</s>",
+        pad_token="<pad>", unk_token="<unk>", cls_token="<s>", sep_token="</s>", mask_token="<unk>")
+
+
+def t5_tokenizer():
+    return transformers.T5TokenizerFast(tokenizer_object=_unigram(None, "</s>", "<pad>", "<unk>"),
+                                        eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                                        extra_ids=0)
+
+
+def clip_tokenizer():
+    tok = Tokenizer(models.BPE(unk_token="<|endoftext|>", end_of_word_suffix="</w>"))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CORPUS * 4, trainers.BpeTrainer(
+        vocab_size=500, special_tokens=["<|startoftext|>", "<|endoftext|>"], end_of_word_suffix="</w>",
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>",
+        special_tokens=[(t, tok.token_to_id(t)) for t in ("<|startoftext|>", "<|endoftext|>")])
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+
+
+def _bert_like(tokenizer, **extra) -> dict:
+    t = TINY
+    return dict(vocab_size=len(tokenizer), hidden_size=t["hidden"], num_attention_heads=t["heads"],
+                num_hidden_layers=t["layers"], intermediate_size=t["inter"],
+                pad_token_id=tokenizer.pad_token_id, **extra)
+
+
+def _save(model, tokenizer, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def _vision(cls, seed):
+    return cls(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1,
+               image_size=32, patch_size=16, projection_dim=16)
+
+
+def make_chinese_clip(folder: Path, seed: int = 0) -> Path:
+    """A full two-tower Chinese-CLIP (BERT text tower), as the OFA-Sys repos ship it."""
+    torch.manual_seed(seed)
+    tok = bert_tokenizer()
+    C = transformers
+    text = C.ChineseCLIPTextConfig(**_bert_like(tok, max_position_embeddings=64))
+    vision = _vision(C.ChineseCLIPVisionConfig, seed)
+    cfg = C.ChineseCLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16)
+    return _save(C.ChineseCLIPModel(cfg), tok, folder)
+
+
+def make_clip(folder: Path, seed: int = 0) -> Path:
+    """A full two-tower CLIP in Hugging Face format (as the Japanese/Korean/... CLIPs ship)."""
+    torch.manual_seed(seed)
+    tok = clip_tokenizer()
+    C = transformers
+    text = C.CLIPTextConfig(vocab_size=len(tok), hidden_size=TINY["hidden"], intermediate_size=TINY["inter"],
+                            num_attention_heads=TINY["heads"], num_hidden_layers=TINY["layers"],
+                            max_position_embeddings=77, projection_dim=16,
+                            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                            pad_token_id=tok.pad_token_id)
+    cfg = C.CLIPConfig(text_config=text.to_dict(), vision_config=_vision(C.CLIPVisionConfig, seed).to_dict(),
+                       projection_dim=16)
+    return _save(C.CLIPModel(cfg), tok, folder)
+
+
+def make_altclip(folder: Path, seed: int = 0) -> Path:
+    """A full AltCLIP (XLM-R text tower projected to ``project_dim``)."""
+    torch.manual_seed(seed)
+    tok = xlmr_tokenizer()
+    C = transformers
+    text = C.AltCLIPTextConfig(**_bert_like(tok, max_position_embeddings=80, project_dim=24,
+                                            type_vocab_size=1))
+    cfg = C.AltCLIPConfig(text_config=text.to_dict(),
+                          vision_config=_vision(C.AltCLIPVisionConfig, seed).to_dict(), projection_dim=16)
+    return _save(C.AltCLIPModel(cfg), tok, folder)
+
+
+def make_t5(folder: Path, model_type: str = "t5", seed: int = 0) -> Path:
+    """A full encoder-decoder T5 / mT5 / umT5 checkpoint; the backend keeps the encoder."""
+    torch.manual_seed(seed)
+    tok = t5_tokenizer()
+    config_cls, model_cls = {
+        "t5": (transformers.T5Config, transformers.T5ForConditionalGeneration),
+        "mt5": (transformers.MT5Config, transformers.MT5ForConditionalGeneration),
+        "umt5": (transformers.UMT5Config, transformers.UMT5ForConditionalGeneration),
+    }[model_type]
+    cfg = config_cls(vocab_size=len(tok), d_model=TINY["hidden"], d_kv=16, d_ff=TINY["inter"],
+                     num_layers=2, num_decoder_layers=1, num_heads=TINY["heads"],
+                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                     decoder_start_token_id=tok.pad_token_id, feed_forward_proj="gated-gelu")
+    return _save(model_cls(cfg), tok, folder)
+
+
+def make_open_clip(folder: Path, seed: int = 0, hf_name: str = "xlm-roberta-large") -> Path:
+    """An open_clip xlm-roberta CLIP: open_clip_config.json, open_clip_pytorch_model.bin, text tower files."""
+    import open_clip
+
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    tower = folder / hf_name.split("/")[-1]
+    tok = xlmr_tokenizer()
+    tower_cfg = transformers.XLMRobertaConfig(**_bert_like(tok, max_position_embeddings=80, type_vocab_size=1))
+    tower.mkdir(exist_ok=True)
+    tower_cfg.save_pretrained(str(tower))
+    tok.save_pretrained(str(tower))
+    model_cfg = {"embed_dim": TINY["hidden"],
+                 "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+                 "text_cfg": {"hf_model_name": str(tower), "hf_tokenizer_name": str(tower),
+                              "hf_pooler_type": "mean_pooler", "hf_model_pretrained": False}}
+    model = open_clip.CustomTextCLIP(model_cfg["embed_dim"], model_cfg["vision_cfg"], model_cfg["text_cfg"])
+    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    model_cfg["text_cfg"].update(hf_model_name=hf_name, hf_tokenizer_name=hf_name)
+    del model_cfg["text_cfg"]["hf_model_pretrained"]
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}, indent=2))
+    return folder
+
+
+ENCODER_MAKERS = {"chinese_clip": make_chinese_clip, "clip": make_clip, "altclip": make_altclip,
+                  "t5": make_t5, "open_clip": make_open_clip}
+
+
+def make_adapter(path: Path, head: str, in_dim: int, hidden: tuple[int, ...] = (48, 48), seed: int = 0,
+                 encoder: EncoderSpec | None = None, official: bool = False) -> Path:
+    """A random adapter file: ours (safetensors + metadata) or the official pickle layout."""
+    torch.manual_seed(seed)
+    shape = AdapterShape.for_head(head, in_dim, hidden)
+    adapter = PEAAdapter(shape)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.normal_(0, 0.2)
+    if official:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({f"module.{k}": v.half() for k, v in adapter.state_dict().items()}, path)
+        return path
+    return save_adapter(adapter, AdapterInfo(shape=shape, encoder=encoder or EncoderSpec(),
+                                             languages=["zh", "en"]), path)

@@ -61,8 +61,14 @@ def hf_kind_for(folder: Path) -> HFKind:
     return _BY_MODEL_TYPE[model_type]
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
+                   "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
+
+
 def load_tokenizer(folder: Path):
     """A tokenizer from local files only; never runs code from the folder."""
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise EncoderLoadError(f"No tokenizer in {folder}: expected one of {', '.join(TOKENIZER_FILES)}")
     try:
         return transformers.AutoTokenizer.from_pretrained(
             str(folder), local_files_only=True, trust_remote_code=False)

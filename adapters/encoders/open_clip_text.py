@@ -27,11 +27,11 @@ WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin",
 
 def _import_open_clip():
     try:
-        from open_clip import hf_model
+        import open_clip
     except ImportError as e:
         raise EncoderLoadError(
             "open_clip models need the open_clip_torch package: pip install open_clip_torch") from e
-    return hf_model
+    return open_clip
 
 
 def read_model_config(folder: Path) -> dict:
@@ -76,17 +76,17 @@ class OpenCLIPTextEncoder(LanguageEncoder):
 
 def load_open_clip_encoder(folder: Path, context_length: int | None = None) -> OpenCLIPTextEncoder:
     """Build the text tower of the open_clip model in ``folder`` and load its weights (CPU, fp32)."""
-    hf_model = _import_open_clip()
+    open_clip = _import_open_clip()
     cfg = read_model_config(folder)
-    text_cfg = cfg["text_cfg"]
-    tower_dir = find_text_tower(folder, text_cfg["hf_model_name"])
-    tower = hf_model.HFTextEncoder(
-        str(tower_dir), output_dim=cfg["embed_dim"], pooler_type=text_cfg.get("hf_pooler_type"),
-        proj_type=text_cfg.get("hf_proj_type"), pretrained=False, output_tokens=True)
+    text_cfg = open_clip.model.CLIPTextCfg(**cfg["text_cfg"])  # open_clip's own defaults
+    tower_dir = find_text_tower(folder, text_cfg.hf_model_name)
+    tower = open_clip.hf_model.HFTextEncoder(
+        str(tower_dir), output_dim=cfg["embed_dim"], pooler_type=text_cfg.hf_pooler_type,
+        proj_type=text_cfg.hf_proj_type, pretrained=False, output_tokens=True)
     state = strip_prefix(read_folder_weights(folder, WEIGHT_NAMES), "text.")
     load_into(tower, state, folder)
     tower.eval().requires_grad_(False)
     hidden = getattr(tower.config, "d_model", None) or tower.config.hidden_size
     return OpenCLIPTextEncoder(
         tower, load_tokenizer(tower_dir), name=folder.name, path=folder, hidden_size=hidden,
-        context_length=context_length or text_cfg.get("context_length", 77), attention_mask=True)
+        context_length=context_length or text_cfg.context_length, attention_mask=True)

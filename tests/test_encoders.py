@@ -1,0 +1,79 @@
+"""Each encoder backend against the model family's own forward, built independently."""
+import json
+
+import pytest
+import torch
+import transformers
+
+from adapters import EncoderLoadError, load_language_encoder
+from adapters.encoders import padding_mask
+
+PROMPTS = ["一只红色的猫坐在桌子上", "a red cat", "красная кошка", ""]
+
+
+def reference_states(kind, folder, ids, mask):
+    """Last-layer token states from the full upstream model classes."""
+    T = transformers
+    if kind == "open_clip":
+        import open_clip
+        cfg = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
+        tower = str(folder / cfg["text_cfg"]["hf_model_name"])
+        cfg["text_cfg"].update(hf_model_name=tower, hf_tokenizer_name=tower, hf_model_pretrained=False)
+        model = open_clip.CustomTextCLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"])
+        model.load_state_dict(torch.load(folder / "open_clip_pytorch_model.bin", weights_only=True))
+        model.text.output_tokens = True
+        return model.eval().encode_text(ids)[1]
+    if kind == "t5":
+        return T.T5ForConditionalGeneration.from_pretrained(folder).encoder(
+            input_ids=ids, attention_mask=mask).last_hidden_state
+    full = {"chinese_clip": T.ChineseCLIPModel, "clip": T.CLIPModel, "altclip": T.AltCLIPModel}[kind]
+    return full.from_pretrained(folder).text_model(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
+@pytest.mark.parametrize("kind", ["chinese_clip", "clip", "altclip", "t5", "open_clip"])
+def test_backend_matches_upstream_model(encoder_dirs, kind):
+    encoder = load_language_encoder(encoder_dirs[kind])
+    assert encoder.kind == kind
+    ids = encoder.tokenize(PROMPTS)
+    assert ids.shape == (len(PROMPTS), encoder.context_length)
+    with torch.no_grad():
+        ours = encoder(ids)
+        mask = padding_mask(ids, encoder.special_tokens)
+        ref = reference_states(kind, encoder_dirs[kind], ids, mask)
+    assert ours.shape == (len(PROMPTS), encoder.context_length, encoder.hidden_size)
+    assert (ours - ref).abs().max() <= 1e-5
+    assert not any(p.requires_grad for p in encoder.parameters())
+
+
+def test_padding_mask_follows_first_end_token(encoder_dirs):
+    encoder = load_language_encoder(encoder_dirs["clip"])  # CLIP pads with its end token
+    ids = encoder.tokenize(["a cat"])
+    mask = padding_mask(ids, encoder.special_tokens)
+    n_real = len(encoder.tokenizer("a cat")["input_ids"])
+    assert mask[0, :n_real].tolist() == [1] * n_real and mask[0, n_real:].sum() == 0
+
+
+def test_defaults_and_overrides(encoder_dirs):
+    assert load_language_encoder(encoder_dirs["chinese_clip"]).context_length == 52
+    enc = load_language_encoder(encoder_dirs["chinese_clip"], context_length=64, dtype=torch.bfloat16)
+    assert enc.context_length == 64 and enc.dtype == torch.bfloat16
+    assert enc.encode(["猫"]).shape == (1, 64, enc.hidden_size)
+    assert load_language_encoder(encoder_dirs["altclip"]).hidden_size == 24  # the projected width
+
+
+def test_bad_folders_say_what_is_wrong(tmp_path, encoder_dirs):
+    with pytest.raises(EncoderLoadError, match="not found"):
+        load_language_encoder(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EncoderLoadError, match="empty.*config.json"):
+        load_language_encoder(tmp_path / "empty")
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(EncoderLoadError, match="model_type 'bert'.*supported"):
+        load_language_encoder(tmp_path / "bert")
+    no_tok = tmp_path / "no_tokenizer"
+    no_tok.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (no_tok / f).write_bytes((encoder_dirs["t5"] / f).read_bytes())
+    with pytest.raises(EncoderLoadError, match="tokenizer"):
+        load_language_encoder(no_tok)

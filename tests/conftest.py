@@ -1,7 +1,7 @@
 """Shared fixtures: tiny stand-in encoders built once per test session."""
 import pytest
 
-from tests import standins
+from adapters import tiny as standins
 
 
 @pytest.fixture(scope="session")

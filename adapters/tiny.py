@@ -1,4 +1,4 @@
-"""Tiny stand-in language encoders and adapters, written in the real file layouts.
+"""Tiny stand-in language encoders and adapters, in the real file layouts, for demos and tests.
 
 Configs are the real transformers / open_clip config classes at tiny widths; tokenizers are
 trained here with the ``tokenizers`` library on a small multilingual corpus. Nothing is
@@ -13,7 +13,9 @@ import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from adapters import AdapterInfo, AdapterShape, EncoderSpec, PEAAdapter, save_adapter
+from .file_format import save_adapter
+from .metadata import AdapterInfo, EncoderSpec
+from .module import AdapterShape, PEAAdapter
 
 CORPUS = [
     "一只红色的猫坐在桌子上", "红烧狮子头", "山水画，雾气弥漫的山谷", "一个灯笼挂在门口",
@@ -99,7 +101,7 @@ def _save(model, tokenizer, folder: Path) -> Path:
     return folder
 
 
-def _vision(cls, seed):
+def _vision(cls):
     return cls(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1,
                image_size=32, patch_size=16, projection_dim=16)
 
@@ -110,7 +112,7 @@ def make_chinese_clip(folder: Path, seed: int = 0) -> Path:
     tok = bert_tokenizer()
     C = transformers
     text = C.ChineseCLIPTextConfig(**_bert_like(tok, max_position_embeddings=64))
-    vision = _vision(C.ChineseCLIPVisionConfig, seed)
+    vision = _vision(C.ChineseCLIPVisionConfig)
     cfg = C.ChineseCLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16)
     return _save(C.ChineseCLIPModel(cfg), tok, folder)
 
@@ -125,7 +127,7 @@ def make_clip(folder: Path, seed: int = 0) -> Path:
                             max_position_embeddings=77, projection_dim=16,
                             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                             pad_token_id=tok.pad_token_id)
-    cfg = C.CLIPConfig(text_config=text.to_dict(), vision_config=_vision(C.CLIPVisionConfig, seed).to_dict(),
+    cfg = C.CLIPConfig(text_config=text.to_dict(), vision_config=_vision(C.CLIPVisionConfig).to_dict(),
                        projection_dim=16)
     return _save(C.CLIPModel(cfg), tok, folder)
 
@@ -138,7 +140,7 @@ def make_altclip(folder: Path, seed: int = 0) -> Path:
     text = C.AltCLIPTextConfig(**_bert_like(tok, max_position_embeddings=80, project_dim=24,
                                             type_vocab_size=1))
     cfg = C.AltCLIPConfig(text_config=text.to_dict(),
-                          vision_config=_vision(C.AltCLIPVisionConfig, seed).to_dict(), projection_dim=16)
+                          vision_config=_vision(C.AltCLIPVisionConfig).to_dict(), projection_dim=16)
     return _save(C.AltCLIPModel(cfg), tok, folder)
 
 

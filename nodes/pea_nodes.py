@@ -1,0 +1,155 @@
+"""The three PEA nodes: Load Language CLIP, Apply PEA Adapter, PEA Encode Prompt."""
+from __future__ import annotations
+
+import comfy.model_base
+import folder_paths
+import nodes as comfy_nodes
+
+from ..adapters import load_adapter, load_language_encoder
+from ..adapters.pairing import check_base_model, check_pairing
+from .folders import PEA_ADAPTERS, find_adapter, find_language_clip, list_language_clips
+from .language_clip import DTYPES, LANGUAGE_CLIP_TYPE, LanguageClip, model_options
+from .pea_clip import make_pea_clip
+
+CATEGORY = "conditioning/PEA"
+
+
+def _found_or_message(find, name: str) -> bool | str:
+    try:
+        find(name)
+    except FileNotFoundError as e:
+        return str(e)
+    return True
+
+
+class PEALoadLanguageCLIP:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "clip_name": (list_language_clips(), {
+                    "tooltip": "A language text encoder folder in models/language_clip "
+                               "(Chinese-CLIP, a multilingual open_clip model, AltCLIP, mT5, ...)."}),
+                "dtype": (["default", *DTYPES], {
+                    "default": "default",
+                    "tooltip": "Weight dtype on the GPU. 'default' follows ComfyUI; the CPU always uses fp32."}),
+                "device": (["default", "cpu"], {
+                    "default": "default", "tooltip": "Where the encoder runs; 'cpu' keeps VRAM for the UNet."}),
+            },
+            "optional": {
+                "context_length": ("INT", {
+                    "default": 0, "min": 0, "max": 1024,
+                    "tooltip": "Padded token length. 0: the length PEA adapters use for this encoder "
+                               "(Chinese-CLIP 52, byT5 256, others 77). Must match the adapter's."}),
+            },
+        }
+
+    RETURN_TYPES = (LANGUAGE_CLIP_TYPE,)
+    RETURN_NAMES = ("language_clip",)
+    OUTPUT_TOOLTIPS = ("The language encoder; connect it to Apply PEA Adapter.",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Loads a language-specific CLIP text encoder for PEA adapters, from models/language_clip."
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, clip_name):
+        return _found_or_message(find_language_clip, clip_name)
+
+    def load(self, clip_name, dtype, device, context_length=0):
+        options = model_options(device, dtype)
+        encoder = load_language_encoder(find_language_clip(clip_name), dtype=options["dtype"],
+                                        context_length=context_length or None)
+        return (LanguageClip(encoder, clip_name, options),)
+
+
+def base_model_needs(model) -> tuple[int | None, int | None]:
+    """(cross-attention width, pooled text width or None) of a ComfyUI MODEL."""
+    base = model.model
+    context_dim = base.model_config.unet_config.get("context_dim")
+    pooled_dim = 1280 if isinstance(base, (comfy.model_base.SDXL, comfy.model_base.SDXLRefiner)) else None
+    return context_dim, pooled_dim
+
+
+class PEAApplyAdapter:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "language_clip": (LANGUAGE_CLIP_TYPE, {"tooltip": "From Load Language CLIP."}),
+                "adapter_name": (folder_paths.get_filename_list(PEA_ADAPTERS), {
+                    "tooltip": "A PEA adapter in models/pea_adapters (ours or the official pytorch_model.bin)."}),
+            },
+            "optional": {
+                "model": ("MODEL", {
+                    "tooltip": "Optional: the checkpoint's MODEL, to check that the adapter is made for "
+                               "its family (SD1.5 or SDXL) before sampling."}),
+            },
+        }
+
+    RETURN_TYPES = ("CLIP",)
+    RETURN_NAMES = ("clip",)
+    OUTPUT_TOOLTIPS = ("A CLIP that reads prompts in the encoder's languages; use it with any text encode node.",)
+    FUNCTION = "apply"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Puts a PEA adapter behind a language encoder and returns a regular CLIP, so "
+                   "CLIPTextEncode, CLIPTextEncodeSDXL and PEA Encode Prompt take non-English prompts.")
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, adapter_name):
+        return _found_or_message(find_adapter, adapter_name)
+
+    def apply(self, language_clip: LanguageClip, adapter_name: str, model=None):
+        adapter = load_adapter(find_adapter(adapter_name), dtype=language_clip.model_options["dtype"])
+        check_pairing(language_clip.encoder, adapter.info, adapter_name)
+        if model is not None:
+            label = f"{type(model.model).__name__} ({type(model.model.model_config).__name__})"
+            check_base_model(adapter.shape, adapter_name, label, *base_model_needs(model))
+        return (make_pea_clip(language_clip.encoder, adapter, language_clip.model_options),)
+
+
+class PEAEncodePrompt:
+    @classmethod
+    def INPUT_TYPES(cls):
+        size = {"min": 0, "max": comfy_nodes.MAX_RESOLUTION, "step": 8}
+        return {
+            "required": {
+                "clip": ("CLIP", {"tooltip": "From Apply PEA Adapter."}),
+                "text": ("STRING", {"multiline": True, "dynamicPrompts": True,
+                                    "tooltip": "The prompt, in any language the encoder reads."}),
+            },
+            "optional": {
+                "width": ("INT", {"default": 1024, **size, "tooltip": "SDXL size conditioning: original width."}),
+                "height": ("INT", {"default": 1024, **size, "tooltip": "SDXL size conditioning: original height."}),
+                "crop_w": ("INT", {"default": 0, **size, "tooltip": "SDXL crop conditioning (left)."}),
+                "crop_h": ("INT", {"default": 0, **size, "tooltip": "SDXL crop conditioning (top)."}),
+                "target_width": ("INT", {"default": 1024, **size, "tooltip": "SDXL target width."}),
+                "target_height": ("INT", {"default": 1024, **size, "tooltip": "SDXL target height."}),
+            },
+        }
+
+    RETURN_TYPES = ("CONDITIONING",)
+    OUTPUT_TOOLTIPS = ("Conditioning for KSampler, ControlNet and the other conditioning nodes.",)
+    FUNCTION = "encode"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Encodes a prompt in any language through a PEA CLIP. The size fields are "
+                   "SDXL's micro-conditioning and are ignored by SD1.5 models.")
+
+    def encode(self, clip, text, width=1024, height=1024, crop_w=0, crop_h=0,
+               target_width=1024, target_height=1024):
+        if clip is None:
+            raise RuntimeError("PEA Encode Prompt: clip input is invalid: None. Connect Apply PEA Adapter's output.")
+        sizes = {"width": width, "height": height, "crop_w": crop_w, "crop_h": crop_h,
+                 "target_width": target_width, "target_height": target_height}
+        return (clip.encode_from_tokens_scheduled(clip.tokenize(text), add_dict=sizes),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "PEALoadLanguageCLIP": PEALoadLanguageCLIP,
+    "PEAApplyAdapter": PEAApplyAdapter,
+    "PEAEncodePrompt": PEAEncodePrompt,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "PEALoadLanguageCLIP": "Load Language CLIP",
+    "PEAApplyAdapter": "Apply PEA Adapter",
+    "PEAEncodePrompt": "PEA Encode Prompt",
+}

@@ -1,0 +1,158 @@
+"""Finding, importing and serving a real ComfyUI for the host tests (never a mock)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+PACK_MODULE = "comfyui_pea_diffusion"
+
+
+def find_comfyui() -> tuple[Path | None, str]:
+    """(ComfyUI folder or None, where it came from / why not)."""
+    env = os.environ.get("COMFYUI_PATH")
+    if env:
+        path = Path(env).expanduser().resolve()
+        if (path / "main.py").is_file() and (path / "comfy").is_dir():
+            return path, f"COMFYUI_PATH={path}"
+        return None, f"COMFYUI_PATH={env} is not a ComfyUI checkout (no main.py and comfy/)"
+    parent = REPO.parent.parent
+    if REPO.parent.name == "custom_nodes" and (parent / "main.py").is_file():
+        return parent, f"the pack sits in {parent / 'custom_nodes'}"
+    return None, "no ComfyUI: set COMFYUI_PATH to a ComfyUI checkout to run the host tests"
+
+
+def import_comfy(path: Path) -> None:
+    """Import ComfyUI as a library on the CPU (its ``nodes`` module must win over ours)."""
+    if str(path) not in sys.path[:1]:
+        sys.path.insert(0, str(path))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    import comfy.model_management  # noqa: F401  (reads args.cpu once, here)
+    import nodes  # noqa: F401
+
+    assert Path(sys.modules["nodes"].__file__).parent == path, "ComfyUI's nodes.py must be imported"
+
+
+def load_pack():
+    """Import the pack the way ComfyUI's custom-node loader does (a package from a path)."""
+    if PACK_MODULE in sys.modules:
+        return sys.modules[PACK_MODULE]
+    spec = importlib.util.spec_from_file_location(PACK_MODULE, REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_MODULE] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_checkpoint(path: Path, family: str) -> Path:
+    """A stand-in checkpoint ComfyUI detects as SD1.5 or SDXL-family (KOALA layout): real UNet
+    classes at one res block per level, a TAESD VAE, no text encoder (PEA replaces it)."""
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from comfy.taesd.taesd import TAESD
+    import safetensors.torch
+
+    common = dict(image_size=32, in_channels=4, model_channels=320, out_channels=4, dtype=torch.float32,
+                  operations=comfy.ops.disable_weight_init, use_spatial_transformer=True, legacy=False,
+                  transformer_depth_middle=1)
+    if family == "sd15":
+        cfg = dict(num_res_blocks=1, channel_mult=(1,), num_heads=8, transformer_depth=[1],
+                   transformer_depth_output=[1, 1], context_dim=768)
+    else:
+        cfg = dict(num_res_blocks=[1, 1, 1], channel_mult=(1, 1, 1), num_head_channels=64,
+                   transformer_depth=[0, 2, 5], transformer_depth_output=[0, 0, 1, 1, 1, 1],
+                   context_dim=2048, use_linear_in_transformer=True, adm_in_channels=2816,
+                   num_classes="sequential")
+    gen = torch.Generator().manual_seed(0)
+    unet = UNetModel(**common, **cfg)
+    sd = {}
+    for k, v in unet.state_dict().items():
+        sd[f"model.diffusion_model.{k}"] = torch.randn(v.shape, generator=gen) * 0.02 if v.ndim > 1 else torch.zeros(v.shape)
+    sd.update({f"first_stage_model.{k}": v for k, v in TAESD(latent_channels=4).state_dict().items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file({k: v.half().contiguous() for k, v in sd.items()}, str(path))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyServer:
+    """A real ComfyUI server on loopback, started once per test session."""
+
+    def __init__(self, comfy_path: Path, base_dir: Path, log_path: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.base_dir = base_dir
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+             "--base-directory", str(base_dir), "--disable-auto-launch", "--dont-print-server"],
+            cwd=comfy_path, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 240) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                self.get("/object_info/KSampler")
+                return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(1)
+        raise TimeoutError(f"ComfyUI did not answer within {timeout}s; see {self.log.name}")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None and "KSampler" in self.get("/object_info/KSampler")
+
+    def get(self, route: str):
+        with urllib.request.urlopen(self.url + route, timeout=30) as r:
+            return json.loads(r.read())
+
+    def queue(self, graph: dict) -> tuple[int, dict]:
+        """POST /prompt; (HTTP status, JSON body)."""
+        data = json.dumps({"prompt": graph, "client_id": "pea-tests"}).encode()
+        req = urllib.request.Request(self.url + "/prompt", data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def run(self, graph: dict, timeout: float = 300) -> dict:
+        """Queue a graph and wait for its history entry (status and outputs)."""
+        status, body = self.queue(graph)
+        if status != 200:
+            raise AssertionError(f"prompt refused ({status}): {body}")
+        prompt_id = body["prompt_id"]
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            history = self.get(f"/history/{prompt_id}")
+            if prompt_id in history:
+                return history[prompt_id]
+            time.sleep(0.5)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout}s")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()

@@ -1,0 +1,70 @@
+"""Host fixtures: a real ComfyUI (in-process and as a server) with stand-in model files.
+
+Everything here skips, with the reason, when no ComfyUI is found (see comfy_host.find_comfyui).
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from adapters import EncoderSpec
+from adapters import tiny as standins
+from tests.host import comfy_host
+
+ZH = EncoderSpec("chinese_clip", "chinese-clip-tiny", context_length=52, attention_mask=True)
+XLMR = EncoderSpec("open_clip", "xlm-roberta-tiny", context_length=77, attention_mask=True)
+
+
+@pytest.fixture(scope="session")
+def comfy_path():
+    path, why = comfy_host.find_comfyui()
+    if path is None:
+        pytest.skip(why)
+    comfy_host.import_comfy(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def base_dir(tmp_path_factory, comfy_path):
+    """A ComfyUI --base-directory: models, custom_nodes (the pack linked in), output."""
+    base = tmp_path_factory.mktemp("comfy_base")
+    models = base / "models"
+    clips, adapters = models / "language_clip", models / "pea_adapters"
+    standins.make_chinese_clip(clips / "chinese-clip-tiny")
+    standins.make_open_clip(clips / "laion" / "xlm-roberta-tiny")
+    (clips / "empty").mkdir()
+    standins.make_adapter(adapters / "pea_zh_sd15.safetensors", "sd15", 32, encoder=ZH)
+    standins.make_adapter(adapters / "pea_zh_sdxl.safetensors", "sdxl", 32, encoder=ZH, seed=1)
+    standins.make_adapter(adapters / "pea_xlmr_sdxl.safetensors", "sdxl", 32, encoder=XLMR, seed=2)
+    standins.make_adapter(adapters / "official" / "pytorch_model.bin", "sdxl", 32, official=True, seed=3)
+    standins.make_adapter(adapters / "bad" / "wide_sdxl.safetensors", "sdxl", 64, encoder=ZH)
+    good = (adapters / "pea_zh_sdxl.safetensors").read_bytes()
+    (adapters / "bad" / "truncated.safetensors").write_bytes(good[: len(good) // 3])
+    torch.save([torch.zeros(4)], adapters / "bad" / "not_a_state_dict.bin")
+    comfy_host.write_checkpoint(models / "checkpoints" / "sd15_standin.safetensors", "sd15")
+    comfy_host.write_checkpoint(models / "checkpoints" / "sdxl_standin.safetensors", "sdxl")
+    (base / "custom_nodes").mkdir()
+    os.symlink(comfy_host.REPO, base / "custom_nodes" / "ComfyUI-PEA-Diffusion")
+    return base
+
+
+@pytest.fixture(scope="session")
+def pack(base_dir):
+    """The pack imported in-process, its folders pointing at the stand-in models."""
+    import folder_paths
+
+    for name in ("language_clip", "pea_adapters", "checkpoints"):
+        folder_paths.add_model_folder_path(name, str(base_dir / "models" / name), is_default=True)
+    return comfy_host.load_pack()
+
+
+@pytest.fixture(scope="session")
+def server(base_dir, comfy_path, tmp_path_factory):
+    srv = comfy_host.ComfyServer(comfy_path, base_dir, tmp_path_factory.mktemp("logs") / "comfyui.log")
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()

@@ -134,7 +134,8 @@ def load_adapter(path: str | os.PathLike, device: torch.device | str = "cpu",
     return adapter.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Run ``write(temp_name)`` beside ``path``, then rename: no half-written file is ever seen."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -157,7 +158,7 @@ def save_adapter(state: dict[str, torch.Tensor] | PEAAdapter, info: AdapterInfo,
     if shape != info.shape:
         raise AdapterFileError(f"cannot save: info says {info.shape} but the tensors have {shape}")
     path = Path(path)
-    _atomic_write(path, lambda tmp: safetensors.torch.save_file(
+    atomic_write(path, lambda tmp: safetensors.torch.save_file(
         state, tmp, metadata={METADATA_KEY: info.to_json()}))
     return path
 
@@ -165,5 +166,5 @@ def save_adapter(state: dict[str, torch.Tensor] | PEAAdapter, info: AdapterInfo,
 def save_official(state: dict[str, torch.Tensor], path: str | os.PathLike) -> Path:
     """Write a plain ``pytorch_model.bin`` state dict, as the authors release them."""
     path = Path(path)
-    _atomic_write(path, lambda tmp: torch.save({k: v.contiguous() for k, v in state.items()}, tmp))
+    atomic_write(path, lambda tmp: torch.save({k: v.contiguous() for k, v in state.items()}, tmp))
     return path

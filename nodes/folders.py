@@ -10,6 +10,7 @@ from ..adapters import ADAPTER_SUFFIXES
 from ..adapters.encoders import is_encoder_folder
 
 LANGUAGE_CLIP = "language_clip"
+SINGLE_FILE_SUFFIX = ".safetensors"
 PEA_ADAPTERS = "pea_adapters"
 
 
@@ -33,8 +34,12 @@ def searched(name: str) -> str:
     return ", ".join(f"{p}{'' if os.path.isdir(p) else ' (missing)'}" for p in paths)
 
 
+def _is_single_file(entry: os.DirEntry) -> bool:
+    return entry.is_file() and entry.name.endswith(SINGLE_FILE_SUFFIX)
+
+
 def list_language_clips() -> list[str]:
-    """Every model folder under the language_clip folders: ``name`` or ``org/name``.
+    """Model folders and single files under the language_clip folders: ``name`` or ``org/name``.
 
     Top-level folders are listed even when empty or incomplete, so that picking one gives the
     loader's message about what is missing rather than an empty dropdown.
@@ -44,14 +49,17 @@ def list_language_clips() -> list[str]:
         if not os.path.isdir(base):
             continue
         for entry in os.scandir(base):
-            if entry.name.startswith(".") or not entry.is_dir():
+            if entry.name.startswith("."):
                 continue
-            nested = [sub.name for sub in os.scandir(entry.path)
-                      if sub.is_dir() and is_encoder_folder(Path(sub.path))]
-            if nested and not is_encoder_folder(Path(entry.path)):
-                names.update(f"{entry.name}/{sub}" for sub in nested)
-            else:
+            if _is_single_file(entry):
                 names.add(entry.name)
+            elif entry.is_dir():
+                nested = [sub.name for sub in os.scandir(entry.path)
+                          if _is_single_file(sub) or (sub.is_dir() and is_encoder_folder(Path(sub.path)))]
+                if nested and not is_encoder_folder(Path(entry.path)):
+                    names.update(f"{entry.name}/{sub}" for sub in nested)
+                else:
+                    names.add(entry.name)
     return sorted(names)
 
 
@@ -59,7 +67,7 @@ def find_language_clip(name: str) -> str:
     """The full path of a language_clip entry; raises naming the folders searched."""
     for base in folder_paths.get_folder_paths(LANGUAGE_CLIP):
         path = os.path.join(base, os.path.normpath(name))
-        if os.path.isdir(path):
+        if os.path.exists(path):
             return path
     raise FileNotFoundError(
         f"Language CLIP '{name}' not found. Searched: {searched(LANGUAGE_CLIP)}. Put the model "

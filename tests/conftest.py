@@ -8,4 +8,7 @@ from adapters import tiny as standins
 def encoder_dirs(tmp_path_factory):
     """kind -> folder holding a tiny stand-in of that encoder family, in its real layout."""
     root = tmp_path_factory.mktemp("language_clip")
-    return {kind: make(root / kind) for kind, make in standins.ENCODER_MAKERS.items()}
+    dirs = {kind: make(root / kind) for kind, make in standins.ENCODER_MAKERS.items()}
+    for model_type in ("mt5", "umt5"):
+        dirs[model_type] = standins.make_t5(root / model_type, model_type=model_type)
+    return dirs

@@ -23,17 +23,17 @@ def reference_states(kind, folder, ids, mask):
         model.load_state_dict(torch.load(folder / "open_clip_pytorch_model.bin", weights_only=True))
         model.text.output_tokens = True
         return model.eval().encode_text(ids)[1]
-    if kind == "t5":
-        return T.T5ForConditionalGeneration.from_pretrained(folder).encoder(
+    if kind in ("t5", "mt5", "umt5"):
+        return T.AutoModelForSeq2SeqLM.from_pretrained(folder).encoder(
             input_ids=ids, attention_mask=mask).last_hidden_state
     full = {"chinese_clip": T.ChineseCLIPModel, "clip": T.CLIPModel, "altclip": T.AltCLIPModel}[kind]
     return full.from_pretrained(folder).text_model(input_ids=ids, attention_mask=mask).last_hidden_state
 
 
-@pytest.mark.parametrize("kind", ["chinese_clip", "clip", "altclip", "t5", "open_clip"])
+@pytest.mark.parametrize("kind", ["chinese_clip", "clip", "altclip", "t5", "mt5", "umt5", "open_clip"])
 def test_backend_matches_upstream_model(encoder_dirs, kind):
     encoder = load_language_encoder(encoder_dirs[kind])
-    assert encoder.kind == kind
+    assert encoder.kind == ("t5" if kind in ("mt5", "umt5") else kind)
     ids = encoder.tokenize(PROMPTS)
     assert ids.shape == (len(PROMPTS), encoder.context_length)
     with torch.no_grad():
@@ -77,3 +77,28 @@ def test_bad_folders_say_what_is_wrong(tmp_path, encoder_dirs):
         (no_tok / f).write_bytes((encoder_dirs["t5"] / f).read_bytes())
     with pytest.raises(EncoderLoadError, match="tokenizer"):
         load_language_encoder(no_tok)
+
+
+@pytest.mark.parametrize("kind", ["chinese_clip", "open_clip", "t5"])
+def test_single_file_pack_gives_the_same_states(tmp_path, encoder_dirs, kind):
+    from adapters.encoders.single_file import main as pack_main
+
+    dest = tmp_path / f"{kind}.safetensors"
+    assert pack_main([str(encoder_dirs[kind]), str(dest), "--context-length", "40"]) == 0
+    packed = load_language_encoder(dest)
+    folder = load_language_encoder(encoder_dirs[kind], context_length=40)
+    assert (packed.kind, packed.context_length, packed.name) == (kind, 40, kind)
+    assert packed.path == dest
+    ids = folder.tokenize(PROMPTS)
+    assert torch.equal(packed.tokenize(PROMPTS), ids)
+    with torch.no_grad():
+        assert torch.equal(packed(ids), folder(ids))
+    assert [p.name for p in tmp_path.iterdir()] == [dest.name]
+
+
+def test_plain_safetensors_is_not_a_language_clip(tmp_path):
+    import safetensors.torch
+
+    safetensors.torch.save_file({"w": torch.zeros(2)}, tmp_path / "weights.safetensors")
+    with pytest.raises(EncoderLoadError, match="without the config and tokenizer.*single_file"):
+        load_language_encoder(tmp_path / "weights.safetensors")

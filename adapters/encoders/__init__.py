@@ -10,6 +10,7 @@ from ..errors import EncoderLoadError
 from .base import LanguageEncoder, SpecialTokens, padding_mask
 from .hf_text import HF_KINDS, hf_model_type, load_hf_encoder
 from .open_clip_text import CONFIG_NAME as OPEN_CLIP_CONFIG, load_open_clip_encoder
+from .single_file import unpacked
 
 ENCODER_KINDS = tuple(k.kind for k in HF_KINDS) + ("open_clip",)
 
@@ -27,23 +28,33 @@ def is_encoder_folder(folder: Path) -> bool:
 def load_language_encoder(path: str | os.PathLike, *, device: torch.device | str = "cpu",
                           dtype: torch.dtype = torch.float32,
                           context_length: int | None = None) -> LanguageEncoder:
-    """Load a language encoder from a local folder; frozen, in eval mode, on ``device``/``dtype``.
+    """Load a language encoder from a local folder or a packed single file.
 
-    ``context_length`` overrides the padded length (default: the backend's PEA default).
+    Frozen, in eval mode, on ``device``/``dtype``. ``context_length`` overrides the padded length (default: the backend's PEA default).
     """
     path = Path(path)
     if not path.exists():
         raise EncoderLoadError(f"Language encoder not found: {path}")
-    if not path.is_dir():
-        raise EncoderLoadError(f"{path} is a file; language encoders are folders. {LAYOUT_HELP}")
+    if path.is_file():
+        return _load_single_file(path, device, dtype, context_length)
+    return _load_folder(path, context_length).to(device=device, dtype=dtype)
+
+
+def _load_folder(path: Path, context_length: int | None) -> LanguageEncoder:
     if not any(path.iterdir()):
         raise EncoderLoadError(f"Language encoder folder {path} is empty. {LAYOUT_HELP}")
     if (path / OPEN_CLIP_CONFIG).is_file():
-        encoder = load_open_clip_encoder(path, context_length)
-    elif hf_model_type(path) is not None:
-        encoder = load_hf_encoder(path, context_length)
-    else:
-        raise EncoderLoadError(f"{path} has neither config.json nor {OPEN_CLIP_CONFIG}. {LAYOUT_HELP}")
+        return load_open_clip_encoder(path, context_length)
+    if hf_model_type(path) is not None:
+        return load_hf_encoder(path, context_length)
+    raise EncoderLoadError(f"{path} has neither config.json nor {OPEN_CLIP_CONFIG}. {LAYOUT_HELP}")
+
+
+def _load_single_file(path: Path, device, dtype, context_length: int | None) -> LanguageEncoder:
+    """A file packed by ``adapters.encoders.single_file``."""
+    with unpacked(path) as (folder, info):
+        encoder = _load_folder(folder, context_length or info["context_length"])
+    encoder.path, encoder.name = path, info.get("name") or path.stem
     return encoder.to(device=device, dtype=dtype)
 
 

@@ -103,7 +103,8 @@ class ComfyServer:
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-             "--base-directory", str(base_dir), "--disable-auto-launch", "--dont-print-server"],
+             "--base-directory", str(base_dir), "--disable-auto-launch", "--dont-print-server",
+             "--extra-model-paths-config", str(base_dir / "extra_model_paths.yaml")],
             cwd=comfy_path, stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 240) -> None:

@@ -5,11 +5,13 @@ Everything here skips, with the reason, when no ComfyUI is found (see comfy_host
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import torch
 
-from adapters import EncoderSpec
+from adapters import EncoderSpec, load_language_encoder
+from adapters.encoders.single_file import pack_encoder
 from adapters import tiny as standins
 from tests.host import comfy_host
 
@@ -35,6 +37,7 @@ def base_dir(tmp_path_factory, comfy_path):
     standins.make_chinese_clip(clips / "chinese-clip-tiny")
     standins.make_open_clip(clips / "laion" / "xlm-roberta-tiny")
     (clips / "empty").mkdir()
+    pack_encoder(load_language_encoder(clips / "chinese-clip-tiny"), clips / "chinese-clip-tiny-text.safetensors")
     standins.make_adapter(adapters / "pea_zh_sd15.safetensors", "sd15", 32, encoder=ZH)
     standins.make_adapter(adapters / "pea_zh_sdxl.safetensors", "sdxl", 32, encoder=ZH, seed=1)
     standins.make_adapter(adapters / "pea_xlmr_sdxl.safetensors", "sdxl", 32, encoder=XLMR, seed=2)
@@ -45,6 +48,12 @@ def base_dir(tmp_path_factory, comfy_path):
     torch.save([torch.zeros(4)], adapters / "bad" / "not_a_state_dict.bin")
     comfy_host.write_checkpoint(models / "checkpoints" / "sd15_standin.safetensors", "sd15")
     comfy_host.write_checkpoint(models / "checkpoints" / "sdxl_standin.safetensors", "sdxl")
+    extra = base / "extra_models"
+    (extra / "pea_adapters").mkdir(parents=True)
+    shutil.copytree(clips / "chinese-clip-tiny", extra / "language_clip" / "extra-chinese-clip")
+    shutil.copy(adapters / "pea_zh_sd15.safetensors", extra / "pea_adapters" / "extra_zh_sd15.safetensors")
+    (base / "extra_model_paths.yaml").write_text(
+        f"pea_extra:\n    base_path: {extra}\n    language_clip: language_clip\n    pea_adapters: pea_adapters\n")
     (base / "custom_nodes").mkdir()
     os.symlink(comfy_host.REPO, base / "custom_nodes" / "ComfyUI-PEA-Diffusion")
     return base

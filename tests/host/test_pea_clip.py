@@ -24,7 +24,7 @@ def test_pack_registers_nodes_and_lists_folders(pack):
 
     assert set(pack.NODE_CLASS_MAPPINGS) == {"PEALoadLanguageCLIP", "PEAApplyAdapter", "PEAEncodePrompt"}
     choices = pack.NODE_CLASS_MAPPINGS["PEALoadLanguageCLIP"].INPUT_TYPES()["required"]["clip_name"][0]
-    assert {"chinese-clip-tiny", "laion/xlm-roberta-tiny", "empty"} <= set(choices)
+    assert {"chinese-clip-tiny", "laion/xlm-roberta-tiny", "empty", "chinese-clip-tiny-text.safetensors"} <= set(choices)
     adapters = folder_paths.get_filename_list("pea_adapters")
     assert "pea_zh_sdxl.safetensors" in adapters and "official/pytorch_model.bin" in adapters
 
@@ -41,6 +41,14 @@ def test_prompt_equals_encoder_then_adapter(pack, adapter, width, pooled):
         assert out_pooled is None
     else:
         assert out_pooled.shape == (1, pooled) and torch.allclose(out_pooled, ref_pooled, atol=1e-6)
+
+
+def test_single_file_language_clip_matches_its_folder(pack):
+    single, _, _ = build_clip(pack, clip_name="chinese-clip-tiny-text.safetensors")
+    folder, _, _ = build_clip(pack)
+    tokens = folder.tokenize("一只红色的猫")
+    assert single.tokenize("一只红色的猫") == tokens
+    assert torch.equal(single.encode_from_tokens(tokens), folder.encode_from_tokens(tokens))
 
 
 def test_empty_prompt_is_the_adapters_unconditional_embedding(pack):

@@ -61,6 +61,15 @@ def test_graph_writes_images(server, ckpt, adapter, batch):
         assert path.is_file() and path.stat().st_size > 0 and image["filename"].startswith(prefix)
 
 
+def test_extra_model_paths_yaml_is_respected(server):
+    info = server.get("/object_info")
+    assert "extra-chinese-clip" in info["PEALoadLanguageCLIP"]["input"]["required"]["clip_name"][0]
+    assert "extra_zh_sd15.safetensors" in info["PEAApplyAdapter"]["input"]["required"]["adapter_name"][0]
+    entry = server.run(pea_graph("sd15_standin.safetensors", "extra_zh_sd15.safetensors",
+                                 clip_name="extra-chinese-clip", prefix="pea_extra"))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+
+
 @pytest.mark.parametrize("adapter,clip_name,ckpt,message", [
     ("bad/truncated.safetensors", "chinese-clip-tiny", "sdxl_standin.safetensors",
      "truncated.safetensors is not a readable safetensors file"),

@@ -41,8 +41,8 @@ def _unigram(bos: str | None, eos: str, pad: str, unk: str, vocab_size: int = 40
     return tok
 
 
-def _wordpiece() -> Tokenizer:
-    chars = sorted({c for line in CORPUS for c in line.lower() if not c.isspace()})
+def _wordpiece(extra: list[str] = ()) -> Tokenizer:
+    chars = sorted({c for line in [*CORPUS, *extra] for c in line.lower() if not c.isspace()})
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars
     tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True, handle_chinese_chars=True)
@@ -53,8 +53,9 @@ def _wordpiece() -> Tokenizer:
     return tok
 
 
-def bert_tokenizer():
-    return transformers.BertTokenizerFast(tokenizer_object=_wordpiece(), pad_token="[PAD]",
+def bert_tokenizer(extra: list[str] = ()):
+    """A character-level WordPiece tokenizer over the corpus (plus ``extra`` texts)."""
+    return transformers.BertTokenizerFast(tokenizer_object=_wordpiece(extra), pad_token="[PAD]",
                                           unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
                                           mask_token="[MASK]")
 
@@ -106,10 +107,11 @@ def _vision(cls):
                image_size=32, patch_size=16, projection_dim=16)
 
 
-def make_chinese_clip(folder: Path, seed: int = 0) -> Path:
-    """A full two-tower Chinese-CLIP (BERT text tower), as the OFA-Sys repos ship it."""
+def make_chinese_clip(folder: Path, seed: int = 0, extra_text: list[str] = ()) -> Path:
+    """A full two-tower Chinese-CLIP (BERT text tower), as the OFA-Sys repos ship it; its
+    vocabulary covers the built-in corpus and ``extra_text``."""
     torch.manual_seed(seed)
-    tok = bert_tokenizer()
+    tok = bert_tokenizer(extra_text)
     C = transformers
     text = C.ChineseCLIPTextConfig(**_bert_like(tok, max_position_embeddings=64))
     vision = _vision(C.ChineseCLIPVisionConfig)

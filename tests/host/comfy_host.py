@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -14,35 +13,10 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from training.comfy_runtime import PACK_ROOT
+
+REPO = PACK_ROOT
 PACK_MODULE = "comfyui_pea_diffusion"
-
-
-def find_comfyui() -> tuple[Path | None, str]:
-    """(ComfyUI folder or None, where it came from / why not)."""
-    env = os.environ.get("COMFYUI_PATH")
-    if env:
-        path = Path(env).expanduser().resolve()
-        if (path / "main.py").is_file() and (path / "comfy").is_dir():
-            return path, f"COMFYUI_PATH={path}"
-        return None, f"COMFYUI_PATH={env} is not a ComfyUI checkout (no main.py and comfy/)"
-    parent = REPO.parent.parent
-    if REPO.parent.name == "custom_nodes" and (parent / "main.py").is_file():
-        return parent, f"the pack sits in {parent / 'custom_nodes'}"
-    return None, "no ComfyUI: set COMFYUI_PATH to a ComfyUI checkout to run the host tests"
-
-
-def import_comfy(path: Path) -> None:
-    """Import ComfyUI as a library on the CPU (its ``nodes`` module must win over ours)."""
-    if str(path) not in sys.path[:1]:
-        sys.path.insert(0, str(path))
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
-    import comfy.model_management  # noqa: F401  (reads args.cpu once, here)
-    import nodes  # noqa: F401
-
-    assert Path(sys.modules["nodes"].__file__).parent == path, "ComfyUI's nodes.py must be imported"
 
 
 def load_pack():

@@ -14,6 +14,7 @@ from adapters import EncoderSpec, load_language_encoder
 from adapters.encoders.single_file import pack_encoder
 from adapters import tiny as standins
 from tests.host import comfy_host
+from training.comfy_runtime import find_comfyui, import_comfy
 
 ZH = EncoderSpec("chinese_clip", "chinese-clip-tiny", context_length=52, attention_mask=True)
 XLMR = EncoderSpec("open_clip", "xlm-roberta-tiny", context_length=77, attention_mask=True)
@@ -21,10 +22,10 @@ XLMR = EncoderSpec("open_clip", "xlm-roberta-tiny", context_length=77, attention
 
 @pytest.fixture(scope="session")
 def comfy_path():
-    path, why = comfy_host.find_comfyui()
+    path, why = find_comfyui()
     if path is None:
         pytest.skip(why)
-    comfy_host.import_comfy(path)
+    import_comfy(cpu=True)
     return path
 
 

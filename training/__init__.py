@@ -1,0 +1,1 @@
+"""Headless distillation training of PEA adapters on ComfyUI's own model code."""

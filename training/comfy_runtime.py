@@ -1,0 +1,47 @@
+"""Finding and importing the ComfyUI that the pack sits in (or ``COMFYUI_PATH``) as a library."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+PACK_ROOT = Path(__file__).resolve().parents[1]
+
+
+def find_comfyui() -> tuple[Path | None, str]:
+    """(ComfyUI folder or None, where it came from or why there is none)."""
+    env = os.environ.get("COMFYUI_PATH")
+    if env:
+        path = Path(env).expanduser().resolve()
+        if (path / "main.py").is_file() and (path / "comfy").is_dir():
+            return path, f"COMFYUI_PATH={path}"
+        return None, f"COMFYUI_PATH={env} is not a ComfyUI checkout (no main.py and comfy/)"
+    parent = PACK_ROOT.parent.parent
+    if PACK_ROOT.parent.name == "custom_nodes" and (parent / "main.py").is_file():
+        return parent, f"the pack sits in {parent / 'custom_nodes'}"
+    return None, "no ComfyUI: set COMFYUI_PATH to a ComfyUI checkout, or install the pack in ComfyUI/custom_nodes"
+
+
+def import_comfy(cpu: bool | None = None) -> Path:
+    """Put ComfyUI first on ``sys.path`` and import its model management.
+
+    ``cpu``: force the CPU (default: when CUDA is unavailable). ComfyUI's own ``nodes`` module
+    must win over this pack's ``nodes/`` package, hence ``sys.path[0]``.
+    """
+    path, why = find_comfyui()
+    if path is None:
+        raise RuntimeError(why)
+    if sys.path[:1] != [str(path)]:
+        sys.path.insert(0, str(path))
+    import torch
+
+    import comfy.cli_args
+
+    if cpu if cpu is not None else not torch.cuda.is_available():
+        comfy.cli_args.args.cpu = True
+    import comfy.model_management  # noqa: F401  (reads args once, on first import)
+    import nodes  # noqa: F401
+
+    if Path(sys.modules["nodes"].__file__).parent != path:
+        raise RuntimeError(f"'nodes' was imported from {sys.modules['nodes'].__file__}, not from ComfyUI at {path}")
+    return path

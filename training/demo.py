@@ -1,0 +1,61 @@
+"""``train_adapter.py --demo``: distil an adapter in a miniature world, on a CPU, in minutes.
+
+Tiny models are built in code from ComfyUI's own classes (an SD1.5-family UNet, ComfyUI's SD1
+CLIP at 64-d with its real tokenizer, a TAESD VAE) and a tiny Chinese-CLIP-shaped student
+encoder. The shipped corpus (training/demo_data/pairs.jsonl) is drawn into images. Two runs
+are made: one on the true pairs and a control on shuffled (mismatched) pairs; their KD loss on
+held-out pairs — attribute combinations never seen in training — shows whether the adapter
+learned the language mapping (matched well below the control) or only an average.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from adapters import load_language_encoder
+from adapters.tiny import make_chinese_clip
+from .data import read_manifest
+from .demo_world import read_pairs, write_dataset
+from .objective import LossWeights
+from .tiny_base import tiny_sd15_parts
+from .trainer import TrainConfig, Trainer
+
+DEMO_STEPS = 300
+
+
+def demo_config(output: Path, steps: int, seed: int) -> TrainConfig:
+    return TrainConfig(output=output, steps=steps, batch_size=16, lr=2e-3, weight_decay=0.01, warmup=20,
+                       resolution=64, hidden=(128,), save_every=steps, log_every=10, seed=seed,
+                       weights=LossWeights(), cache_dir=output.parent / "cache", languages=["zh"],
+                       preview_steps=8, adapter_name="pea_demo_zh.safetensors")
+
+
+def run_demo(output: Path, steps: int = DEMO_STEPS, seed: int = 0, progress: bool = True) -> dict:
+    """Train the matched and the shuffled-pairs adapters; return and print their held-out KD losses."""
+    pairs = read_pairs()
+    train = [p for p in pairs if not p["held_out"]]
+    held_out = [p for p in pairs if p["held_out"]]
+    data = output / "data"
+    manifests = {"matched": write_dataset(data, train), "shuffled": write_dataset(data, train, shuffle_text_seed=seed + 1)}
+    held_manifest = write_dataset(data / "held_out", held_out)
+    encoder = load_language_encoder(make_chinese_clip(output / "language_clip" / "chinese-clip-tiny",
+                                                      extra_text=[p["zh"] for p in pairs]))
+    parts = tiny_sd15_parts("demo", seed)
+    results = {}
+    for run, manifest in manifests.items():
+        cfg = replace(demo_config(output / run, steps, seed), progress=progress,
+                      preview_prompts=[p["zh"] for p in held_out[:4]] if run == "matched" else [])
+        trainer = Trainer(cfg, parts, encoder, read_manifest(manifest))
+        adapter_path = trainer.run()
+        results[run] = {"adapter": str(adapter_path), **trainer.evaluate(read_manifest(held_manifest))}
+    ratio = results["matched"]["kd"] / results["shuffled"]["kd"]
+    results["ratio"] = ratio
+    (output / "demo_result.json").write_text(json.dumps(results, indent=2))
+    print(f"\nheld-out KD loss ({len(held_out)} pairs never seen in training):")
+    print(f"  trained on true pairs:     {results['matched']['kd']:.5f}")
+    print(f"  trained on shuffled pairs: {results['shuffled']['kd']:.5f}")
+    print(f"  ratio: {ratio:.3f} (below 0.8: the adapter learned the language mapping)")
+    print(f"adapter: {results['matched']['adapter']}\nloss plot: {output / 'matched' / 'loss.png'}\n"
+          f"preview: {output / 'matched' / 'previews' / 'final.png'}")
+    return results

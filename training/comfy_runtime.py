@@ -39,6 +39,7 @@ def import_comfy(cpu: bool | None = None) -> Path:
 
     if cpu if cpu is not None else not torch.cuda.is_available():
         comfy.cli_args.args.cpu = True
+        comfy.cli_args.args.use_pytorch_cross_attention = True  # SDPA: faster than sub-quadratic on CPU
     import comfy.model_management  # noqa: F401  (reads args once, on first import)
     import nodes  # noqa: F401
 

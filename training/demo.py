@@ -15,20 +15,37 @@ from pathlib import Path
 
 from adapters import load_language_encoder
 from adapters.tiny import make_chinese_clip
-from .data import read_manifest
+import torch
+
+from .data import load_image, read_manifest
 from .demo_world import read_pairs, write_dataset
 from .objective import LossWeights
-from .tiny_base import tiny_sd15_parts
+from .teacher import load_unet, save_unet, train_teacher
+from .tiny_base import calibrate_vae, tiny_sd15_parts
 from .trainer import TrainConfig, Trainer
 
-DEMO_STEPS = 300
+DEMO_STEPS = 250
+TEACHER_STEPS, TEACHER_LR = 1200, 2e-3
+SHIPPED_TEACHER = Path(__file__).with_name("demo_data") / "teacher_unet.safetensors"
 
 
 def demo_config(output: Path, steps: int, seed: int) -> TrainConfig:
-    return TrainConfig(output=output, steps=steps, batch_size=16, lr=2e-3, weight_decay=0.01, warmup=20,
+    return TrainConfig(output=output, steps=steps, batch_size=32, lr=3e-3, weight_decay=0.01, warmup=20,
                        resolution=64, hidden=(128,), save_every=steps, log_every=10, seed=seed,
                        weights=LossWeights(), cache_dir=output.parent / "cache", languages=["zh"],
-                       preview_steps=8, adapter_name="pea_demo_zh.safetensors")
+                       preview_steps=8, adapter_name="pea_demo_zh.safetensors", memory_cache=True)
+
+
+def prepare_teacher(parts, records, cache: Path, seed: int = 0, progress: bool = True) -> None:
+    """Give the tiny UNet its English teacher weights: the shipped file (trained by
+    ``python -m training.demo --write-teacher``), else a cached or freshly trained one."""
+    calibrate_vae(parts.vae, torch.stack([load_image(r.image, (64, 64)) for r in records]))
+    for path in (SHIPPED_TEACHER, cache):
+        if seed == 0 and path.is_file():
+            load_unet(parts, path)
+            return
+    train_teacher(parts, records, TEACHER_STEPS, 64, lr=TEACHER_LR, seed=seed, progress=progress)
+    save_unet(parts, cache)
 
 
 def run_demo(output: Path, steps: int = DEMO_STEPS, seed: int = 0, progress: bool = True) -> dict:
@@ -42,10 +59,12 @@ def run_demo(output: Path, steps: int = DEMO_STEPS, seed: int = 0, progress: boo
     encoder = load_language_encoder(make_chinese_clip(output / "language_clip" / "chinese-clip-tiny",
                                                       extra_text=[p["zh"] for p in pairs]))
     parts = tiny_sd15_parts("demo", seed)
+    train_records = read_manifest(manifests["matched"])
+    prepare_teacher(parts, train_records, output / "teacher_unet.safetensors", seed, progress)
     results = {}
     for run, manifest in manifests.items():
         cfg = replace(demo_config(output / run, steps, seed), progress=progress,
-                      preview_prompts=[p["zh"] for p in held_out[:4]] if run == "matched" else [])
+                      preview_prompts=[p["zh"] for p in held_out[::9]] if run == "matched" else [])
         trainer = Trainer(cfg, parts, encoder, read_manifest(manifest))
         adapter_path = trainer.run()
         results[run] = {"adapter": str(adapter_path), **trainer.evaluate(read_manifest(held_manifest))}
@@ -59,3 +78,22 @@ def run_demo(output: Path, steps: int = DEMO_STEPS, seed: int = 0, progress: boo
     print(f"adapter: {results['matched']['adapter']}\nloss plot: {output / 'matched' / 'loss.png'}\n"
           f"preview: {output / 'matched' / 'previews' / 'final.png'}")
     return results
+
+
+if __name__ == "__main__":
+    import argparse
+    import tempfile
+
+    from .comfy_runtime import import_comfy
+
+    parser = argparse.ArgumentParser(description="Rebuild the shipped demo teacher (a few minutes on a CPU).")
+    parser.add_argument("--write-teacher", action="store_true", required=True)
+    parser.parse_args()
+    import_comfy(cpu=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        records = read_manifest(write_dataset(Path(tmp), [p for p in read_pairs() if not p["held_out"]]))
+        parts = tiny_sd15_parts("demo", 0)
+        calibrate_vae(parts.vae, torch.stack([load_image(r.image, (64, 64)) for r in records]))
+        train_teacher(parts, records, TEACHER_STEPS, 64, lr=TEACHER_LR)
+        save_unet(parts, SHIPPED_TEACHER, dtype=torch.float16)
+    print(f"wrote {SHIPPED_TEACHER}")

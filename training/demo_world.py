@@ -18,7 +18,7 @@ COLORS = {"red": ("红色", (220, 40, 40)), "blue": ("蓝色", (40, 80, 220)), "
 SHAPES = {"circle": "圆形", "square": "正方形", "triangle": "三角形", "star": "星形", "cross": "十字", "diamond": "菱形"}
 PLACES = {"on the left": ("在左边", (0.3, 0.5)), "on the right": ("在右边", (0.7, 0.5)),
           "at the top": ("在上方", (0.5, 0.3)), "at the bottom": ("在下方", (0.5, 0.7))}
-SIZES = {"small": ("小", 0.18), "big": ("大", 0.32)}
+SIZES = {"small": ("小", 0.28), "big": ("大", 0.45)}
 PAIRS = Path(__file__).with_name("demo_data") / "pairs.jsonl"
 
 

@@ -42,11 +42,13 @@ class Batch:
 class TeacherText:
     """The base checkpoint's English conditioning, exactly as CLIPTextEncode makes it."""
 
-    def __init__(self, clip, cache_dir: Path | None = None, cache_key: str = ""):
+    def __init__(self, clip, cache_dir: Path | None = None, cache_key: str = "", memory: bool = False):
         self.clip = clip
         self.cache_dir = cache_dir
         self.cache_key = cache_key
+        self.memo: dict[str, dict[str, torch.Tensor]] | None = {} if memory else None
 
+    @torch.no_grad()
     def _compute(self, text: str) -> dict[str, torch.Tensor]:
         cond, extra = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))[0]
         out = {"tokens": cond.float().cpu()}
@@ -55,6 +57,13 @@ class TeacherText:
         return out
 
     def encode(self, text: str) -> dict[str, torch.Tensor]:
+        if self.memo is None:
+            return self._cached(text)
+        if text not in self.memo:
+            self.memo[text] = self._cached(text)
+        return self.memo[text]
+
+    def _cached(self, text: str) -> dict[str, torch.Tensor]:
         if self.cache_dir is None:
             return self._compute(text)
         key = hashlib.sha1(f"{self.cache_key}\0{text}".encode()).hexdigest()

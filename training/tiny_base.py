@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,14 +30,28 @@ UNET_SHAPES = {
 }
 
 
+@torch.no_grad()
 def init_weights(module: nn.Module, seed: int) -> nn.Module:
-    """PyTorch's default init for every layer (ComfyUI's ops skip it to load faster)."""
-    torch.manual_seed(seed)
+    """Initialise every layer (ComfyUI's ops skip init to load faster) from numpy's legacy
+    ``RandomState``, whose streams never change: the same weights on every machine and torch
+    version, so a teacher trained on top of them can be shipped. Linear/conv layers get
+    PyTorch's default bounds (uniform, 1/sqrt(fan_in)), norms ones and zeros, embeddings N(0, 1)."""
+    rng = np.random.RandomState(seed)
+
+    def fill(t: torch.Tensor, values: np.ndarray) -> None:
+        t.copy_(torch.from_numpy(values.astype(np.float32)).reshape(t.shape))
+
     for m in module.modules():
-        for cls in (nn.Linear, nn.Conv2d, nn.Conv3d, nn.GroupNorm, nn.LayerNorm, nn.Embedding):
-            if isinstance(m, cls):
-                cls.reset_parameters(m)
-                break
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv3d)):
+            bound = 1.0 / np.sqrt(m.weight[0].numel())
+            fill(m.weight, rng.uniform(-bound, bound, m.weight.numel()))
+            if m.bias is not None:
+                fill(m.bias, rng.uniform(-bound, bound, m.bias.numel()))
+        elif isinstance(m, (nn.GroupNorm, nn.LayerNorm)) and m.weight is not None:
+            m.weight.fill_(1.0)
+            m.bias.zero_()
+        elif isinstance(m, nn.Embedding):
+            fill(m.weight, rng.standard_normal(m.weight.numel()))
     return module
 
 
@@ -48,6 +63,8 @@ def tiny_unet_model(shape: str = "demo", seed: int = 0, v_prediction: bool = Fal
     cfg = dict(UNET_SHAPES[shape], in_channels=4, out_channels=4, use_temporal_attention=False,
                use_spatial_transformer=True, legacy=False, image_size=32, transformer_depth_middle=1)
     family = sm.SDXL if cfg["adm_in_channels"] else sm.SD15
+    if cfg["adm_in_channels"]:
+        cfg["num_classes"] = "sequential"
     config = family(cfg)
     config.unet_config["num_head_channels"] = 8
     config.unet_config["num_heads"] = -1
@@ -60,6 +77,34 @@ def tiny_unet_model(shape: str = "demo", seed: int = 0, v_prediction: bool = Fal
     return init_weights(model, seed).eval()
 
 
+@torch.no_grad()
+def pooling_taesd(latent_channels: int = 4):
+    """ComfyUI's TAESD with weights set by hand: the encoder averages 8x8 pixel blocks into
+    RGB (+ luminance) latents, the decoder repeats them. A VAE a CPU needs no training for, whose
+    decoded previews show colours and positions."""
+    from comfy.taesd.taesd import TAESD, Block
+
+    taesd = TAESD(latent_channels=latent_channels)
+    for m in taesd.modules():
+        if isinstance(m, (nn.Conv2d,)):
+            m.weight.zero_()
+            if m.bias is not None:
+                m.bias.zero_()
+    rgb = range(3)
+    for seq in (taesd.taesd_encoder, taesd.taesd_decoder):
+        for layer in seq:
+            if isinstance(layer, Block) or not isinstance(layer, nn.Conv2d):
+                continue  # blocks with zero branches are ReLU(x): identity on non-negative values
+            for c in rgb:
+                if layer.stride == (2, 2):
+                    layer.weight[c, c, 1:3, 1:3] = 0.25
+                else:
+                    layer.weight[c, c, 1, 1] = 1.0
+            if layer.out_channels == latent_channels and latent_channels > 3:
+                layer.weight[3, :3, 1, 1] = 1.0 / 3.0
+    return taesd
+
+
 @dataclass
 class BaseParts:
     """What a checkpoint loader gives: MODEL (ModelPatcher), CLIP, VAE."""
@@ -70,18 +115,27 @@ class BaseParts:
     name: str
 
 
+@torch.no_grad()
+def calibrate_vae(vae, images: torch.Tensor, latent_scale: float = 0.18215) -> None:
+    """Set a random TAESD's ``vae_scale``/``vae_shift`` so that ``images`` ([B, H, W, 3] in
+    [0, 1]) give latents of unit variance after the model's latent scaling, as a trained VAE does."""
+    taesd = vae.first_stage_model
+    raw = taesd.taesd_encoder(images.movedim(-1, 1).to(taesd.vae_scale.device))
+    taesd.vae_scale.fill_(raw.std().item() * latent_scale)
+    taesd.vae_shift.fill_(-raw.mean().item() / taesd.vae_scale.item())
+
+
 def tiny_sd15_parts(shape: str = "demo", seed: int = 0) -> BaseParts:
     """A tiny SD1.5-family MODEL/CLIP/VAE: ComfyUI's SD1 CLIP (real tokenizer, 64-d) and TAESD."""
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.sd
     import comfy.supported_models as sm
-    from comfy.taesd.taesd import TAESD
-
     model = tiny_unet_model(shape, seed)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                                offload_device=mm.unet_offload_device())
     clip = comfy.sd.CLIP(sm.SD15({}).clip_target(), model_options={"clip_l_model_config": TINY_CLIP})
     init_weights(clip.cond_stage_model, seed + 1)
-    vae = comfy.sd.VAE(sd=init_weights(TAESD(latent_channels=4), seed + 2).state_dict())
+    vae = comfy.sd.VAE(sd=pooling_taesd().state_dict())
+    vae.first_stage_model.requires_grad_(False)
     return BaseParts(patcher, clip, vae, f"tiny-{shape}")

@@ -48,6 +48,8 @@ class TrainConfig:
     languages: list[str] = field(default_factory=list)
     adapter_name: str = "adapter.safetensors"
     progress: bool = True
+    memory_cache: bool = False
+    """Keep latents and teacher encodings in memory too (small datasets: the demo, tests)."""
 
 
 @dataclass
@@ -111,12 +113,15 @@ class Trainer:
             adapter = load_adapter(cfg.init_adapter)
             adapter.requires_grad_(True).train()
         else:
-            adapter = new_adapter(self.base, encoder, cfg.hidden)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)
+                adapter = new_adapter(self.base, encoder, cfg.hidden)
         self.adapter = adapter.to(self.device)
         self.trained = self.adapter
         if self.dist.world > 1:
             self.trained = torch.nn.parallel.DistributedDataParallel(self.adapter)
-        self.teacher = TeacherText(parts.clip, cfg.cache_dir, parts.name)
+        self.teacher = TeacherText(parts.clip, cfg.cache_dir, parts.name, memory=cfg.memory_cache)
+        self._latent_memo: dict = {}
         empty = self.teacher.encode("")
         self.distiller = Distiller(self.base, self.encoder, self.trained, encoder.tokenize([""]),
                                    (empty["tokens"], empty.get("pooled")), cfg.weights, cfg.cfg_dropout, cfg.seed)
@@ -131,6 +136,15 @@ class Trainer:
     # ---- data -------------------------------------------------------------------------
     def latents(self, record: Record, bucket: tuple[int, int]) -> torch.Tensor:
         """VAE latents of one image (scaled for the model), cached when a cache folder is set."""
+        if self.cfg.memory_cache:
+            key = (record.image, bucket)
+            if key not in self._latent_memo:
+                self._latent_memo[key] = self._latents(record, bucket)
+            return self._latent_memo[key]
+        return self._latents(record, bucket)
+
+    @torch.no_grad()
+    def _latents(self, record: Record, bucket: tuple[int, int]) -> torch.Tensor:
         path = None
         if self.cfg.cache_dir:
             key = hashlib.sha1(f"{self.parts.name}\0{record.image}\0{bucket}".encode()).hexdigest()

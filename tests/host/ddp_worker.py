@@ -1,0 +1,20 @@
+"""Run under torchrun by test_training: a few demo-world steps with DDP (gloo on CPU)."""
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from training.comfy_runtime import import_comfy
+
+import_comfy(cpu=True)
+
+from adapters import load_language_encoder  # noqa: E402
+from training.data import read_manifest  # noqa: E402
+from training.demo import demo_config  # noqa: E402
+from training.tiny_base import tiny_sd15_parts  # noqa: E402
+from training.trainer import DistInfo, Trainer  # noqa: E402
+
+manifest, encoder_dir, out, batch = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+cfg = replace(demo_config(out, 4, 0), batch_size=batch, progress=False, cache_dir=None, memory_cache=True,
+              log_every=1, save_every=0)
+Trainer(cfg, tiny_sd15_parts("demo"), load_language_encoder(encoder_dir), read_manifest(manifest),
+        DistInfo.from_env()).run()

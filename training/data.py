@@ -6,6 +6,7 @@ Manifest lines: ``{"image": "rel/or/abs.png", "text": "目标语言的描述", "
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import random
@@ -24,13 +25,32 @@ IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
 @dataclass(frozen=True)
 class Record:
     image: Path
+    """The image file, or for shard samples a unique key (shard + sample key)."""
     text: str
     en: str | None
     native: bool
+    data: bytes | None = None
+    """Encoded image bytes, for samples streamed from tar shards."""
+
+    def open_image(self) -> Image.Image:
+        return Image.open(io.BytesIO(self.data)) if self.data is not None else Image.open(self.image)
 
 
 class ManifestError(ValueError):
     """A manifest line is not what the trainer expects; the message names file, line and field."""
+
+
+def caption_fields(item: dict, where: str) -> tuple[str, str | None, bool]:
+    """(text, en, native) of one sample's metadata; raises ManifestError naming the field."""
+    kind = item.get("kind", "parallel")
+    if kind not in KINDS:
+        raise ManifestError(f"{where}: field 'kind' is {kind!r}, expected one of {KINDS}")
+    if not isinstance(item.get("text"), str) or not item["text"]:
+        raise ManifestError(f"{where}: field 'text' must be a non-empty string")
+    en = item.get("en")
+    if kind == "parallel" and not isinstance(en, str):
+        raise ManifestError(f"{where}: a parallel sample needs an English caption in field 'en'")
+    return item["text"], en, kind == "native"
 
 
 def read_manifest(path: str | Path, image_root: str | Path | None = None) -> list[Record]:
@@ -46,16 +66,10 @@ def read_manifest(path: str | Path, image_root: str | Path | None = None) -> lis
             item = json.loads(line)
         except json.JSONDecodeError as e:
             raise ManifestError(f"{where}: not valid JSON ({e})") from e
-        kind = item.get("kind", "parallel")
-        if kind not in KINDS:
-            raise ManifestError(f"{where}: field 'kind' is {kind!r}, expected one of {KINDS}")
-        for field in ("image", "text"):
-            if not isinstance(item.get(field), str) or not item[field]:
-                raise ManifestError(f"{where}: field '{field}' must be a non-empty string")
-        en = item.get("en")
-        if kind == "parallel" and not isinstance(en, str):
-            raise ManifestError(f"{where}: a parallel sample needs an English caption in field 'en'")
-        records.append(Record(root / item["image"], item["text"], en, kind == "native"))
+        if not isinstance(item.get("image"), str) or not item["image"]:
+            raise ManifestError(f"{where}: field 'image' must be a non-empty string")
+        text, en, native = caption_fields(item, where)
+        records.append(Record(root / item["image"], text, en, native))
     if not records:
         raise ManifestError(f"{path} has no samples")
     return records
@@ -98,7 +112,7 @@ def assign_buckets(records: list[Record], buckets: list[tuple[int, int]],
     kept, sizes = [], []
     for record in records:
         try:
-            with Image.open(record.image) as im:
+            with record.open_image() as im:
                 size = im.size
         except IMAGE_ERRORS as e:
             skipped.add(record.image, e)
@@ -108,9 +122,9 @@ def assign_buckets(records: list[Record], buckets: list[tuple[int, int]],
     return kept, sizes
 
 
-def load_image(path: Path, bucket: tuple[int, int]) -> torch.Tensor:
+def load_image(source: Path | Record, bucket: tuple[int, int]) -> torch.Tensor:
     """Resize to cover the bucket, centre-crop: ``[H, W, 3]`` floats in [0, 1] (ComfyUI IMAGE)."""
-    with Image.open(path) as im:
+    with (source.open_image() if isinstance(source, Record) else Image.open(source)) as im:
         im = im.convert("RGB")
         w, h = bucket
         scale = max(w / im.width, h / im.height)
@@ -173,3 +187,76 @@ class BucketBatches:
         while True:
             yield from self.epoch(epoch)[offset:]
             epoch, offset = epoch + 1, 0
+
+
+class ManifestBatches:
+    """Batches of a manifest's records: (bucket, records, sample ids)."""
+
+    def __init__(self, records: list[Record], buckets: list[tuple[int, int]], batch_size: int,
+                 world: int = 1, rank: int = 0, seed: int = 0):
+        self.records = records
+        self.order = BucketBatches(buckets, batch_size, world, rank, seed)
+
+    def iterate(self, start: int = 0) -> Iterator[tuple[tuple[int, int], list[Record], list[int]]]:
+        for bucket, idx in self.order.iterate(start):
+            yield bucket, [self.records[i] for i in idx], idx
+
+    def position(self, n: int) -> dict:
+        pos = self.order.position(n)
+        return {"epoch": pos.epoch, "batch": pos.batch}
+
+
+class ShardBatches:
+    """Batches streamed from webdataset tar shards (``NAME.jpg|png|webp`` + ``NAME.json`` with
+    text, en, kind), bucketed on the fly; each rank reads its own shards. Unreadable samples are
+    skipped and counted. Resuming replays the stream up to the saved batch."""
+
+    IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+
+    def __init__(self, urls: list[str], buckets: list[tuple[int, int]], batch_size: int, skipped: "SkipCounter",
+                 world: int = 1, rank: int = 0):
+        if len(urls) < world:
+            raise ValueError(f"{len(urls)} shards cannot be split over {world} processes")
+        self.urls, self.buckets, self.batch_size, self.skipped = urls[rank::world], buckets, batch_size, skipped
+        self.rank, self.world = rank, world
+
+    def samples(self) -> Iterator[Record]:
+        try:
+            import webdataset as wds
+        except ImportError as e:
+            raise RuntimeError("tar shards need the webdataset package: pip install webdataset") from e
+        while True:
+            for sample in wds.WebDataset(self.urls, shardshuffle=False, empty_check=False):
+                where = f"{sample.get('__url__', '?')}:{sample['__key__']}"
+                image = next((sample[k] for k in self.IMAGE_KEYS if k in sample), None)
+                try:
+                    text, en, native = caption_fields(json.loads(sample.get("json", b"{}")), where)
+                except (ManifestError, json.JSONDecodeError) as e:
+                    self.skipped.add(Path(where), e)
+                    continue
+                if image is None:
+                    self.skipped.add(Path(where), ValueError("no image in the sample"))
+                    continue
+                yield Record(Path(where), text, en, native, data=image)
+
+    def iterate(self, start: int = 0) -> Iterator[tuple[tuple[int, int], list[Record], list[int]]]:
+        buffers: dict[tuple[int, int], list[Record]] = {}
+        emitted, counter = 0, 0
+        for record in self.samples():
+            try:
+                with record.open_image() as im:
+                    bucket = nearest_bucket(*im.size, self.buckets)
+            except IMAGE_ERRORS as e:
+                self.skipped.add(record.image, e)
+                continue
+            counter += 1
+            buffers.setdefault(bucket, []).append(record)
+            if len(buffers[bucket]) == self.batch_size:
+                batch, buffers[bucket] = buffers[bucket], []
+                emitted += 1
+                if emitted > start:
+                    first = (counter - self.batch_size) * self.world + self.rank
+                    yield bucket, batch, list(range(first, first + self.batch_size))
+
+    def position(self, n: int) -> dict:
+        return {"batches": n}

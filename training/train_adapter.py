@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context-length", type=int, help="encoder padding length (default: the backend's)")
     p.add_argument("--manifest", type=Path, help="JSONL: image, text, en, kind (parallel|native)")
     p.add_argument("--image-root", type=Path, help="folder image paths are relative to (default: the manifest's)")
+    p.add_argument("--shards", nargs="+", help="webdataset tar shards instead of a manifest, e.g. 'data/{000..099}.tar'")
     p.add_argument("--output", type=Path, default=Path("pea_runs/demo"), help="run folder")
     p.add_argument("--init-adapter", type=Path, help="continue training from an adapter file")
     p.add_argument("--resume", type=Path, help="a checkpoint file or run folder to continue exactly")
@@ -82,9 +83,13 @@ def main(argv: list[str] | None = None) -> int:
 
         run_demo(args.output, steps=args.steps or DEMO_STEPS, seed=args.seed)
         return 0
-    missing = [f"--{n}" for n in ("checkpoint", "encoder", "manifest") if getattr(args, n) is None]
+    missing = [f"--{n}" for n in ("checkpoint", "encoder") if getattr(args, n) is None]
+    if args.manifest is None and not args.shards:
+        missing.append("--manifest or --shards")
     if missing:
         build_parser().error(f"{', '.join(missing)} required (or --demo)")
+    from braceexpand import braceexpand
+
     from adapters import load_language_encoder
     from training.data import read_manifest
     from training.objective import LossWeights
@@ -98,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         init_adapter=args.init_adapter, resume=args.resume, cache_dir=args.cache_dir, seed=args.seed,
         save_every=args.save_every, log_every=args.log_every, preview_every=args.preview_every,
         preview_prompts=args.preview_prompt, languages=args.languages)
+    records = read_manifest(args.manifest, args.image_root) if args.manifest else None
+    shards = [url for pattern in args.shards or [] for url in braceexpand(pattern)]
     trainer = Trainer(cfg, load_parts(args.checkpoint), load_language_encoder(args.encoder, context_length=args.context_length),
-                      read_manifest(args.manifest, args.image_root), DistInfo.from_env())
+                      records, DistInfo.from_env(), shards=shards or None)
     final = trainer.run()
     print(f"adapter: {final} ({trainer.skipped.count} images skipped)")
     return 0

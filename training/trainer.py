@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from adapters import AdapterInfo, AdapterShape, EncoderSpec, LanguageEncoder, PEAAdapter, load_adapter, save_adapter
 from .checkpoints import load_checkpoint, save_checkpoint, set_rng_state
-from .data import BucketBatches, Record, SkipCounter, assign_buckets, load_image, make_buckets, IMAGE_ERRORS
+from .data import (IMAGE_ERRORS, ManifestBatches, Record, ShardBatches, SkipCounter, assign_buckets, load_image,
+                   make_buckets)
 from .distill import Batch, Distiller, TeacherText
 from .objective import LossWeights
 from .preview import render_previews
@@ -98,8 +99,8 @@ def warmup_schedule(warmup: int):
 class Trainer:
     """Distils a PEA adapter from ``parts`` (a loaded checkpoint) behind ``encoder``."""
 
-    def __init__(self, cfg: TrainConfig, parts, encoder: LanguageEncoder, records: list[Record],
-                 dist_info: DistInfo | None = None):
+    def __init__(self, cfg: TrainConfig, parts, encoder: LanguageEncoder, records: list[Record] | None = None,
+                 dist_info: DistInfo | None = None, shards: list[str] | None = None):
         import comfy.model_management as mm
 
         self.cfg, self.parts, self.dist = cfg, parts, dist_info or DistInfo()
@@ -127,8 +128,12 @@ class Trainer:
                                    (empty["tokens"], empty.get("pooled")), cfg.weights, cfg.cfg_dropout, cfg.seed)
         self.skipped = SkipCounter()
         buckets = make_buckets(self.resolution, step=64 if self.resolution >= 256 else 8)
-        self.records, self.buckets = assign_buckets(records, buckets, self.skipped)
-        self.batches = BucketBatches(self.buckets, cfg.batch_size, self.dist.world, self.dist.rank, cfg.seed)
+        if shards:
+            self.records = []
+            self.batches = ShardBatches(shards, buckets, cfg.batch_size, self.skipped, self.dist.world, self.dist.rank)
+        else:
+            self.records, sizes = assign_buckets(records, buckets, self.skipped)
+            self.batches = ManifestBatches(self.records, sizes, cfg.batch_size, self.dist.world, self.dist.rank, cfg.seed)
         self.optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_schedule(cfg.warmup))
         self.step = 0
@@ -151,7 +156,7 @@ class Trainer:
             path = self.cfg.cache_dir / "latents" / key[:2] / f"{key}.pt"
             if path.is_file():
                 return torch.load(path, weights_only=True)
-        pixels = load_image(record.image, bucket)[None]
+        pixels = load_image(record, bucket)[None]
         latent = self.base.process_latent_in(self.parts.vae.encode(pixels).float())[0].cpu()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,17 +164,18 @@ class Trainer:
             path.with_suffix(".tmp").replace(path)
         return latent
 
-    def make_batch(self, bucket: tuple[int, int], indices: list[int]) -> Batch | None:
-        kept, latents = [], []
-        for i in indices:
+    def make_batch(self, bucket: tuple[int, int], records: list[Record], sample_ids: list[int]) -> Batch | None:
+        kept, latents, recs = [], [], []
+        for record, sid in zip(records, sample_ids):
             try:
-                latents.append(self.latents(self.records[i], bucket))
-                kept.append(i)
+                latents.append(self.latents(record, bucket))
             except IMAGE_ERRORS as e:
-                self.skipped.add(self.records[i].image, e)
+                self.skipped.add(record.image, e)
+                continue
+            kept.append(sid)
+            recs.append(record)
         if not kept:
             return None
-        recs = [self.records[i] for i in kept]
         tokens, pooled = self.teacher.encode_batch([r.en if (r.en and not r.native) else "" for r in recs])
         return Batch(
             latents=torch.stack(latents).to(self.device), teacher_tokens=tokens.to(self.device),
@@ -192,9 +198,8 @@ class Trainer:
                       "skipped_images": self.skipped.count})
 
     def state(self) -> dict:
-        pos = self.batches.position(self.step * self.cfg.grad_accum)
         return {"adapter": self.adapter.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "data": {"epoch": pos.epoch, "batch": pos.batch},
+                "scheduler": self.scheduler.state_dict(), "data": self.batches.position(self.step * self.cfg.grad_accum),
                 "skipped": self.skipped.count, "adapter_info": self.adapter_info().to_json()}
 
     def restore(self, path: Path) -> None:
@@ -295,17 +300,17 @@ class Trainer:
     def evaluate(self, records: list[Record], draws_key: int = 10**9) -> dict:
         """Mean loss parts over ``records`` with fixed draws and no CFG dropout (held-out pairs)."""
         dropout, self.distiller.cfg_dropout = self.distiller.cfg_dropout, 0.0
-        saved = self.records
-        self.records, sums = records, torch.zeros(4, dtype=torch.float64)
+        sums = torch.zeros(4, dtype=torch.float64)
         bucket = (self.resolution, self.resolution)
         for lo in range(0, len(records), self.cfg.batch_size):
-            batch = self.make_batch(bucket, list(range(lo, min(lo + self.cfg.batch_size, len(records)))))
+            ids = list(range(lo, min(lo + self.cfg.batch_size, len(records))))
+            batch = self.make_batch(bucket, [records[i] for i in ids], ids)
             if batch is None:
                 continue
             _, parts = self.distiller(batch, draws_key)
             sums += torch.tensor([parts["lkd"].sum().item(), parts["fkd"].sum().item(),
                                   parts["sd"].sum().item(), len(parts["sd"])], dtype=torch.float64)
-        self.records, self.distiller.cfg_dropout = saved, dropout
+        self.distiller.cfg_dropout = dropout
         n = max(sums[3].item(), 1)
         w = self.cfg.weights
         return {"lkd": sums[0].item() / n, "fkd": sums[1].item() / n, "sd": sums[2].item() / n,

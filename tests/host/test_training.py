@@ -91,7 +91,7 @@ def test_kd_loss_equals_independent_computation(world, tmp_path):
     from training.distill import sample_generator
 
     trainer = make_trainer(world, tmp_path, cfg_dropout=0.0)
-    batch = trainer.make_batch((64, 64), list(range(8)))
+    batch = trainer.make_batch((64, 64), trainer.records[:8], list(range(8)))
     batch.kd_mask[5] = 0.0  # one native sample: SD loss only
     loss, parts = trainer.distiller(batch, step=3)
 
@@ -117,7 +117,7 @@ def test_kd_loss_equals_independent_computation(world, tmp_path):
 
 def test_only_adapter_parameters_receive_gradients(world, tmp_path):
     trainer = make_trainer(world, tmp_path)
-    batch = trainer.make_batch((64, 64), list(range(8)))
+    batch = trainer.make_batch((64, 64), trainer.records[:8], list(range(8)))
     loss, _ = trainer.distiller(batch, step=0)
     loss.backward()
     adapter_params = {id(p) for p in trainer.adapter.parameters()}
@@ -197,3 +197,62 @@ def test_demo_learns_the_language_mapping(comfy_path, tmp_path):
     assert (tmp_path / "matched" / "previews" / "final.png").stat().st_size > 0
     adapter = load_adapter(tmp_path / "matched" / "pea_demo_zh.safetensors")
     assert adapter.info.encoder.kind == "chinese_clip" and adapter.info.training["steps"] > 0
+
+
+def test_webdataset_shards_train_and_count_bad_samples(world, tmp_path):
+    import webdataset as wds
+
+    from training.trainer import Trainer
+
+    lines = [json.loads(l) for l in world["manifest"].read_text(encoding="utf-8").splitlines()[:32]]
+    root = world["manifest"].parent
+    urls = []
+    for shard in range(2):
+        url = str(tmp_path / f"train-{shard:03d}.tar")
+        with wds.TarWriter(url) as sink:
+            for n, item in enumerate(lines[shard::2]):
+                sink.write({"__key__": f"s{shard}_{n:04d}", "png": (root / item["image"]).read_bytes(),
+                            "json": json.dumps({"text": item["text"], "en": item["en"]}).encode()})
+            sink.write({"__key__": f"s{shard}_broken", "png": b"not an image", "json": b'{"text": "x", "en": "x"}'})
+        urls.append(url)
+    base = make_trainer(world, tmp_path / "out", steps=3, log_every=1)
+    trainer = Trainer(base.cfg, world["parts"], base.encoder, shards=urls)
+    trainer.run()
+    assert trainer.skipped.count >= 1
+    assert [json.loads(l)["samples"] for l in (tmp_path / "out" / "log.jsonl").read_text().splitlines()] == [8, 8, 8]
+    assert load_adapter(tmp_path / "out" / "pea_demo_zh.safetensors").shape.head == "sd15"
+
+
+def test_v_prediction_target_is_v(comfy_path):
+    from training.objective import prediction_target
+    from training.tiny_base import tiny_unet_model
+
+    ms = tiny_unet_model("demo", v_prediction=True).model_sampling
+    z0, eps = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    sigma = ms.sigma(torch.tensor([5.0, 400.0, 990.0]))
+    noisy = ms.noise_scaling(sigma, eps, z0)
+    s = sigma[:, None, None, None]
+    v = (eps - s * z0) / (s ** 2 + 1) ** 0.5   # alpha_t * eps - sigma_t * z0 in DDPM terms
+    assert torch.allclose(prediction_target(ms, sigma, noisy, z0), v, atol=1e-4)
+
+
+def test_cli_refuses_a_checkpoint_without_text_encoder(comfy_path, base_dir, tmp_path):
+    cmd = [sys.executable, str(Path(__file__).resolve().parents[2] / "training" / "train_adapter.py"),
+           "--checkpoint", str(base_dir / "models" / "checkpoints" / "sd15_standin.safetensors"),
+           "--encoder", str(base_dir / "models" / "language_clip" / "chinese-clip-tiny"),
+           "--manifest", str(tmp_path / "m.jsonl"), "--cpu", "--output", str(tmp_path / "out")]
+    (tmp_path / "m.jsonl").write_text('{"image": "a.png", "text": "猫", "en": "cat"}\n')
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, COMFYUI_PATH=str(comfy_path)))
+    assert result.returncode != 0
+    assert "has no text encoder; the teacher needs the checkpoint's own CLIP" in result.stderr
+
+
+def test_benchmark_cpu_configuration_prints_ratios(comfy_path, tmp_path, capsys):
+    from training.benchmark import main
+
+    assert main(["--steps", "2", "--warmup", "2", "--batch", "2", "--json", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "official" in out and "ours" in out and "ratio" in out
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["speed_ratio"] > 0 and result["memory_ratio"] > 0 and result["ours"]["tflop_per_step"] > 0

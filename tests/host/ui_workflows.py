@@ -1,0 +1,97 @@
+"""UI-format workflows (what users drag into ComfyUI) made from the API-format twins in
+workflows/api/, using the live node registry for widget order and socket types.
+
+``PEA_WRITE_WORKFLOWS=1 python -m pytest tests/host/test_workflows.py`` rewrites workflows/*.json.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
+FRONTEND_ONLY = {"Note", "MarkdownNote"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+
+FILES_SDXL_ZH = ("Model files:\n"
+                 "- models/checkpoints/sd_xl_base_1.0.safetensors (any SDXL checkpoint)\n"
+                 "- models/language_clip/chinese-clip-vit-huge-patch14/ (Hugging Face OFA-Sys/chinese-clip-vit-huge-patch14: "
+                 "config.json, pytorch_model.bin, vocab.txt, tokenizer_config.json)\n"
+                 "- models/pea_adapters/pea_sdxl_zh.safetensors (an SDXL PEA adapter for Chinese-CLIP, e.g. the official "
+                 "pytorch_model.bin converted with python -m adapters.convert)")
+NOTES = {
+    "01_sd15_chinese_text_to_image": (
+        "SD1.5 text-to-image with a Chinese prompt through PEA.\n\nModel files:\n"
+        "- models/checkpoints/v1-5-pruned-emaonly.safetensors (any SD1.5 checkpoint or fine-tune)\n"
+        "- models/language_clip/chinese-clip-vit-huge-patch14/ (Hugging Face OFA-Sys/chinese-clip-vit-huge-patch14)\n"
+        "- models/pea_adapters/pea_sd15_zh.safetensors (an SD1.5 PEA adapter trained behind Chinese-CLIP)"),
+    "02_sdxl_chinese_text_to_image": (
+        "SDXL text-to-image with a Chinese prompt and SDXL size conditioning (PEA Encode Prompt's size fields).\n\n"
+        + FILES_SDXL_ZH),
+    "08_sdxl_multilingual_three_languages": (
+        "One multilingual adapter, three languages (Chinese, Russian, Korean), one seed; the images are batched "
+        "into one Save Image.\n\nModel files:\n"
+        "- models/checkpoints/sd_xl_base_1.0.safetensors\n"
+        "- models/language_clip/xlm-roberta-large-ViT-H-14/ (laion/CLIP-ViT-H-14-frozen-xlm-roberta-large-laion5B-s13B-b90k: "
+        "open_clip_config.json, open_clip_pytorch_model.bin; plus a subfolder xlm-roberta-large/ with the config.json "
+        "and tokenizer files of FacebookAI/xlm-roberta-large)\n"
+        "- models/pea_adapters/pea_sdxl_multilingual.safetensors (an SDXL adapter trained behind that encoder)"),
+}
+
+
+def _inputs_in_order(spec: dict) -> list[tuple[str, list]]:
+    return list(spec["input"].get("required", {}).items()) + list(spec["input"].get("optional", {}).items())
+
+
+def _is_widget(kind) -> bool:
+    return isinstance(kind, list) or kind in WIDGET_TYPES or kind == "COMBO"
+
+
+def api_to_ui(api: dict, object_info: dict, note: str) -> dict:
+    """A UI workflow: nodes laid out left to right by depth, a Note node first."""
+    ids = {key: n for n, key in enumerate(api, start=2)}
+    depth: dict[str, int] = {}
+
+    def level(key):
+        if key not in depth:
+            ups = [v[0] for v in api[key]["inputs"].values() if isinstance(v, list)]
+            depth[key] = 1 + max((level(u) for u in ups), default=-1)
+        return depth[key]
+
+    nodes, links, rows = [], [], {}
+    out_links: dict[tuple[int, int], list[int]] = {}
+    for key, node in api.items():
+        spec = object_info[node["class_type"]]
+        inputs, widgets = [], []
+        for name, (kind, *opts) in _inputs_in_order(spec):
+            value = node["inputs"].get(name)
+            if isinstance(value, list):  # a link
+                src, slot = ids[value[0]], value[1]
+                link_id = len(links) + 1
+                link_type = object_info[api[value[0]]["class_type"]]["output"][slot]
+                links.append([link_id, src, slot, ids[key], len(inputs), link_type])
+                out_links.setdefault((src, slot), []).append(link_id)
+                inputs.append({"name": name, "type": kind, "link": link_id})
+            elif _is_widget(kind):
+                widgets.append(value if value is not None else (opts[0] or {}).get("default"))
+                if opts and (opts[0] or {}).get("control_after_generate"):
+                    widgets.append("fixed")
+            else:  # an optional socket left unconnected
+                inputs.append({"name": name, "type": kind, "link": None})
+        col = level(key)
+        row = rows[col] = rows.get(col, -1) + 1
+        nodes.append({"id": ids[key], "type": node["class_type"], "pos": [60 + 360 * col, 60 + 260 * row],
+                      "size": [320, 180], "flags": {}, "order": len(nodes) + 1, "mode": 0, "inputs": inputs,
+                      "outputs": [], "properties": {"Node name for S&R": node["class_type"]},
+                      "widgets_values": widgets})
+    for node in nodes:
+        spec = object_info[node["type"]]
+        node["outputs"] = [{"name": name, "type": kind, "links": out_links.get((node["id"], slot), []), "slot_index": slot}
+                           for slot, (name, kind) in enumerate(zip(spec["output_name"], spec["output"]))]
+    nodes.insert(0, {"id": 1, "type": "Note", "pos": [60, -240], "size": [700, 200], "flags": {}, "order": 0, "mode": 0,
+                     "inputs": [], "outputs": [], "properties": {}, "widgets_values": [note]})
+    return {"last_node_id": len(nodes), "last_link_id": len(links), "nodes": nodes, "links": links,
+            "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+def api_workflows() -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted((WORKFLOWS / "api").glob("*.json"))}

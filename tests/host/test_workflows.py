@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +66,48 @@ def test_api_workflow_executes_with_stand_ins(server, name):
     assert entry["status"]["status_str"] == "success", entry["status"]
     images = [im for out in entry["outputs"].values() for im in out.get("images", [])]
     assert images and all((server.base_dir / "output" / im["subfolder"] / im["filename"]).is_file() for im in images)
+
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "workflows"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the playwright Python library is not installed (pip install playwright; no browser download needed)")
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
+        yield instance
+        instance.close()
+
+
+@pytest.mark.parametrize("name", sorted(api_workflows()))
+def test_ui_workflow_opens_in_the_browser_without_missing_nodes(server, browser, name):
+    workflow = json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
+    page = browser.new_page(viewport={"width": 2400, "height": 1400})
+    errors: list[str] = []
+    page.goto(server.url, wait_until="domcontentloaded")
+    page.wait_for_function("window.app && window.app.graph", timeout=120_000)
+    page.wait_for_timeout(1000)
+    page.keyboard.press("Escape")  # a first-run templates dialog, if any
+    page.on("pageerror", lambda e: errors.append(str(e)))  # from here on: errors caused by the workflow
+    page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
+    page.wait_for_timeout(1500)
+    dialogs = " ".join(page.locator(".p-dialog").all_inner_texts())
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    types = page.evaluate("window.app.graph._nodes.map(n => n.type)")
+    unregistered = page.evaluate("window.app.graph._nodes.filter(n => n.constructor.nodeData === undefined && "
+                                 "!['Note', 'MarkdownNote'].includes(n.type)).map(n => n.type)")
+    page.close()
+    assert "missing" not in dialogs.lower(), dialogs
+    assert not errors, errors
+    assert sorted(types) == sorted(n["type"] for n in workflow["nodes"])
+    assert unregistered == []

@@ -31,9 +31,10 @@ def load_pack():
     return module
 
 
-def write_checkpoint(path: Path, family: str) -> Path:
+def write_checkpoint(path: Path, family: str, with_clip: bool = False) -> Path:
     """A stand-in checkpoint ComfyUI detects as SD1.5 or SDXL-family (KOALA layout): real UNet
-    classes at one res block per level, a TAESD VAE, no text encoder (PEA replaces it)."""
+    classes at one res block per level, a TAESD VAE, and no text encoder (PEA replaces it)
+    unless ``with_clip`` (SD1.5: a full-size CLIP-L with random weights, for English branches)."""
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
     from comfy.taesd.taesd import TAESD
@@ -56,8 +57,36 @@ def write_checkpoint(path: Path, family: str) -> Path:
     for k, v in unet.state_dict().items():
         sd[f"model.diffusion_model.{k}"] = torch.randn(v.shape, generator=gen) * 0.02 if v.ndim > 1 else torch.zeros(v.shape)
     sd.update({f"first_stage_model.{k}": v for k, v in TAESD(latent_channels=4).state_dict().items()})
+    if with_clip:
+        import comfy.sd
+        import comfy.supported_models as sm
+
+        from training.tiny_base import init_weights
+
+        clip = comfy.sd.CLIP(sm.SD15({}).clip_target())
+        init_weights(clip.cond_stage_model, 1)
+        sd.update({f"cond_stage_model.{k.removeprefix('clip_l.')}": v
+                   for k, v in clip.cond_stage_model.state_dict().items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file({k: v.half().contiguous() for k, v in sd.items()}, str(path))
+    return path
+
+
+def write_lora(path: Path, checkpoint: Path, rank: int = 4) -> Path:
+    """A LoRA (kohya key names) on the cross-attention key/value projections of a checkpoint's UNet."""
+    import safetensors
+    import safetensors.torch
+
+    gen, lora = torch.Generator().manual_seed(1), {}
+    with safetensors.safe_open(str(checkpoint), framework="pt") as f:
+        for key in f.keys():
+            if key.startswith("model.diffusion_model.") and key.endswith(("attn2.to_k.weight", "attn2.to_v.weight")):
+                out_dim, in_dim = f.get_slice(key).get_shape()
+                name = "lora_unet_" + key[len("model.diffusion_model."):-len(".weight")].replace(".", "_")
+                lora[f"{name}.lora_down.weight"] = torch.randn(rank, in_dim, generator=gen).half() * 0.01
+                lora[f"{name}.lora_up.weight"] = torch.randn(out_dim, rank, generator=gen).half() * 0.01
+                lora[f"{name}.alpha"] = torch.tensor(float(rank)).half()
+    safetensors.torch.save_file(lora, str(path))
     return path
 
 

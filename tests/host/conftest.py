@@ -49,6 +49,9 @@ def base_dir(tmp_path_factory, comfy_path):
     torch.save([torch.zeros(4)], adapters / "bad" / "not_a_state_dict.bin")
     comfy_host.write_checkpoint(models / "checkpoints" / "sd15_standin.safetensors", "sd15")
     comfy_host.write_checkpoint(models / "checkpoints" / "sdxl_standin.safetensors", "sdxl")
+    comfy_host.write_checkpoint(models / "checkpoints" / "sd15_standin_clip.safetensors", "sd15", with_clip=True)
+    (models / "loras").mkdir()
+    comfy_host.write_lora(models / "loras" / "sdxl_standin_lora.safetensors", models / "checkpoints" / "sdxl_standin.safetensors")
     extra = base / "extra_models"
     (extra / "pea_adapters").mkdir(parents=True)
     shutil.copytree(clips / "chinese-clip-tiny", extra / "language_clip" / "extra-chinese-clip")

@@ -27,6 +27,19 @@ NOTES = {
     "02_sdxl_chinese_text_to_image": (
         "SDXL text-to-image with a Chinese prompt and SDXL size conditioning (PEA Encode Prompt's size fields).\n\n"
         + FILES_SDXL_ZH),
+    "04_sdxl_lora": (
+        "SDXL + a LoRA with a Chinese prompt: the UNet is unchanged by PEA, so LoRAs apply as usual "
+        "(here on the MODEL only; the PEA CLIP replaces the checkpoint's text encoder).\n\n" + FILES_SDXL_ZH
+        + "\n- models/loras/sdxl_style_lora.safetensors (any SDXL LoRA)"),
+    "05_sdxl_lcm_lora_4_steps": (
+        "SDXL + LCM-LoRA: 4 steps, cfg 1.5, sampler lcm, ModelSamplingDiscrete set to lcm.\n\n" + FILES_SDXL_ZH
+        + "\n- models/loras/lcm-lora-sdxl.safetensors (latent-consistency/lcm-lora-sdxl)"),
+    "07_sd15_english_vs_chinese_side_by_side": (
+        "One seed, two paths: left, the English prompt through the checkpoint's own CLIP; right, the Chinese prompt "
+        "through PEA. Both images are saved as one batch.\n\nModel files:\n"
+        "- models/checkpoints/v1-5-pruned-emaonly.safetensors (an SD1.5 checkpoint with its text encoder)\n"
+        "- models/language_clip/chinese-clip-vit-huge-patch14/ (Hugging Face OFA-Sys/chinese-clip-vit-huge-patch14)\n"
+        "- models/pea_adapters/pea_sd15_zh.safetensors"),
     "08_sdxl_multilingual_three_languages": (
         "One multilingual adapter, three languages (Chinese, Russian, Korean), one seed; the images are batched "
         "into one Save Image.\n\nModel files:\n"

@@ -31,7 +31,7 @@ def load_pack():
     return module
 
 
-def write_checkpoint(path: Path, family: str, with_clip: bool = False) -> Path:
+def write_checkpoint(path: Path, family: str, with_clip: bool = False, in_channels: int = 4) -> Path:
     """A stand-in checkpoint ComfyUI detects as SD1.5 or SDXL-family (KOALA layout): real UNet
     classes at one res block per level, a TAESD VAE, and no text encoder (PEA replaces it)
     unless ``with_clip`` (SD1.5: a full-size CLIP-L with random weights, for English branches)."""
@@ -40,7 +40,7 @@ def write_checkpoint(path: Path, family: str, with_clip: bool = False) -> Path:
     from comfy.taesd.taesd import TAESD
     import safetensors.torch
 
-    common = dict(image_size=32, in_channels=4, model_channels=320, out_channels=4, dtype=torch.float32,
+    common = dict(image_size=32, in_channels=in_channels, model_channels=320, out_channels=4, dtype=torch.float32,
                   operations=comfy.ops.disable_weight_init, use_spatial_transformer=True, legacy=False,
                   transformer_depth_middle=1)
     if family == "sd15":
@@ -70,6 +70,38 @@ def write_checkpoint(path: Path, family: str, with_clip: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file({k: v.half().contiguous() for k, v in sd.items()}, str(path))
     return path
+
+
+def write_controlnet(path: Path, checkpoint: Path) -> Path:
+    """A ControlNet (ldm layout) for a checkpoint's UNet, built with ComfyUI's own ControlNet class."""
+    import comfy.cldm.cldm
+    import comfy.model_detection
+    import comfy.ops
+    import safetensors.torch
+
+    from training.tiny_base import init_weights
+
+    config = dict(comfy.model_detection.model_config_from_unet(
+        safetensors.torch.load_file(str(checkpoint)), "model.diffusion_model.").unet_config)
+    config.pop("out_channels")
+    net = comfy.cldm.cldm.ControlNet(**config, hint_channels=3, operations=comfy.ops.disable_weight_init,
+                                     dtype=torch.float32, device="cpu")
+    init_weights(net, 3)
+    safetensors.torch.save_file({f"control_model.{k}": v.half().contiguous() for k, v in net.state_dict().items()}, str(path))
+    return path
+
+
+def write_images(folder: Path) -> None:
+    """Inputs for the ControlNet and inpainting workflows (transparent pixels are the mask)."""
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    im = Image.new("RGB", (64, 64), (200, 190, 170))
+    ImageDraw.Draw(im).polygon([(8, 56), (32, 8), (56, 56)], outline=(20, 20, 20), width=3)
+    im.save(folder / "pea_canny_source.png")
+    rgba = im.convert("RGBA")
+    ImageDraw.Draw(rgba).rectangle((20, 20, 44, 44), fill=(0, 0, 0, 0))
+    rgba.save(folder / "pea_inpaint_source.png")
 
 
 def write_lora(path: Path, checkpoint: Path, rank: int = 4) -> Path:

@@ -50,6 +50,11 @@ def base_dir(tmp_path_factory, comfy_path):
     comfy_host.write_checkpoint(models / "checkpoints" / "sd15_standin.safetensors", "sd15")
     comfy_host.write_checkpoint(models / "checkpoints" / "sdxl_standin.safetensors", "sdxl")
     comfy_host.write_checkpoint(models / "checkpoints" / "sd15_standin_clip.safetensors", "sd15", with_clip=True)
+    comfy_host.write_checkpoint(models / "checkpoints" / "sdxl_standin_inpaint.safetensors", "sdxl", in_channels=9)
+    (models / "controlnet").mkdir()
+    comfy_host.write_controlnet(models / "controlnet" / "sdxl_standin_controlnet.safetensors",
+                                models / "checkpoints" / "sdxl_standin.safetensors")
+    comfy_host.write_images(base / "input")
     (models / "loras").mkdir()
     comfy_host.write_lora(models / "loras" / "sdxl_standin_lora.safetensors", models / "checkpoints" / "sdxl_standin.safetensors")
     extra = base / "extra_models"

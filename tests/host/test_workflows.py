@@ -20,6 +20,8 @@ STAND_INS = {
     "pea_sdxl_multilingual.safetensors": "pea_xlmr_sdxl.safetensors",
     "sdxl_style_lora.safetensors": "sdxl_standin_lora.safetensors",
     "lcm-lora-sdxl.safetensors": "sdxl_standin_lora.safetensors",
+    "controlnet-canny-sdxl-1.0.safetensors": "sdxl_standin_controlnet.safetensors",
+    "sd_xl_base_1.0_inpainting_0.1.safetensors": "sdxl_standin_inpaint.safetensors",
 }
 WITH_CLIP = {"07_sd15_english_vs_chinese_side_by_side": {"v1-5-pruned-emaonly.safetensors": "sd15_standin_clip.safetensors"}}
 
@@ -115,3 +117,32 @@ def test_ui_workflow_opens_in_the_browser_without_missing_nodes(server, browser,
     assert not errors, errors
     assert sorted(types) == sorted(n["type"] for n in workflow["nodes"])
     assert unregistered == []
+
+
+def test_fifty_queued_runs_finish_and_memory_stays_flat(server):
+    """Load: one server run queues workflow 2 fifty times with different prompts."""
+    import time
+
+    import psutil
+
+    graph = with_stand_ins(api_workflows()["02_sdxl_chinese_text_to_image"])
+    subjects = ["猫", "狗", "山", "河", "花", "鸟", "船", "桥", "塔", "树"]
+    ids = []
+    for i in range(50):
+        g = json.loads(json.dumps(graph))
+        g["4"]["inputs"]["text"] = f"第{i}幅画：一只{subjects[i % 10]}，{subjects[(i * 3) % 10]}在远处"
+        g["9"]["inputs"]["filename_prefix"] = f"pea_load_{i:02d}"
+        status, body = server.queue(g)
+        assert status == 200, body
+        ids.append(body["prompt_id"])
+    process = psutil.Process(server.proc.pid)
+    rss, deadline = {}, time.time() + 600
+    for n, prompt_id in enumerate(ids, start=1):
+        while prompt_id not in server.get(f"/history/{prompt_id}"):
+            assert time.time() < deadline, f"run {n} did not finish"
+            time.sleep(0.2)
+        if n in (5, 50):
+            rss[n] = process.memory_info().rss
+    statuses = [server.get(f"/history/{p}")[p]["status"]["status_str"] for p in ids]
+    assert statuses == ["success"] * 50
+    assert rss[50] <= 1.10 * rss[5], f"resident memory grew from {rss[5] / 2**20:.0f} MiB to {rss[50] / 2**20:.0f} MiB"

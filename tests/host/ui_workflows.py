@@ -11,6 +11,7 @@ from pathlib import Path
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+TALL = {"LoadImage": 360, "PEAEncodePrompt": 260, "KSampler": 260}
 
 FILES_SDXL_ZH = ("Model files:\n"
                  "- models/checkpoints/sd_xl_base_1.0.safetensors (any SDXL checkpoint)\n"
@@ -27,6 +28,10 @@ NOTES = {
     "02_sdxl_chinese_text_to_image": (
         "SDXL text-to-image with a Chinese prompt and SDXL size conditioning (PEA Encode Prompt's size fields).\n\n"
         + FILES_SDXL_ZH),
+    "03_sdxl_controlnet_canny": (
+        "SDXL + ControlNet (canny) with a Chinese prompt: Apply ControlNet takes the PEA conditioning like any other."
+        "\n\n" + FILES_SDXL_ZH + "\n- models/controlnet/controlnet-canny-sdxl-1.0.safetensors (an SDXL canny ControlNet)"
+        "\n- input/pea_canny_source.png (any photo: load your own image)"),
     "04_sdxl_lora": (
         "SDXL + a LoRA with a Chinese prompt: the UNet is unchanged by PEA, so LoRAs apply as usual "
         "(here on the MODEL only; the PEA CLIP replaces the checkpoint's text encoder).\n\n" + FILES_SDXL_ZH
@@ -34,6 +39,11 @@ NOTES = {
     "05_sdxl_lcm_lora_4_steps": (
         "SDXL + LCM-LoRA: 4 steps, cfg 1.5, sampler lcm, ModelSamplingDiscrete set to lcm.\n\n" + FILES_SDXL_ZH
         + "\n- models/loras/lcm-lora-sdxl.safetensors (latent-consistency/lcm-lora-sdxl)"),
+    "06_sdxl_inpainting": (
+        "SDXL inpainting with a Chinese prompt: paint the mask in Load Image (right click, Open in MaskEditor)."
+        "\n\nModel files:\n- models/checkpoints/sd_xl_base_1.0_inpainting_0.1.safetensors (an SDXL inpainting checkpoint)\n"
+        "- models/language_clip/chinese-clip-vit-huge-patch14/\n- models/pea_adapters/pea_sdxl_zh.safetensors\n"
+        "- input/pea_inpaint_source.png (your image; transparent pixels are the mask)"),
     "07_sd15_english_vs_chinese_side_by_side": (
         "One seed, two paths: left, the English prompt through the checkpoint's own CLIP; right, the Chinese prompt "
         "through PEA. Both images are saved as one batch.\n\nModel files:\n"
@@ -91,9 +101,11 @@ def api_to_ui(api: dict, object_info: dict, note: str) -> dict:
             else:  # an optional socket left unconnected
                 inputs.append({"name": name, "type": kind, "link": None})
         col = level(key)
-        row = rows[col] = rows.get(col, -1) + 1
-        nodes.append({"id": ids[key], "type": node["class_type"], "pos": [60 + 360 * col, 60 + 260 * row],
-                      "size": [320, 180], "flags": {}, "order": len(nodes) + 1, "mode": 0, "inputs": inputs,
+        height = TALL.get(node["class_type"], 180)
+        y = rows.get(col, 60)
+        rows[col] = y + height + 80
+        nodes.append({"id": ids[key], "type": node["class_type"], "pos": [60 + 360 * col, y],
+                      "size": [320, height], "flags": {}, "order": len(nodes) + 1, "mode": 0, "inputs": inputs,
                       "outputs": [], "properties": {"Node name for S&R": node["class_type"]},
                       "widgets_values": widgets})
     for node in nodes:

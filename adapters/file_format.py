@@ -95,8 +95,12 @@ def infer_shape(state: dict[str, torch.Tensor], where: str = "adapter") -> Adapt
         fc = state["fc.weight"]
         if "fc.bias" not in state or fc.ndim != 2 or fc.shape[1] != width:
             raise AdapterFileError(
-                f"{where}: SDXL head 'fc' must be a Linear({width}, N) with bias; found "
+                f"{where}: the head's 'fc' must be a Linear({width}, N) with bias; found "
                 f"fc.weight {tuple(fc.shape)}")
+        # SDXL widens the trunk into the context (1280 -> 2048); FLUX narrows the token
+        # context into the pooled vector (4096 -> 768).
+        if fc.shape[0] < width:
+            return AdapterShape("flux", in_dim, hidden, width, width, fc.shape[0])
         return AdapterShape("sdxl", in_dim, hidden, width, fc.shape[0], width)
     return AdapterShape("sd15", in_dim, hidden, width, width, None)
 

@@ -5,6 +5,8 @@ between, any depth) -> a head. Heads:
 
 - ``sd15``: the projector's output *is* the 768-d token context; no pooled vector.
 - ``sdxl``: ``pooled = mean over tokens of x`` (1280-d) and ``tokens = fc(GELU(x))`` (2048-d).
+- ``flux``: ``tokens = GELU(x)`` (4096-d, FLUX's T5 context) and ``pooled = mean over tokens of
+  fc(tokens)`` (768-d, FLUX's CLIP-L pooled vector), as in OPPO's multilingual FLUX adapter.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-HEADS = ("sd15", "sdxl")
+HEADS = ("sd15", "sdxl", "flux")
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,14 @@ class AdapterShape:
 
     @classmethod
     def for_head(cls, head: str, in_dim: int, hidden_dims: tuple[int, ...]) -> "AdapterShape":
-        """The standard shape of a head: SD1.5 tokens 768; SDXL trunk 1280, tokens 2048."""
+        """The standard shape of a head: SD1.5 tokens 768; SDXL trunk 1280, tokens 2048; FLUX
+        tokens 4096, pooled 768."""
         if head == "sd15":
             return cls("sd15", in_dim, tuple(hidden_dims), 768, 768, None)
         if head == "sdxl":
             return cls("sdxl", in_dim, tuple(hidden_dims), 1280, 2048, 1280)
+        if head == "flux":
+            return cls("flux", in_dim, tuple(hidden_dims), 4096, 4096, 768)
         raise ValueError(f"unknown adapter head {head!r}; expected one of {HEADS}")
 
 
@@ -75,10 +80,15 @@ class PEAAdapter(nn.Module):
         self.projector = nn.Sequential(*layers)
         if shape.head == "sdxl":
             self.fc = nn.Linear(shape.out_dim, shape.token_dim)
+        elif shape.head == "flux":
+            self.fc = nn.Linear(shape.token_dim, shape.pooled_dim)
 
     def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = self.projector(self.layernorm(hidden))
         if self.shape.head == "sd15":
             return x, None
+        if self.shape.head == "flux":
+            tokens = nn.functional.gelu(x)
+            return tokens, self.fc(tokens).mean(dim=1)
         pooled = x.mean(dim=1)
         return self.fc(nn.functional.gelu(x)), pooled

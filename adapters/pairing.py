@@ -6,7 +6,7 @@ from .errors import IncompatibleError
 from .metadata import AdapterInfo
 from .module import AdapterShape
 
-FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
+FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL", "flux": "FLUX.1"}
 
 
 def describe_shape(shape: AdapterShape) -> str:

@@ -15,7 +15,7 @@ import torch
 import comfy.sd
 import comfy.sd1_clip
 
-from ..adapters import LanguageEncoder, PEAAdapter
+from ..adapters import IncompatibleError, LanguageEncoder, PEAAdapter
 
 TOKEN_KEYS = {"sd15": ("l",), "sdxl": ("g", "l")}
 """Token-dict keys per family; SDXL nodes expect both "g" and "l", PEA encodes "g"."""
@@ -93,6 +93,10 @@ class PEAClipTarget:
     """What ``comfy.sd.CLIP`` builds a text encoder from: model class, tokenizer class, params."""
 
     def __init__(self, encoder: LanguageEncoder, adapter: PEAAdapter):
+        if adapter.shape.head not in TOKEN_KEYS:
+            raise IncompatibleError(
+                f"{adapter.shape.head} adapters are not supported by the PEA nodes yet "
+                f"(supported: {', '.join(TOKEN_KEYS)}).")
         keys = TOKEN_KEYS[adapter.shape.head]
         self.clip = PEATextModel
         self.params = {"encoder": encoder, "adapter": adapter, "token_key": keys[0]}

@@ -143,3 +143,38 @@ def test_malformed_layouts_name_the_problem(tmp_path):
         read_adapter(tmp_path / "chain.bin")
     with pytest.raises(AdapterFileError, match="not found"):
         read_adapter(tmp_path / "missing.safetensors")
+
+
+def flux_official_state(dims, seed=0):
+    """The multilingual FLUX adapter's layout: trunk to 4096-d tokens, fc 4096 -> 768 with bias."""
+    sd = official_state("sd15", dims, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    sd["fc.weight"] = torch.randn(768, dims[-1], generator=g) / dims[-1] ** 0.5
+    sd["fc.bias"] = 0.1 * torch.randn(768, generator=g)
+    return sd
+
+
+def flux_forward(sd, x):
+    """The model card's forward: tokens = GELU(trunk(x)); pooled = mean over positions of fc(tokens)."""
+    trunk, _ = official_forward({k: v for k, v in sd.items() if not k.startswith("fc.")}, x)
+    tokens = F.gelu(trunk)
+    return tokens, (tokens @ sd["fc.weight"].T + sd["fc.bias"]).mean(dim=1)
+
+
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_official_flux_adapter_matches_the_card_forward(tmp_path, prefix):
+    dims = [96, 128, 128, 4096]
+    sd = {k: v.bfloat16().float() for k, v in flux_official_state(dims).items()}
+    torch.save({f"{prefix}{k}": v.bfloat16() for k, v in sd.items()}, tmp_path / "diffusion_model.bin")
+    adapter = load_adapter(tmp_path / "diffusion_model.bin")
+    assert (adapter.shape.head, adapter.shape.token_dim, adapter.shape.pooled_dim) == ("flux", 4096, 768)
+    x = torch.randn(2, 256, 96, generator=torch.Generator().manual_seed(3))
+    tokens, pooled = adapter(x)
+    ref_tokens, ref_pooled = flux_forward(sd, x)
+    assert tokens.shape == (2, 256, 4096) and pooled.shape == (2, 768)
+    assert (tokens - ref_tokens).abs().max() <= 1e-4 and (pooled - ref_pooled).abs().max() <= 1e-4
+
+
+def test_flux_card_configuration_has_the_published_parameter_count():
+    adapter = PEAAdapter(AdapterShape.for_head("flux", 4672, (4096, 4096)))
+    assert sum(p.numel() for p in adapter.parameters()) == pytest.approx(55.85e6, rel=1e-3)

@@ -132,6 +132,7 @@ def test_clip_is_memory_managed_by_comfyui(pack):
      "trained behind a chinese_clip encoder .*xlm-roberta-tiny' is a open_clip encoder"),
     ("chinese-clip-tiny", "pea_zh_sdxl.safetensors", {"context_length": 64},
      "trained at context length 52.*pads to 64. Set context_length to 52"),
+    ("chinese-clip-tiny", "bad/flux.safetensors", {}, "flux adapters are not supported by the PEA nodes yet"),
 ])
 def test_mismatches_name_both_sides(pack, clip_name, adapter, load, message):
     with pytest.raises(pack.adapters.IncompatibleError, match=message):

@@ -1,5 +1,8 @@
 """Each encoder backend against the model family's own forward, built independently."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -102,3 +105,55 @@ def test_plain_safetensors_is_not_a_language_clip(tmp_path):
     safetensors.torch.save_file({"w": torch.zeros(2)}, tmp_path / "weights.safetensors")
     with pytest.raises(EncoderLoadError, match="without the config and tokenizer.*single_file"):
         load_language_encoder(tmp_path / "weights.safetensors")
+
+
+def make_byt5(folder, shard_size="20KB"):
+    """A tiny byT5-shaped encoder-decoder (byte vocabulary of 384), saved in shards."""
+    torch.manual_seed(0)
+    tok = transformers.ByT5Tokenizer()
+    cfg = transformers.T5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=1,
+                                num_heads=4, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
+                                decoder_start_token_id=0)
+    model = transformers.T5ForConditionalGeneration(cfg)
+    model.save_pretrained(str(folder), max_shard_size=shard_size)
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+def test_extracted_byt5_encoder_loads_as_a_single_file(tmp_path):
+    from adapters.encoders.extract import main as extract_main
+
+    folder = make_byt5(tmp_path / "byt5-tiny")
+    assert (folder / "model.safetensors.index.json").is_file()
+    dest = tmp_path / "byt5-tiny-encoder.safetensors"
+    assert extract_main([str(folder), str(dest)]) == 0
+    packed, full = load_language_encoder(dest), load_language_encoder(folder)
+    assert (packed.kind, packed.context_length, packed.use_attention_mask) == ("t5", 256, False)
+    assert (full.context_length, full.use_attention_mask) == (256, False)
+    ids = full.tokenize(["红烧狮子头", "a cat"])
+    assert ids.shape == (2, 256) and torch.equal(packed.tokenize(["红烧狮子头", "a cat"]), ids)
+    with torch.no_grad():
+        assert torch.equal(packed(ids), full(ids))
+    assert dest.stat().st_size < sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+
+
+def test_extraction_streams_instead_of_loading_the_checkpoint(tmp_path):
+    import safetensors.torch
+
+    folder = tmp_path / "big"
+    make_byt5(folder, shard_size="50GB")
+    state = safetensors.torch.load_file(str(folder / "model.safetensors"))
+    state["encoder.padding_for_size"] = torch.zeros(100 * 2**20, dtype=torch.float32)  # 400 MiB
+    state["decoder.padding_for_size"] = torch.zeros(50 * 2**20, dtype=torch.float32)
+    safetensors.torch.save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    del state
+    size = (folder / "model.safetensors").stat().st_size
+    code = ("import resource, sys; from adapters.encoders.extract import extract_encoder; "
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+            f"extract_encoder({str(folder)!r}, {str(tmp_path / 'out.safetensors')!r}); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)")
+    grown_kib = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                   cwd=Path(__file__).resolve().parents[1]).stdout.strip())
+    assert grown_kib * 1024 < 0.25 * size, f"peak memory grew by {grown_kib / 1024:.0f} MiB for a {size / 2**20:.0f} MiB file"
+    out = safetensors.torch.load_file(str(tmp_path / "out.safetensors"))
+    assert "decoder.padding_for_size" not in out and out["encoder.padding_for_size"].shape == (100 * 2**20,)

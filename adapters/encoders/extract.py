@@ -11,16 +11,15 @@ CLIP" reads it as a single file (see :mod:`adapters.encoders.single_file`).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import struct
 import sys
 from pathlib import Path
 
-from ..errors import EncoderLoadError, PEAError
+from ..errors import EncoderLoadError
 from ..file_format import atomic_write
-from .single_file import PACK_KEY, PACK_VERSION, _embed
+from .single_file import PACK_KEY, PACK_VERSION, embed_file, folder_to_file_cli
 
 CHUNK = 64 * 2**20
 ENCODER_PREFIXES = ("encoder.", "shared.")
@@ -64,7 +63,7 @@ def extract_encoder(folder: str | os.PathLike, dest: str | os.PathLike, context_
             offset += end - begin
     if not layout:
         raise EncoderLoadError(f"no encoder tensors (encoder.*, shared.weight) in {folder}")
-    files = {p.name: _embed(p) for p in sorted(folder.iterdir())
+    files = {p.name: embed_file(p) for p in sorted(folder.iterdir())
              if p.is_file() and p.suffix in SMALL_FILE_SUFFIXES and not p.name.endswith(".index.json")}
     info = {"format_version": PACK_VERSION, "kind": "t5", "name": folder.name,
             "context_length": context_length or (256 if byt5 else 77), "attention_mask": not byt5,
@@ -90,19 +89,11 @@ def extract_encoder(folder: str | os.PathLike, dest: str | os.PathLike, context_
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m adapters.encoders.extract", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folder", type=Path, help="the full checkpoint's folder (config, tokenizer, safetensors)")
-    p.add_argument("dest", type=Path, help="the .safetensors file to write (put it in models/language_clip)")
-    p.add_argument("--context-length", type=int, help="padded length (default: 256 for byT5, else 77)")
-    args = p.parse_args(argv)
-    try:
-        extract_encoder(args.folder, args.dest, args.context_length)
-    except (PEAError, OSError, json.JSONDecodeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.dest}")
-    return 0
+    def extract(folder: Path, dest: Path, context_length: int | None) -> str:
+        extract_encoder(folder, dest, context_length)
+        return f"wrote {dest}"
+
+    return folder_to_file_cli(argv, "python -m adapters.encoders.extract", __doc__, extract)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ PACK_KEY = "pea_language_clip"
 PACK_VERSION = 1
 
 
-def _embed(path: Path) -> dict:
+def embed_file(path: Path) -> dict:
+    """A small file as JSON: its text, or base64 for binary files (sentencepiece models)."""
     data = path.read_bytes()
     try:
         return {"text": data.decode("utf-8")}
@@ -63,7 +64,7 @@ def pack_encoder(encoder: LanguageEncoder, dest: str | os.PathLike) -> Path:
     dest = Path(dest)
     with tempfile.TemporaryDirectory() as tmp:
         weights_name, state = _text_tower_files(encoder, Path(tmp))
-        files = {p.relative_to(tmp).as_posix(): _embed(p) for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
+        files = {p.relative_to(tmp).as_posix(): embed_file(p) for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
     info = {"format_version": PACK_VERSION, "kind": encoder.kind, "name": encoder.name,
             "context_length": encoder.context_length, "attention_mask": encoder.use_attention_mask,
             "weights": weights_name, "files": files}
@@ -105,23 +106,31 @@ def unpacked(path: Path) -> Iterator[tuple[Path, dict]]:
         yield Path(tmp), info
 
 
-def main(argv: list[str] | None = None) -> int:
-    from . import load_language_encoder
-
-    p = argparse.ArgumentParser(prog="python -m adapters.encoders.single_file", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folder", type=Path, help="a language encoder folder")
-    p.add_argument("dest", type=Path, help="the .safetensors file to write")
+def folder_to_file_cli(argv: list[str] | None, prog: str, doc: str, action) -> int:
+    """The command line shared by the packing tools: FOLDER DEST [--context-length N];
+    ``action(folder, dest, context_length)`` returns the line to print."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", type=Path, help="the model folder")
+    p.add_argument("dest", type=Path, help="the .safetensors file to write (put it in models/language_clip)")
     p.add_argument("--context-length", type=int, help="padded length to record (default: the backend's)")
     args = p.parse_args(argv)
     try:
-        encoder = load_language_encoder(args.folder, context_length=args.context_length)
-        pack_encoder(encoder, args.dest)
-    except PEAError as e:
+        print(action(args.folder, args.dest, args.context_length))
+    except (PEAError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {args.dest}: {encoder.describe()}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import load_language_encoder
+
+    def pack(folder: Path, dest: Path, context_length: int | None) -> str:
+        encoder = load_language_encoder(folder, context_length=context_length)
+        pack_encoder(encoder, dest)
+        return f"wrote {dest}: {encoder.describe()}"
+
+    return folder_to_file_cli(argv, "python -m adapters.encoders.single_file", __doc__, pack)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ import comfy.sd1_clip
 
 from ..adapters import IncompatibleError, LanguageEncoder, PEAAdapter
 
-TOKEN_KEYS = {"sd15": ("l",), "sdxl": ("g", "l")}
-"""Token-dict keys per family; SDXL nodes expect both "g" and "l", PEA encodes "g"."""
+TOKEN_KEYS = {"sd15": ("l",), "sdxl": ("g", "l"), "flux": ("t5xxl", "l")}
+"""Token-dict keys per family; the first is encoded. SDXL nodes expect "g" and "l", FLUX nodes
+"t5xxl" and "l"; PEA replaces both encoders, so the second key's text is not used."""
 
 
 class _PreloadedTokenizer:

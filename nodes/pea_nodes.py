@@ -65,9 +65,11 @@ class PEALoadLanguageCLIP:
 def base_model_needs(model) -> tuple[int | None, int | None]:
     """(cross-attention width, pooled text width or None) of a ComfyUI MODEL."""
     base = model.model
-    context_dim = base.model_config.unet_config.get("context_dim")
+    config = base.model_config.unet_config
+    if isinstance(base, comfy.model_base.Flux):
+        return config.get("context_in_dim"), config.get("vec_in_dim")
     pooled_dim = 1280 if isinstance(base, (comfy.model_base.SDXL, comfy.model_base.SDXLRefiner)) else None
-    return context_dim, pooled_dim
+    return config.get("context_dim"), pooled_dim
 
 
 class PEAApplyAdapter:

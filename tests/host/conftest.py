@@ -44,7 +44,7 @@ def base_dir(tmp_path_factory, comfy_path):
     standins.make_adapter(adapters / "pea_xlmr_sdxl.safetensors", "sdxl", 32, encoder=XLMR, seed=2)
     standins.make_adapter(adapters / "official" / "pytorch_model.bin", "sdxl", 32, official=True, seed=3)
     standins.make_adapter(adapters / "bad" / "wide_sdxl.safetensors", "sdxl", 64, encoder=ZH)
-    standins.make_adapter(adapters / "bad" / "flux.safetensors", "flux", 32, encoder=ZH)
+    standins.make_adapter(adapters / "pea_zh_flux.safetensors", "flux", 32, encoder=ZH)
     good = (adapters / "pea_zh_sdxl.safetensors").read_bytes()
     (adapters / "bad" / "truncated.safetensors").write_bytes(good[: len(good) // 3])
     torch.save([torch.zeros(4)], adapters / "bad" / "not_a_state_dict.bin")

@@ -132,7 +132,6 @@ def test_clip_is_memory_managed_by_comfyui(pack):
      "trained behind a chinese_clip encoder .*xlm-roberta-tiny' is a open_clip encoder"),
     ("chinese-clip-tiny", "pea_zh_sdxl.safetensors", {"context_length": 64},
      "trained at context length 52.*pads to 64. Set context_length to 52"),
-    ("chinese-clip-tiny", "bad/flux.safetensors", {}, "flux adapters are not supported by the PEA nodes yet"),
 ])
 def test_mismatches_name_both_sides(pack, clip_name, adapter, load, message):
     with pytest.raises(pack.adapters.IncompatibleError, match=message):
@@ -159,3 +158,14 @@ def test_open_clip_encoder_through_the_nodes(pack):
     assert cond.shape == (1, 77, 2048)
     ref, _ = direct(encoder, head, encoder.tokenize(["красная кошка"]))
     assert torch.allclose(cond, ref, atol=1e-6)
+
+
+def test_flux_adapter_gives_flux_conditioning_through_the_stock_flux_node(pack):
+    from comfy_extras.nodes_flux import CLIPTextEncodeFlux
+
+    clip, encoder, head = build_clip(pack, adapter="pea_zh_flux.safetensors")
+    out = CLIPTextEncodeFlux.execute(clip, "", "一只红色的猫", 3.5).args[0]
+    cond, extra = out[0]
+    assert cond.shape == (1, 52, 4096) and extra["pooled_output"].shape == (1, 768) and extra["guidance"] == 3.5
+    ref_tokens, ref_pooled = direct(encoder, head, encoder.tokenize(["一只红色的猫"]))
+    assert torch.allclose(cond, ref_tokens, atol=1e-6) and torch.allclose(extra["pooled_output"], ref_pooled, atol=1e-6)

@@ -156,7 +156,7 @@ class BucketBatches:
         for i, b in enumerate(buckets):
             self.by_bucket.setdefault(b, []).append(i)
         self.batch_size, self.world, self.rank, self.seed = batch_size, world, rank, seed
-        if self.batches_per_epoch(0) == 0:
+        if self.batches_per_epoch() == 0:
             raise ValueError(f"no bucket holds a full global batch of {batch_size * world} images; "
                              f"lower the batch size or add images")
 
@@ -172,13 +172,13 @@ class BucketBatches:
         lo = self.rank * self.batch_size
         return [(bucket, idx[lo:lo + self.batch_size]) for bucket, idx in batches]
 
-    def batches_per_epoch(self, epoch: int) -> int:
+    def batches_per_epoch(self) -> int:
         glob = self.batch_size * self.world
         return sum(len(v) // glob for v in self.by_bucket.values())
 
     def position(self, n: int) -> BatchPosition:
         """The position of the ``n``-th batch since the start."""
-        per = self.batches_per_epoch(0)
+        per = self.batches_per_epoch()
         return BatchPosition(n // per, n % per)
 
     def iterate(self, start: int = 0) -> Iterator[tuple[tuple[int, int], list[int]]]:

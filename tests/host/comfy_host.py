@@ -37,8 +37,9 @@ def write_checkpoint(path: Path, family: str, with_clip: bool = False, in_channe
     unless ``with_clip`` (SD1.5: a full-size CLIP-L with random weights, for English branches)."""
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
-    from comfy.taesd.taesd import TAESD
     import safetensors.torch
+
+    from training.tiny_base import pooling_taesd
 
     common = dict(image_size=32, in_channels=in_channels, model_channels=320, out_channels=4, dtype=torch.float32,
                   operations=comfy.ops.disable_weight_init, use_spatial_transformer=True, legacy=False,
@@ -56,7 +57,7 @@ def write_checkpoint(path: Path, family: str, with_clip: bool = False, in_channe
     sd = {}
     for k, v in unet.state_dict().items():
         sd[f"model.diffusion_model.{k}"] = torch.randn(v.shape, generator=gen) * 0.02 if v.ndim > 1 else torch.zeros(v.shape)
-    sd.update({f"first_stage_model.{k}": v for k, v in TAESD(latent_channels=4).state_dict().items()})
+    sd.update({f"first_stage_model.{k}": v for k, v in pooling_taesd().state_dict().items()})
     if with_clip:
         import comfy.sd
         import comfy.supported_models as sm

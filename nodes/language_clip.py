@@ -9,9 +9,11 @@ import torch
 import comfy.model_management as mm
 
 from ..adapters import LanguageEncoder
+from ..adapters.encoders import FP8_DTYPES
 
 LANGUAGE_CLIP_TYPE = "LANGUAGE_CLIP"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPE_CHOICES = ["default", *DTYPES, *FP8_DTYPES]
 
 
 @dataclass
@@ -25,14 +27,24 @@ class LanguageClip:
 
 
 def model_options(device: str, dtype: str) -> dict:
-    """Devices from ComfyUI's model management; fp32 on CPU (plain PyTorch modules have no
-    fp16 kernels there), and no fp8 (only ``comfy.ops`` layers compute in fp8)."""
+    """Devices from ComfyUI's model management and the compute dtype: fp32 on CPU (plain PyTorch
+    modules have no fp16 kernels there). An fp8 choice only stores the weights in fp8 (see
+    :func:`weight_dtype`); computing then uses ComfyUI's text-encoder dtype, bf16 or fp16."""
     load_device = torch.device("cpu") if device == "cpu" else mm.text_encoder_device()
     chosen = DTYPES.get(dtype) or mm.text_encoder_dtype(load_device)
     if load_device.type == "cpu" and chosen != torch.float32:
-        if dtype != "default":
+        if dtype in DTYPES:
             logging.warning("PEA: %s is not used on the CPU; the language CLIP runs in fp32", dtype)
         chosen = torch.float32
-    elif chosen not in DTYPES.values():
-        chosen = torch.float16
+    elif chosen not in DTYPES.values():  # fp8 (a choice here or ComfyUI's --fp8_*-text-enc): storage only
+        chosen = torch.bfloat16 if mm.should_use_bf16(load_device) else torch.float16
     return {"load_device": load_device, "offload_device": mm.text_encoder_offload_device(), "dtype": chosen}
+
+
+def weight_dtype(dtype: str, load_device: torch.device) -> torch.dtype | None:
+    """The fp8 storage dtype asked for (by the choice, or for 'default' by ComfyUI's
+    ``--fp8_e4m3fn-text-enc``/``--fp8_e5m2-text-enc``), or None: weights in the compute dtype."""
+    if dtype == "default":
+        default = mm.text_encoder_dtype(load_device)
+        return default if default in FP8_DTYPES.values() else None
+    return FP8_DTYPES.get(dtype)

@@ -68,8 +68,10 @@ class PEATextModel(torch.nn.Module, comfy.sd1_clip.ClipTokenWeightEncoder):
         self.adapter = adapter
         self.token_key = token_key
         self.special_tokens = encoder.special_tokens.as_dict()
-        self.dtypes = {dtype}
-        self.to(device=device, dtype=dtype)
+        # The encoder keeps the dtypes it was loaded with (fp8-stored weights stay fp8).
+        self.dtypes = {dtype, *(p.dtype for p in encoder.parameters())}
+        self.adapter.to(device=device, dtype=dtype)
+        self.encoder.to(device=device)
 
     def set_clip_options(self, options):
         """Ignored: the adapter was trained on the encoder's last layer (CLIP Set Last Layer has no effect)."""

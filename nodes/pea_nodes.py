@@ -8,7 +8,7 @@ import nodes as comfy_nodes
 from ..adapters import load_adapter, load_language_encoder
 from ..adapters.pairing import check_base_model, check_pairing
 from .folders import PEA_ADAPTERS, find_adapter, find_language_clip, list_language_clips
-from .language_clip import DTYPES, LANGUAGE_CLIP_TYPE, LanguageClip, model_options
+from .language_clip import DTYPE_CHOICES, LANGUAGE_CLIP_TYPE, LanguageClip, model_options, weight_dtype
 from .pea_clip import make_pea_clip
 
 CATEGORY = "conditioning/PEA"
@@ -30,9 +30,11 @@ class PEALoadLanguageCLIP:
                 "clip_name": (list_language_clips(), {
                     "tooltip": "A language text encoder folder in models/language_clip "
                                "(Chinese-CLIP, a multilingual open_clip model, AltCLIP, mT5, ...)."}),
-                "dtype": (["default", *DTYPES], {
+                "dtype": (DTYPE_CHOICES, {
                     "default": "default",
-                    "tooltip": "Weight dtype on the GPU. 'default' follows ComfyUI; the CPU always uses fp32."}),
+                    "tooltip": "Weight dtype. 'default' follows ComfyUI; the CPU computes in fp32. fp8 stores "
+                               "the encoder's matrices in 8 bits (half of bf16's memory, e.g. for byT5-xxl "
+                               "beside FLUX) and computes in bf16/fp16."}),
                 "device": (["default", "cpu"], {
                     "default": "default", "tooltip": "Where the encoder runs; 'cpu' keeps VRAM for the UNet."}),
             },
@@ -58,7 +60,8 @@ class PEALoadLanguageCLIP:
     def load(self, clip_name, dtype, device, context_length=0):
         options = model_options(device, dtype)
         encoder = load_language_encoder(find_language_clip(clip_name), dtype=options["dtype"],
-                                        context_length=context_length or None)
+                                        context_length=context_length or None,
+                                        weight_dtype=weight_dtype(dtype, options["load_device"]))
         return (LanguageClip(encoder, clip_name, options),)
 
 

@@ -78,7 +78,7 @@ def load_tokenizer(folder: Path):
             f"sentencepiece.bpe.model or vocab.json+merges.txt with tokenizer_config.json): {e}") from e
 
 
-def _load_text_tower(folder: Path, class_name: str, attr: str | None) -> torch.nn.Module:
+def _load_text_tower(folder: Path, class_name: str, attr: str | None, dtype: torch.dtype) -> torch.nn.Module:
     """``from_pretrained`` (local files, no remote code), keeping only the text tower.
 
     transformers does the key conversions of its own version; a two-tower folder is loaded
@@ -88,7 +88,8 @@ def _load_text_tower(folder: Path, class_name: str, attr: str | None) -> torch.n
     extra = {"add_pooling_layer": False} if class_name == "ChineseCLIPTextModel" else {}
     try:
         model, info = model_class.from_pretrained(
-            str(folder), local_files_only=True, trust_remote_code=False, output_loading_info=True, **extra)
+            str(folder), local_files_only=True, trust_remote_code=False, output_loading_info=True, dtype=dtype,
+            **extra)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise EncoderLoadError(f"Cannot load the {class_name} in {folder}: {e}") from e
     missing = [k for k in info["missing_keys"] if attr is None or k.startswith(f"{attr}.")]
@@ -115,13 +116,13 @@ def _is_byt5(tokenizer) -> bool:
     return type(tokenizer).__name__.startswith("ByT5")
 
 
-def load_hf_encoder(folder: Path, context_length: int | None = None,
-                    attention_mask: bool | None = None) -> HFTextEncoder:
-    """Build the text tower described by ``folder/config.json`` and load its weights (CPU, fp32)."""
+def load_hf_encoder(folder: Path, context_length: int | None = None, attention_mask: bool | None = None,
+                    dtype: torch.dtype = torch.float32) -> HFTextEncoder:
+    """Build the text tower described by ``folder/config.json`` and load its weights (CPU, ``dtype``)."""
     kind = hf_kind_for(folder)
     class_name, attr = kind.model_types[hf_model_type(folder)]
     tokenizer = load_tokenizer(folder)
-    model = _load_text_tower(folder, class_name, attr).eval().requires_grad_(False)
+    model = _load_text_tower(folder, class_name, attr, dtype).eval().requires_grad_(False)
     config = model.config
     byt5 = _is_byt5(tokenizer)
     if context_length is None:

@@ -169,3 +169,18 @@ def test_flux_adapter_gives_flux_conditioning_through_the_stock_flux_node(pack):
     assert cond.shape == (1, 52, 4096) and extra["pooled_output"].shape == (1, 768) and extra["guidance"] == 3.5
     ref_tokens, ref_pooled = direct(encoder, head, encoder.tokenize(["一只红色的猫"]))
     assert torch.allclose(cond, ref_tokens, atol=1e-6) and torch.allclose(extra["pooled_output"], ref_pooled, atol=1e-6)
+
+
+def test_fp8_weight_storage_through_the_loader(pack):
+    """fp8 stores the encoder's matrices in 8 bits; the prompt's conditioning stays close."""
+    ref_clip, _, _ = build_clip(pack)
+    fp8_clip, encoder, _ = build_clip(pack, dtype="fp8_e4m3fn")
+    linears = [m for m in encoder.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(type(m).__name__ == "CastLinear" and m.weight.dtype == torch.float8_e4m3fn
+                           for m in linears)  # the pack's own module (imported as ComfyUI does)
+    assert torch.float8_e4m3fn in fp8_clip.cond_stage_model.dtypes  # ComfyUI's cast check sees the storage
+    prompt = "一只红色的猫坐在桌子上"
+    ref = ref_clip.encode_from_tokens(ref_clip.tokenize(prompt))
+    got = fp8_clip.encode_from_tokens(fp8_clip.tokenize(prompt))
+    assert got.shape == ref.shape and torch.isfinite(got).all()
+    assert ((got - ref).norm() / ref.norm()).item() < 0.1

@@ -60,6 +60,9 @@ def build_unet(spec: dict, dtype: torch.dtype, device) -> torch.nn.Module:
 
     cfg = dict(spec["config"], image_size=32, in_channels=4, out_channels=4, use_spatial_transformer=True,
                legacy=False, transformer_depth_middle=spec["config"]["transformer_depth"][-1] or 1)
+    if device.type == "cuda":  # full size: built and drawn on the GPU in its dtype
+        unet = UNetModel(**cfg, dtype=dtype, device=device, operations=comfy.ops.disable_weight_init)
+        return init_weights(unet, 0, on_device=True)
     unet = UNetModel(**cfg, dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init)
     return init_weights(unet, 0).to(device=device, dtype=dtype)
 
@@ -194,15 +197,15 @@ def peak_memory_gib(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def measure(make, spec, batch, device, steps, warmup) -> dict:
+def measure(step, spec, batch, device, steps, warmup, count_flops=True) -> dict:
+    """samples/s, peak memory and (optionally) FLOPs of ``step`` at ``batch``."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    step = make()
     data = inputs(spec, batch, device, step.dtype)
     flops = None
     for i in range(warmup):
-        if i == warmup - 1:
+        if count_flops and i == warmup - 1:
             from torch.utils.flop_counter import FlopCounterMode
 
             with FlopCounterMode(display=False) as counter:
@@ -218,25 +221,25 @@ def measure(make, spec, batch, device, steps, warmup) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    result = {"batch": batch, "samples_per_s": batch * steps / elapsed, "peak_gib": peak_memory_gib(device),
-              "tflop_per_step": flops / 1e12}
-    del step
-    return result
+    return {"batch": batch, "samples_per_s": batch * steps / elapsed, "peak_gib": peak_memory_gib(device),
+            "tflop_per_step": None if flops is None else flops / 1e12}
 
 
-def fits(make, spec, batch, device) -> bool:
+def fits(step, spec, batch, device) -> bool:
     try:
-        measure(make, spec, batch, device, steps=1, warmup=1)
+        measure(step, spec, batch, device, steps=1, warmup=1, count_flops=False)
         return True
     except torch.OutOfMemoryError:
         return False
     finally:
-        torch.cuda.empty_cache()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
-def largest_batch(make, spec, device, start=1, limit=256) -> int:
+def largest_batch(step, spec, device, start=1, limit=256) -> int:
+    """The largest power-of-two batch ``step`` runs without running out of memory."""
     best, b = 0, start
-    while b <= limit and fits(make, spec, b, device):
+    while b <= limit and fits(step, spec, b, device):
         best, b = b, b * 2
     return best
 
@@ -259,12 +262,15 @@ def main(argv=None) -> int:
     results = {"card": card, "model": model, "latent": spec["latent"], "compile": args.compile}
     makers = {"official": lambda: OfficialStep(spec, device), "ours": lambda: OursStep(spec, device, args.compile)}
     for name, make in makers.items():
-        results[name] = measure(make, spec, args.batch, device, args.steps, args.warmup)
+        step = make()
+        results[name] = r = measure(step, spec, args.batch, device, args.steps, args.warmup)
         peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in card), None)
-        r = results[name]
         r["mfu"] = (r["tflop_per_step"] * r["samples_per_s"] / args.batch / peak) if peak else None
         if args.max_batch and device.type == "cuda":
-            r["largest_batch"] = largest_batch(make, spec, device)
+            r["largest_batch"] = largest_batch(step, spec, device)
+        del step
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     if args.compile:
         results["compiled_gradient_error"] = compiled_gradient_error(spec, device, args.batch)
         print(f"compiled vs eager adapter gradients: max relative difference {results['compiled_gradient_error']:.2e}")

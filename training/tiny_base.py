@@ -31,27 +31,37 @@ UNET_SHAPES = {
 
 
 @torch.no_grad()
-def init_weights(module: nn.Module, seed: int) -> nn.Module:
-    """Initialise every layer (ComfyUI's ops skip init to load faster) from numpy's legacy
-    ``RandomState``, whose streams never change: the same weights on every machine and torch
-    version, so a teacher trained on top of them can be shipped. Linear/conv layers get
-    PyTorch's default bounds (uniform, 1/sqrt(fan_in)), norms ones and zeros, embeddings N(0, 1)."""
-    rng = np.random.RandomState(seed)
+def init_weights(module: nn.Module, seed: int, on_device: bool = False) -> nn.Module:
+    """Initialise every layer (ComfyUI's ops skip init to load faster): Linear/conv layers get
+    PyTorch's default bounds (uniform, 1/sqrt(fan_in)), norms ones and zeros, embeddings N(0, 1).
 
-    def fill(t: torch.Tensor, values: np.ndarray) -> None:
-        t.copy_(torch.from_numpy(values.astype(np.float32)).reshape(t.shape))
+    Values come from numpy's legacy ``RandomState``, whose streams never change: the same weights
+    on every machine and torch version, so a teacher trained on top of them can be shipped.
+    ``on_device`` draws them with torch on the module's own device instead (full-size UNets on
+    a GPU, in seconds; same seed, same weights on one machine only)."""
+    if on_device:
+        gen = torch.Generator(next(module.parameters()).device).manual_seed(seed)
+        uniform = lambda t, bound: t.uniform_(-bound, bound, generator=gen)  # noqa: E731
+        normal = lambda t: t.normal_(generator=gen)  # noqa: E731
+    else:
+        rng = np.random.RandomState(seed)
 
+        def fill(t: torch.Tensor, values: np.ndarray) -> None:
+            t.copy_(torch.from_numpy(values.astype(np.float32)).reshape(t.shape))
+
+        uniform = lambda t, bound: fill(t, rng.uniform(-bound, bound, t.numel()))  # noqa: E731
+        normal = lambda t: fill(t, rng.standard_normal(t.numel()))  # noqa: E731
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv3d)):
             bound = 1.0 / np.sqrt(m.weight[0].numel())
-            fill(m.weight, rng.uniform(-bound, bound, m.weight.numel()))
+            uniform(m.weight, bound)
             if m.bias is not None:
-                fill(m.bias, rng.uniform(-bound, bound, m.bias.numel()))
+                uniform(m.bias, bound)
         elif isinstance(m, (nn.GroupNorm, nn.LayerNorm)) and m.weight is not None:
             m.weight.fill_(1.0)
             m.bias.zero_()
         elif isinstance(m, nn.Embedding):
-            fill(m.weight, rng.standard_normal(m.weight.numel()))
+            normal(m.weight)
     return module
 
 

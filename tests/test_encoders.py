@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 from adapters import EncoderLoadError, load_language_encoder
 from adapters.encoders import padding_mask

@@ -162,6 +162,22 @@ def make_t5(folder: Path, model_type: str = "t5", seed: int = 0) -> Path:
     return _save(model_cls(cfg), tok, folder)
 
 
+def make_byt5(folder: Path, seed: int = 0, shard_size: str = "20KB") -> Path:
+    """A byT5-shaped encoder-decoder (T5 config, byte vocabulary of 384, ``ByT5Tokenizer``),
+    saved in safetensors shards of ``shard_size`` as google/byt5-* are; the source that
+    ``python -m adapters.encoders.extract`` packs into one language-CLIP file."""
+    torch.manual_seed(seed)
+    tok = transformers.ByT5Tokenizer()
+    cfg = transformers.T5Config(vocab_size=384, d_model=TINY["hidden"], d_kv=8, d_ff=TINY["inter"], num_layers=2,
+                                num_decoder_layers=1, num_heads=4, feed_forward_proj="gated-gelu",
+                                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                decoder_start_token_id=tok.pad_token_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    transformers.T5ForConditionalGeneration(cfg).save_pretrained(str(folder), max_shard_size=shard_size)
+    tok.save_pretrained(str(folder))
+    return folder
+
+
 def make_open_clip(folder: Path, seed: int = 0, hf_name: str = "xlm-roberta-large") -> Path:
     """An open_clip xlm-roberta CLIP: open_clip_config.json, open_clip_pytorch_model.bin, text tower files."""
     import open_clip

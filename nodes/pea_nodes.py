@@ -87,7 +87,7 @@ class PEAApplyAdapter:
             "optional": {
                 "model": ("MODEL", {
                     "tooltip": "Optional: the checkpoint's MODEL, to check that the adapter is made for "
-                               "its family (SD1.5 or SDXL) before sampling."}),
+                               "its family (SD1.5, SDXL or FLUX.1) before sampling."}),
             },
         }
 

@@ -10,6 +10,7 @@ import transformers
 
 from adapters import EncoderLoadError, load_language_encoder
 from adapters.encoders import padding_mask
+from adapters.tiny import make_byt5
 
 PROMPTS = ["一只红色的猫坐在桌子上", "a red cat", "красная кошка", ""]
 
@@ -105,19 +106,6 @@ def test_plain_safetensors_is_not_a_language_clip(tmp_path):
     safetensors.torch.save_file({"w": torch.zeros(2)}, tmp_path / "weights.safetensors")
     with pytest.raises(EncoderLoadError, match="without the config and tokenizer.*single_file"):
         load_language_encoder(tmp_path / "weights.safetensors")
-
-
-def make_byt5(folder, shard_size="20KB"):
-    """A tiny byT5-shaped encoder-decoder (byte vocabulary of 384), saved in shards."""
-    torch.manual_seed(0)
-    tok = transformers.ByT5Tokenizer()
-    cfg = transformers.T5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=1,
-                                num_heads=4, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
-                                decoder_start_token_id=0)
-    model = transformers.T5ForConditionalGeneration(cfg)
-    model.save_pretrained(str(folder), max_shard_size=shard_size)
-    tok.save_pretrained(str(folder))
-    return folder
 
 
 def test_extracted_byt5_encoder_loads_as_a_single_file(tmp_path):

@@ -73,6 +73,56 @@ def write_checkpoint(path: Path, family: str, with_clip: bool = False, in_channe
     return path
 
 
+FLUX_WIDTHS = dict(in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=3072,
+                   mlp_ratio=4.0, num_heads=24, axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True)
+"""FLUX.1's widths. ComfyUI's detection (``model_detection.detect_unet_config``) fixes all of them
+but the block counts and ``vec_in_dim``, so a stand-in can only be shallow, never narrow."""
+
+
+def write_flux_pair(dev_path: Path, schnell_path: Path) -> tuple[Path, Path]:
+    """FLUX.1-dev and -schnell stand-ins ("Load Diffusion Model" files): ComfyUI's own ``Flux``
+    at full width with one double-stream block and no single-stream block (the fewest its
+    detection accepts), same weights in both; dev has the ``guidance_in`` embedder, which is
+    what tells ComfyUI the two apart. Weights are deterministic and stored as float8_e4m3fn
+    (as the community fp8 FLUX files are): about 400 MB each instead of 800 MB in bf16."""
+    import comfy.ops
+    import safetensors.torch
+    from comfy.ldm.flux.model import Flux
+
+    with torch.device("meta"):
+        model = Flux(**FLUX_WIDTHS, depth=1, depth_single_blocks=0, guidance_embed=True,
+                     operations=comfy.ops.disable_weight_init)
+    gen, sd = torch.Generator().manual_seed(0), {}
+    for k, v in model.state_dict().items():
+        if k.endswith(".scale"):  # RMSNorm of queries and keys
+            t = torch.ones(v.shape)
+        elif v.ndim > 1:
+            t = torch.randn(v.shape, generator=gen).mul_(0.02)
+        else:
+            t = torch.randn(v.shape, generator=gen).mul_(0.01)
+        sd[k] = t.to(torch.float8_e4m3fn)
+    for path in (dev_path, schnell_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(sd, str(dev_path))
+    safetensors.torch.save_file({k: v for k, v in sd.items() if not k.startswith("guidance_in.")}, str(schnell_path))
+    return dev_path, schnell_path
+
+
+def write_flux_vae(path: Path) -> Path:
+    """A 16-channel VAE for FLUX latents that "Load VAE" takes from models/vae: ComfyUI's TAESD
+    at 16 latent channels (what it builds for its own ``taef1`` choice, with taef1's latent
+    scale and shift), weights set by hand so decoded images show the latents' first 3 channels."""
+    import safetensors.torch
+
+    from training.tiny_base import pooling_taesd
+
+    sd = dict(pooling_taesd(latent_channels=16).state_dict())
+    sd.update(vae_scale=torch.tensor(0.3611), vae_shift=torch.tensor(0.1159))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file({k: v.half().contiguous() for k, v in sd.items()}, str(path))
+    return path
+
+
 def write_controlnet(path: Path, checkpoint: Path) -> Path:
     """A ControlNet (ldm layout) for a checkpoint's UNet, built with ComfyUI's own ControlNet class."""
     import comfy.cldm.cldm

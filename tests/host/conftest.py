@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from adapters import EncoderSpec, load_language_encoder
+from adapters.convert import main as convert_adapter
+from adapters.encoders.extract import extract_encoder
 from adapters.encoders.single_file import pack_encoder
 from adapters import tiny as standins
 from tests.host import comfy_host
@@ -45,6 +48,7 @@ def base_dir(tmp_path_factory, comfy_path):
     standins.make_adapter(adapters / "official" / "pytorch_model.bin", "sdxl", 32, official=True, seed=3)
     standins.make_adapter(adapters / "bad" / "wide_sdxl.safetensors", "sdxl", 64, encoder=ZH)
     standins.make_adapter(adapters / "pea_zh_flux.safetensors", "flux", 32, encoder=ZH)
+    write_flux_files(base, models)
     good = (adapters / "pea_zh_sdxl.safetensors").read_bytes()
     (adapters / "bad" / "truncated.safetensors").write_bytes(good[: len(good) // 3])
     torch.save([torch.zeros(4)], adapters / "bad" / "not_a_state_dict.bin")
@@ -67,6 +71,23 @@ def base_dir(tmp_path_factory, comfy_path):
     (base / "custom_nodes").mkdir()
     os.symlink(comfy_host.REPO, base / "custom_nodes" / "ComfyUI-PEA-Diffusion")
     return base
+
+
+def write_flux_files(base: Path, models: Path) -> None:
+    """FLUX stand-ins, made the way the README tells users to make theirs: a byT5 checkpoint
+    folder whose encoder is extracted to one file, an official-layout FLUX adapter pickle
+    converted with the README's flags, a FLUX.1-dev/-schnell pair and a 16-channel VAE."""
+    sources = base / "downloads"
+    byt5 = standins.make_byt5(sources / "byt5-tiny")
+    extract_encoder(byt5, models / "language_clip" / "byt5-tiny-encoder.safetensors")
+    official = standins.make_adapter(sources / "MultilingualFLUX.1-adapter" / "diffusion_pytorch_model.bin", "flux",
+                                     standins.TINY["hidden"], official=True, seed=4)
+    assert convert_adapter([str(official), str(models / "pea_adapters" / "pea_byt5_flux.safetensors"),
+                            "--encoder-kind", "t5", "--encoder-name", "byt5-tiny", "--context-length", "256",
+                            "--no-attention-mask", "--languages", "zh", "en"]) == 0
+    comfy_host.write_flux_pair(models / "diffusion_models" / "flux_dev_standin.safetensors",
+                               models / "diffusion_models" / "flux_schnell_standin.safetensors")
+    comfy_host.write_flux_vae(models / "vae" / "flux_vae_standin.safetensors")
 
 
 @pytest.fixture(scope="session")

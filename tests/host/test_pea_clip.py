@@ -184,3 +184,19 @@ def test_fp8_weight_storage_through_the_loader(pack):
     got = fp8_clip.encode_from_tokens(fp8_clip.tokenize(prompt))
     assert got.shape == ref.shape and torch.isfinite(got).all()
     assert ((got - ref).norm() / ref.norm()).item() < 0.1
+
+
+def test_byt5_flux_clip_reads_256_bytes_unmasked_in_windows(pack):
+    """The extracted byT5 file and the converted FLUX adapter: 256 byte positions, padding not
+    masked, 4096-d tokens and a 768-d pooled vector; longer prompts in windows of 255 bytes + end."""
+    clip, encoder, head = build_clip(pack, clip_name="byt5-tiny-encoder.safetensors",
+                                     adapter="pea_byt5_flux.safetensors")
+    assert (encoder.context_length, encoder.use_attention_mask) == (256, False)
+    assert (head.info.encoder.context_length, head.info.encoder.attention_mask) == (256, False)
+    cond, pooled = clip.encode_from_tokens(clip.tokenize("红烧狮子头"), return_pooled=True)
+    ref_tokens, ref_pooled = direct(encoder, head, encoder.tokenize(["红烧狮子头"]))
+    assert cond.shape == (1, 256, 4096) and pooled.shape == (1, 768)
+    assert torch.allclose(cond, ref_tokens, atol=1e-5) and torch.allclose(pooled, ref_pooled, atol=1e-5)
+    windows = clip.tokenize("山" * 85 + "水" * 5)["t5xxl"]  # 270 bytes: 85 characters fill the first window
+    assert [len(w) for w in windows] == [256, 256]
+    assert clip.encode_from_tokens(clip.tokenize("山" * 85 + "水" * 5)).shape == (1, 512, 4096)

@@ -6,7 +6,12 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import safetensors
+import safetensors.torch
+import torch
+from PIL import Image
 
 from tests.host.ui_workflows import FRONTEND_ONLY, NOTES, WORKFLOWS, api_to_ui, api_workflows
 
@@ -22,6 +27,11 @@ STAND_INS = {
     "lcm-lora-sdxl.safetensors": "sdxl_standin_lora.safetensors",
     "controlnet-canny-sdxl-1.0.safetensors": "sdxl_standin_controlnet.safetensors",
     "sd_xl_base_1.0_inpainting_0.1.safetensors": "sdxl_standin_inpaint.safetensors",
+    "flux1-schnell.safetensors": "flux_schnell_standin.safetensors",
+    "flux1-dev.safetensors": "flux_dev_standin.safetensors",
+    "ae.safetensors": "flux_vae_standin.safetensors",
+    "byt5-xxl-encoder.safetensors": "byt5-tiny-encoder.safetensors",
+    "pea_multilingual_flux.safetensors": "pea_byt5_flux.safetensors",
 }
 WITH_CLIP = {"07_sd15_english_vs_chinese_side_by_side": {"v1-5-pruned-emaonly.safetensors": "sd15_standin_clip.safetensors"}}
 
@@ -35,7 +45,7 @@ def with_stand_ins(graph: dict, extra: dict | None = None) -> dict:
         for k, v in inputs.items():
             if isinstance(v, str) and v in names:
                 inputs[k] = names[v]
-        if node["class_type"] == "EmptyLatentImage":
+        if node["class_type"] in ("EmptyLatentImage", "EmptySD3LatentImage"):
             inputs.update(width=64, height=64)
         if node["class_type"] == "KSampler":
             inputs["steps"] = min(inputs["steps"], 2)
@@ -72,6 +82,78 @@ def test_api_workflow_executes_with_stand_ins(server, name):
     assert entry["status"]["status_str"] == "success", entry["status"]
     images = [im for out in entry["outputs"].values() for im in out.get("images", [])]
     assert images and all((server.base_dir / "output" / im["subfolder"] / im["filename"]).is_file() for im in images)
+
+
+FLUX = {"09_flux_schnell_chinese": "FluxSchnell", "10_flux_dev_chinese": "Flux"}
+
+
+def stand_in_path(base_dir: Path, graph: dict, class_type: str, folder: str) -> Path:
+    """The stand-in model file a stand-in graph's loader node reads."""
+    (node,) = [n for n in graph.values() if n["class_type"] == class_type]
+    name = next(v for v in node["inputs"].values() if isinstance(v, str) and v.endswith(".safetensors"))
+    return base_dir / "models" / folder / name
+
+
+def run_flux(server, name: str, text: str | None = None,
+             guidance: float | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Run a FLUX workflow with stand-ins, the sampled latent saved too; (latent, RGB pixels)."""
+    graph = with_stand_ins(api_workflows()[name])
+    by_class = {n["class_type"]: key for key, n in graph.items()}
+    if text is not None:
+        graph[by_class["CLIPTextEncode"]]["inputs"]["text"] = text
+    if guidance is not None:
+        graph[by_class["FluxGuidance"]]["inputs"]["guidance"] = guidance
+    graph["latent_out"] = {"class_type": "SaveLatent",
+                           "inputs": {"samples": [by_class["KSampler"], 0], "filename_prefix": f"pea_test_{name}"}}
+    entry = server.run(graph)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    out = server.base_dir / "output"
+    (latent,) = entry["outputs"]["latent_out"]["latents"]
+    (image,) = entry["outputs"][by_class["SaveImage"]]["images"]
+    tensor = safetensors.torch.load_file(str(out / latent["subfolder"] / latent["filename"]))["latent_tensor"]
+    pixels = np.asarray(Image.open(out / image["subfolder"] / image["filename"]).convert("RGB"), dtype=np.float32)
+    return tensor, pixels
+
+
+@pytest.mark.parametrize("name", sorted(FLUX))
+def test_flux_stand_in_is_detected_as_flux_by_comfyui(base_dir, name):
+    """ComfyUI's own detection (what "Load Diffusion Model" runs) on the stand-in's keys and shapes."""
+    import comfy.model_detection
+    import comfy.supported_models
+
+    path = stand_in_path(base_dir, with_stand_ins(api_workflows()[name]), "UNETLoader", "diffusion_models")
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        shapes = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+    config = comfy.model_detection.model_config_from_unet(shapes, "")
+    assert type(config) is getattr(comfy.supported_models, FLUX[name])
+    assert config.unet_config["context_in_dim"] == 4096 and config.unet_config["vec_in_dim"] == 768
+
+
+@pytest.mark.parametrize("name", sorted(FLUX))
+def test_flux_through_pea_nodes_gives_an_image_that_follows_the_prompt(server, name):
+    latent, pixels = run_flux(server, name)
+    assert latent.shape == (1, 16, 8, 8) and torch.isfinite(latent).all() and latent.std() > 0
+    assert pixels.shape == (64, 64, 3) and pixels.std() > 1.0
+    other, _ = run_flux(server, name, text="一只红色的猫坐在桌子上")
+    assert torch.isfinite(other).all() and not torch.allclose(other, latent, atol=1e-3)
+
+
+def test_sdxl_adapter_is_refused_against_the_flux_model(server):
+    graph = with_stand_ins(api_workflows()["09_flux_schnell_chinese"])
+    by_class = {n["class_type"]: key for key, n in graph.items()}
+    graph[by_class["PEALoadLanguageCLIP"]]["inputs"]["clip_name"] = "chinese-clip-tiny"
+    graph[by_class["PEAApplyAdapter"]]["inputs"]["adapter_name"] = "pea_zh_sdxl.safetensors"
+    entry = server.run(graph)
+    errors = [m[1]["exception_message"] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert entry["status"]["status_str"] == "error" and len(errors) == 1
+    assert "made for SDXL" in errors[0] and "needs 4096-d context and a 768-d pooled vector" in errors[0], errors
+
+
+def test_flux_guidance_reaches_the_dev_model(server):
+    """FLUX.1-dev embeds the guidance value (its guidance_in): Flux Guidance must change the result."""
+    at_3_5, _ = run_flux(server, "10_flux_dev_chinese")
+    at_1, _ = run_flux(server, "10_flux_dev_chinese", guidance=1.0)
+    assert torch.isfinite(at_1).all() and not torch.allclose(at_1, at_3_5, atol=1e-3)
 
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "workflows"

@@ -19,6 +19,12 @@ FILES_SDXL_ZH = ("Model files:\n"
                  "config.json, pytorch_model.bin, vocab.txt, tokenizer_config.json)\n"
                  "- models/pea_adapters/pea_sdxl_zh.safetensors (an SDXL PEA adapter for Chinese-CLIP, e.g. the official "
                  "pytorch_model.bin converted with python -m adapters.convert)")
+FILES_FLUX = ("- models/language_clip/byt5-xxl-encoder.safetensors (the encoder of Hugging Face google/byt5-xxl, "
+              "extracted with python -m adapters.encoders.extract; Load Language CLIP context_length 0 = 256 bytes)\n"
+              "- models/pea_adapters/pea_multilingual_flux.safetensors (OPPOer/MultilingualFLUX.1-adapter "
+              "diffusion_pytorch_model.bin, converted with python -m adapters.convert)\n"
+              "- models/vae/ae.safetensors (the FLUX VAE, from black-forest-labs/FLUX.1-schnell)\n"
+              "Commands: see the README's FLUX section.")
 NOTES = {
     "01_sd15_chinese_text_to_image": (
         "SD1.5 text-to-image with a Chinese prompt through PEA.\n\nModel files:\n"
@@ -58,6 +64,16 @@ NOTES = {
         "open_clip_config.json, open_clip_pytorch_model.bin; plus a subfolder xlm-roberta-large/ with the config.json "
         "and tokenizer files of FacebookAI/xlm-roberta-large)\n"
         "- models/pea_adapters/pea_sdxl_multilingual.safetensors (an SDXL adapter trained behind that encoder)"),
+    "09_flux_schnell_chinese": (
+        "FLUX.1-schnell with a Chinese prompt through byT5-xxl and OPPO's multilingual FLUX adapter: 4 steps, cfg 1.0, "
+        "no negative prompt (Conditioning Zero Out; cfg 1.0 skips it anyway), no guidance.\n\nModel files:\n"
+        "- models/diffusion_models/flux1-schnell.safetensors (black-forest-labs/FLUX.1-schnell; "
+        "models/unet works too)\n" + FILES_FLUX),
+    "10_flux_dev_chinese": (
+        "FLUX.1-dev with a Chinese prompt: Flux Guidance 3.5 (dev's distilled guidance; cfg stays 1.0), 20 steps. "
+        "The adapter was distilled from schnell; dev reads the same text conditioning.\n\nModel files:\n"
+        "- models/diffusion_models/flux1-dev.safetensors (black-forest-labs/FLUX.1-dev, gated: accept its licence; "
+        "models/unet works too)\n" + FILES_FLUX),
 }
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from adapters import LanguageEncoder
-from .objective import LossWeights, distillation_loss, prediction_target
+from .objective import LossWeights, distillation_loss, prediction_target, text_alignment
 from .taps import FeatureTaps
 
 TIMESTEPS = 1000
@@ -150,12 +150,17 @@ class Distiller(nn.Module):
         ids = torch.where(drop[:, None], self.empty_ids.to(device), batch.ids.to(device))
 
         with torch.no_grad():
-            teacher = self._forward(noisy, sigma, t_tokens, self._adm(t_pooled, batch.pixel_size))
             hidden = self.encoder(ids)
         s_tokens, s_pooled = self.adapter(hidden.float())
+        text = text_alignment(s_tokens, s_pooled, t_tokens, t_pooled) if self.weights.text else None
+        kd_mask = batch.kd_mask.to(device)
+        if not self.weights.needs_unet:
+            return distillation_loss({}, {}, None, kd_mask, self.taps.names, self.weights, text)
+        with torch.no_grad():
+            teacher = self._forward(noisy, sigma, t_tokens, self._adm(t_pooled, batch.pixel_size))
         student = self._forward(noisy, sigma, s_tokens, self._adm(s_pooled, batch.pixel_size))
         if not self.checked_shapes:
             self.taps.check(teacher, *batch.latents.shape[-2:])
             self.checked_shapes = True
         target = prediction_target(ms, sigma, noisy, batch.latents)
-        return distillation_loss(student, teacher, target, batch.kd_mask.to(device), self.taps.names, self.weights)
+        return distillation_loss(student, teacher, target, kd_mask, self.taps.names, self.weights, text)

@@ -2,7 +2,9 @@
 
 Samples marked native (culture-specific captions without a trustworthy English twin) get only
 ``L_SD``; the batch loss is the mean of the per-sample losses, so it is the same whatever the
-split of a global batch over processes.
+split of a global batch over processes. A text-space alignment term (GlueGen-style: the
+adapter's tokens against the teacher's English tokens, no UNet) exists as a baseline to compare
+against; PEA itself leaves its weight at 0.
 """
 from __future__ import annotations
 
@@ -16,6 +18,12 @@ class LossWeights:
     sd: float = 1.0
     logit: float = 1.0
     feature: float = 0.1
+    text: float = 0.0
+
+    @property
+    def needs_unet(self) -> bool:
+        """False for text-space alignment alone, which never runs the UNet."""
+        return bool(self.sd or self.logit or self.feature)
 
 
 def per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -34,13 +42,33 @@ def prediction_target(model_sampling, sigma: torch.Tensor, noisy: torch.Tensor, 
     return (at_zero - clean) / slope
 
 
+def text_alignment(s_tokens: torch.Tensor, s_pooled: torch.Tensor | None,
+                   t_tokens: torch.Tensor, t_pooled: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample MSE between the adapter's and the teacher's text conditioning, token by token."""
+    if s_tokens.shape[1] != t_tokens.shape[1]:
+        raise ValueError(
+            f"text-space alignment compares token by token: the language encoder gives {s_tokens.shape[1]} "
+            f"tokens, the teacher {t_tokens.shape[1]}; set the encoder's context length to {t_tokens.shape[1]}")
+    loss = per_sample_mse(s_tokens, t_tokens)
+    if s_pooled is not None and t_pooled is not None:
+        loss = loss + per_sample_mse(s_pooled, t_pooled)
+    return loss
+
+
 def distillation_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],
-                      target: torch.Tensor, kd_mask: torch.Tensor, tap_names: list[str],
-                      weights: LossWeights = LossWeights()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Total loss and its parts (each ``[B]``) from captured student/teacher passes."""
-    sd = per_sample_mse(student["output"], target)
-    logit = per_sample_mse(student["output"], teacher["output"])
-    feature = sum(per_sample_mse(student[name], teacher[name]) for name in tap_names)
+                      target: torch.Tensor | None, kd_mask: torch.Tensor, tap_names: list[str],
+                      weights: LossWeights = LossWeights(),
+                      text: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total loss and its parts (each ``[B]``) from captured student/teacher passes (empty when
+    ``weights`` need no UNet) and the text-alignment term ``text``."""
     kd = kd_mask.float()
-    per_sample = weights.sd * sd + kd * (weights.logit * logit + weights.feature * feature)
-    return per_sample.mean(), {"loss": per_sample, "sd": sd, "lkd": logit, "fkd": feature, "kd_mask": kd}
+    zeros = torch.zeros_like(kd)
+    if weights.needs_unet:
+        sd = per_sample_mse(student["output"], target)
+        logit = per_sample_mse(student["output"], teacher["output"])
+        feature = sum(per_sample_mse(student[name], teacher[name]) for name in tap_names)
+    else:
+        sd = logit = feature = zeros
+    text = zeros if text is None else text
+    per_sample = weights.sd * sd + kd * (weights.logit * logit + weights.feature * feature + weights.text * text)
+    return per_sample.mean(), {"loss": per_sample, "sd": sd, "lkd": logit, "fkd": feature, "text": text, "kd_mask": kd}

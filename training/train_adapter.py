@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda-sd", type=float, default=1.0)
     p.add_argument("--lambda-logit", type=float, default=1.0)
     p.add_argument("--lambda-feature", type=float, default=0.1)
+    p.add_argument("--lambda-text", type=float, default=0.0,
+                   help="text-space alignment to the teacher's tokens (a GlueGen-style baseline; PEA uses 0)")
     p.add_argument("--resolution", type=int, help="bucket area side (default: 512 SD1.5, 1024 SDXL)")
     p.add_argument("--hidden", type=int, nargs="+", help="adapter hidden widths (default 1024 1024 SDXL, 2048 2048 SD1.5)")
     p.add_argument("--cache-dir", type=Path, help="cache VAE latents and teacher encodings here (both frozen)")
@@ -98,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(
         output=args.output, steps=args.steps or 1000, batch_size=args.batch_size, grad_accum=args.grad_accum,
         lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, clip_grad=args.clip_grad,
-        cfg_dropout=args.cfg_dropout, weights=LossWeights(args.lambda_sd, args.lambda_logit, args.lambda_feature),
+        cfg_dropout=args.cfg_dropout,
+        weights=LossWeights(args.lambda_sd, args.lambda_logit, args.lambda_feature, args.lambda_text),
         resolution=args.resolution, hidden=tuple(args.hidden) if args.hidden else None,
         init_adapter=args.init_adapter, resume=args.resume, cache_dir=args.cache_dir, seed=args.seed,
         save_every=args.save_every, log_every=args.log_every, preview_every=args.preview_every,

@@ -225,7 +225,7 @@ class Trainer:
 
     def train_step(self, stream) -> dict:
         """One optimiser step over ``grad_accum`` micro-batches; the global mean of each loss part."""
-        sums = torch.zeros(6, dtype=torch.float64)  # loss, sd, lkd*m, fkd*m, samples, kd samples
+        sums = torch.zeros(7, dtype=torch.float64)  # loss, sd, lkd*m, fkd*m, samples, kd samples, text*m
         for micro in range(self.cfg.grad_accum):
             batch = None
             while batch is None:
@@ -238,7 +238,7 @@ class Trainer:
             m = parts["kd_mask"]
             sums += torch.tensor([parts["loss"].sum().item(), parts["sd"].sum().item(),
                                   (parts["lkd"] * m).sum().item(), (parts["fkd"] * m).sum().item(),
-                                  len(m), m.sum().item()], dtype=torch.float64)
+                                  len(m), m.sum().item(), (parts["text"] * m).sum().item()], dtype=torch.float64)
         if self.cfg.clip_grad > 0:
             torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), self.cfg.clip_grad)
         self.optimizer.step()
@@ -248,7 +248,7 @@ class Trainer:
         s = self.reduce(sums)
         kd = max(s[5].item(), 1.0)
         return {"step": self.step, "loss": s[0].item() / s[4].item(), "sd": s[1].item() / s[4].item(),
-                "lkd": s[2].item() / kd, "fkd": s[3].item() / kd, "samples": int(s[4].item()),
+                "lkd": s[2].item() / kd, "fkd": s[3].item() / kd, "text": s[6].item() / kd, "samples": int(s[4].item()),
                 "lr": self.scheduler.get_last_lr()[0]}
 
     def run(self) -> Path:

@@ -107,13 +107,13 @@ def _vision(cls):
                image_size=32, patch_size=16, projection_dim=16)
 
 
-def make_chinese_clip(folder: Path, seed: int = 0, extra_text: list[str] = ()) -> Path:
+def make_chinese_clip(folder: Path, seed: int = 0, extra_text: list[str] = (), max_positions: int = 64) -> Path:
     """A full two-tower Chinese-CLIP (BERT text tower), as the OFA-Sys repos ship it; its
     vocabulary covers the built-in corpus and ``extra_text``."""
     torch.manual_seed(seed)
     tok = bert_tokenizer(extra_text)
     C = transformers
-    text = C.ChineseCLIPTextConfig(**_bert_like(tok, max_position_embeddings=64))
+    text = C.ChineseCLIPTextConfig(**_bert_like(tok, max_position_embeddings=max_positions))
     vision = _vision(C.ChineseCLIPVisionConfig)
     cfg = C.ChineseCLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16)
     return _save(C.ChineseCLIPModel(cfg), tok, folder)

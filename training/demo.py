@@ -36,9 +36,15 @@ def demo_config(output: Path, steps: int, seed: int) -> TrainConfig:
                        preview_steps=8, adapter_name="pea_demo_zh.safetensors", memory_cache=True)
 
 
-def prepare_teacher(parts, records, cache: Path, seed: int = 0, progress: bool = True) -> None:
+def teacher_records(folder: Path) -> list:
+    """The English teacher's training set: every training pair under its English captions."""
+    return read_manifest(write_dataset(folder, [p for p in read_pairs() if not p["held_out"]], ("en",), name="teacher"))
+
+
+def prepare_teacher(parts, folder: Path, cache: Path, seed: int = 0, progress: bool = True) -> None:
     """Give the tiny UNet its English teacher weights: the shipped file (trained by
     ``python -m training.demo --write-teacher``), else a cached or freshly trained one."""
+    records = teacher_records(folder)
     calibrate_vae(parts.vae, torch.stack([load_image(r.image, (64, 64)) for r in records]))
     for path in (SHIPPED_TEACHER, cache):
         if seed == 0 and path.is_file():
@@ -50,17 +56,17 @@ def prepare_teacher(parts, records, cache: Path, seed: int = 0, progress: bool =
 
 def run_demo(output: Path, steps: int = DEMO_STEPS, seed: int = 0, progress: bool = True) -> dict:
     """Train the matched and the shuffled-pairs adapters; return and print their held-out KD losses."""
-    pairs = read_pairs()
+    pairs = [p for p in read_pairs() if not p["native"]]
     train = [p for p in pairs if not p["held_out"]]
     held_out = [p for p in pairs if p["held_out"]]
     data = output / "data"
-    manifests = {"matched": write_dataset(data, train), "shuffled": write_dataset(data, train, shuffle_text_seed=seed + 1)}
+    manifests = {"matched": write_dataset(data, train),
+                 "shuffled": write_dataset(data, train, shuffle_text_seed=seed + 1, name="manifest_shuffled")}
     held_manifest = write_dataset(data / "held_out", held_out)
     encoder = load_language_encoder(make_chinese_clip(output / "language_clip" / "chinese-clip-tiny",
                                                       extra_text=[p["zh"] for p in pairs]))
     parts = tiny_sd15_parts("demo", seed)
-    train_records = read_manifest(manifests["matched"])
-    prepare_teacher(parts, train_records, output / "teacher_unet.safetensors", seed, progress)
+    prepare_teacher(parts, data, output / "teacher_unet.safetensors", seed, progress)
     results = {}
     for run, manifest in manifests.items():
         cfg = replace(demo_config(output / run, steps, seed), progress=progress,
@@ -91,7 +97,7 @@ if __name__ == "__main__":
     parser.parse_args()
     import_comfy(cpu=True)
     with tempfile.TemporaryDirectory() as tmp:
-        records = read_manifest(write_dataset(Path(tmp), [p for p in read_pairs() if not p["held_out"]]))
+        records = teacher_records(Path(tmp))
         parts = tiny_sd15_parts("demo", 0)
         calibrate_vae(parts.vae, torch.stack([load_image(r.image, (64, 64)) for r in records]))
         train_teacher(parts, records, TEACHER_STEPS, 64, lr=TEACHER_LR)

@@ -1,5 +1,6 @@
 """Each encoder backend against the model family's own forward, built independently."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -222,3 +223,28 @@ def test_fp8_weight_storage_halves_the_matrices_and_keeps_the_states(tmp_path, s
 def test_weight_dtype_must_be_fp8(tmp_path):
     with pytest.raises(ValueError, match="fp8_e4m3fn"):
         load_language_encoder(make_byt5(tmp_path / "byt5-tiny"), weight_dtype=torch.float16)
+
+
+@pytest.mark.parametrize("encoder_masks", [True, False], ids=["t5 masked", "byt5 unmasked"])
+def test_pairing_refuses_an_adapter_trained_with_the_other_padding_mask(tmp_path, encoder_dirs, encoder_masks):
+    from adapters import EncoderSpec, IncompatibleError, check_pairing, load_adapter
+    from adapters.tiny import TINY, make_adapter
+
+    folder = encoder_dirs["t5"] if encoder_masks else make_byt5(tmp_path / "byt5-tiny")
+    encoder = load_language_encoder(folder)
+    assert encoder.use_attention_mask == encoder_masks
+
+    def adapter(name, attention_mask, official=False):
+        spec = EncoderSpec("t5", folder.name, context_length=encoder.context_length, attention_mask=attention_mask)
+        return load_adapter(make_adapter(tmp_path / name, "flux", TINY["hidden"], encoder=spec, official=official))
+
+    check_pairing(encoder, adapter("same.safetensors", encoder_masks).info, "same.safetensors")
+    check_pairing(encoder, adapter("unstated.safetensors", None).info, "unstated.safetensors")
+    check_pairing(encoder, adapter("official.bin", None, official=True).info, "official.bin")  # no metadata
+    other = adapter("other.safetensors", not encoder_masks)
+    trained, loaded = ("attended (not masked)", "masked") if encoder_masks else ("masked", "attended (not masked)")
+    flag = "--attention-mask" if encoder_masks else "--no-attention-mask"
+    with pytest.raises(IncompatibleError, match=rf"'other.safetensors' was trained with padding {re.escape(trained)} "
+                                                rf"inside t5 '{folder.name}'.*'{folder.name}' \(t5\) has its padding "
+                                                rf"{re.escape(loaded)}.*Load the encoder.*adapters.convert.*{flag}'"):
+        check_pairing(encoder, other.info, "other.safetensors")

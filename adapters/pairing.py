@@ -33,6 +33,18 @@ def check_pairing(encoder: LanguageEncoder, info: AdapterInfo, adapter_name: str
             f"Adapter '{adapter_name}' was trained at context length {trained.context_length}, but "
             f"language CLIP '{encoder.name}' pads to {encoder.context_length}. Set context_length to "
             f"{trained.context_length} on the Load Language CLIP node.")
+    if trained.attention_mask is not None and trained.attention_mask != encoder.use_attention_mask:
+        raise IncompatibleError(
+            f"Adapter '{adapter_name}' was trained with padding {_masking(trained.attention_mask)} inside "
+            f"{trained_on}, but language CLIP '{encoder.name}' ({encoder.kind}) has its padding "
+            f"{_masking(encoder.use_attention_mask)}: the conditioning would differ from training. Load the "
+            f"encoder this adapter was trained with (byT5 is read unmasked, every other encoder masked); if "
+            f"the adapter's metadata is wrong, rewrite it with 'python -m adapters.convert ADAPTER OUT "
+            f"--{'' if encoder.use_attention_mask else 'no-'}attention-mask'.")
+
+
+def _masking(masked: bool) -> str:
+    return "masked" if masked else "attended (not masked)"
 
 
 def check_base_model(shape: AdapterShape, adapter_name: str, model_name: str,

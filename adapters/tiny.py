@@ -162,10 +162,14 @@ def make_t5(folder: Path, model_type: str = "t5", seed: int = 0) -> Path:
     return _save(model_cls(cfg), tok, folder)
 
 
-def make_byt5(folder: Path, seed: int = 0, shard_size: str = "20KB") -> Path:
+def make_byt5(folder: Path, seed: int = 0, shard_size: str = "20KB", pickled: bool = False) -> Path:
     """A byT5-shaped encoder-decoder (T5 config, byte vocabulary of 384, ``ByT5Tokenizer``),
-    saved in safetensors shards of ``shard_size`` as google/byt5-* are; the source that
-    ``python -m adapters.encoders.extract`` packs into one language-CLIP file."""
+    saved in safetensors shards of ``shard_size`` as google/byt5-small..-xl are; the source that
+    ``python -m adapters.encoders.extract`` packs into one language-CLIP file.
+
+    ``pickled`` writes PyTorch pickles instead, as google/byt5-xxl publishes its weights: one
+    ``pytorch_model.bin`` (the whole state dict, tied embeddings sharing storage) when everything
+    fits in one shard, else ``pytorch_model-*.bin`` shards and ``pytorch_model.bin.index.json``."""
     torch.manual_seed(seed)
     tok = transformers.ByT5Tokenizer()
     cfg = transformers.T5Config(vocab_size=384, d_model=TINY["hidden"], d_kv=8, d_ff=TINY["inter"], num_layers=2,
@@ -173,9 +177,32 @@ def make_byt5(folder: Path, seed: int = 0, shard_size: str = "20KB") -> Path:
                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                                 decoder_start_token_id=tok.pad_token_id)
     folder.mkdir(parents=True, exist_ok=True)
-    transformers.T5ForConditionalGeneration(cfg).save_pretrained(str(folder), max_shard_size=shard_size)
+    model = transformers.T5ForConditionalGeneration(cfg)
+    model.save_pretrained(str(folder), max_shard_size=shard_size)
     tok.save_pretrained(str(folder))
+    if pickled:
+        _safetensors_to_pickles(folder, model)
     return folder
+
+
+def _safetensors_to_pickles(folder: Path, model: torch.nn.Module) -> None:
+    """Replace the safetensors weights in ``folder`` by pickles in the same shards."""
+    import safetensors.torch
+
+    index = folder / "model.safetensors.index.json"
+    if not index.is_file():
+        (folder / "model.safetensors").unlink()
+        torch.save(model.state_dict(), folder / "pytorch_model.bin")
+        return
+    layout = json.loads(index.read_text())
+    names = {f: f.replace("model", "pytorch_model", 1).replace(".safetensors", ".bin")
+             for f in set(layout["weight_map"].values())}
+    for shard, name in names.items():
+        torch.save(safetensors.torch.load_file(str(folder / shard)), folder / name)
+        (folder / shard).unlink()
+    layout["weight_map"] = {k: names[f] for k, f in layout["weight_map"].items()}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(layout, indent=2))
+    index.unlink()
 
 
 def make_open_clip(folder: Path, seed: int = 0, hf_name: str = "xlm-roberta-large") -> Path:

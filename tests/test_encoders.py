@@ -1,5 +1,6 @@
 """Each encoder backend against the model family's own forward, built independently."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -108,11 +109,18 @@ def test_plain_safetensors_is_not_a_language_clip(tmp_path):
         load_language_encoder(tmp_path / "weights.safetensors")
 
 
-def test_extracted_byt5_encoder_loads_as_a_single_file(tmp_path):
+BYT5_LAYOUTS = {"safetensors shards": {}, "pickle": {"pickled": True, "shard_size": "50GB"},
+                "pickle shards": {"pickled": True}}
+
+
+@pytest.mark.parametrize("layout", BYT5_LAYOUTS)
+def test_extracted_byt5_encoder_loads_as_a_single_file(tmp_path, layout):
+    import safetensors
     from adapters.encoders.extract import main as extract_main
 
-    folder = make_byt5(tmp_path / "byt5-tiny")
-    assert (folder / "model.safetensors.index.json").is_file()
+    folder = make_byt5(tmp_path / "byt5-tiny", **BYT5_LAYOUTS[layout])
+    index = "pytorch_model.bin.index.json" if "pickle" in layout else "model.safetensors.index.json"
+    assert (folder / index).is_file() == layout.endswith("shards")
     dest = tmp_path / "byt5-tiny-encoder.safetensors"
     assert extract_main([str(folder), str(dest)]) == 0
     packed, full = load_language_encoder(dest), load_language_encoder(folder)
@@ -122,20 +130,39 @@ def test_extracted_byt5_encoder_loads_as_a_single_file(tmp_path):
     assert ids.shape == (2, 256) and torch.equal(packed.tokenize(["红烧狮子头", "a cat"]), ids)
     with torch.no_grad():
         assert torch.equal(packed(ids), full(ids))
-    assert dest.stat().st_size < sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    with safetensors.safe_open(str(dest), framework="pt") as f:
+        keys = set(f.keys())
+    assert "shared.weight" in keys and "encoder.embed_tokens.weight" not in keys  # the tied copy is not repeated
+    assert not any(k.startswith(("decoder.", "lm_head.")) for k in keys)
+    assert dest.stat().st_size < sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
 
 
-def test_extraction_streams_instead_of_loading_the_checkpoint(tmp_path):
+def pad_checkpoint(folder: Path, pickled: bool) -> tuple[Path, dict]:
+    """Pad the one weight file in ``folder`` with large encoder and decoder tensors (and, in a
+    pickle, a strided view); return the file and the encoder tensors added."""
+    import safetensors.torch
+
+    path = folder / ("pytorch_model.bin" if pickled else "model.safetensors")
+    state = torch.load(path, weights_only=True) if pickled else safetensors.torch.load_file(str(path))
+    added = {"encoder.padding_for_size": torch.zeros(100 * 2**20, dtype=torch.float32)}  # 400 MiB
+    if pickled:
+        added["encoder.strided_view"] = torch.arange(12, dtype=torch.bfloat16).reshape(3, 4).t()
+    state.update(added, **{"decoder.padding_for_size": torch.zeros(50 * 2**20, dtype=torch.float32)})
+    if pickled:
+        torch.save(state, path)
+    else:
+        safetensors.torch.save_file(state, str(path), metadata={"format": "pt"})
+    return path, added
+
+
+@pytest.mark.parametrize("pickled", [False, True], ids=["safetensors", "pickle"])
+def test_extraction_streams_instead_of_loading_the_checkpoint(tmp_path, pickled):
     import safetensors.torch
 
     folder = tmp_path / "big"
-    make_byt5(folder, shard_size="50GB")
-    state = safetensors.torch.load_file(str(folder / "model.safetensors"))
-    state["encoder.padding_for_size"] = torch.zeros(100 * 2**20, dtype=torch.float32)  # 400 MiB
-    state["decoder.padding_for_size"] = torch.zeros(50 * 2**20, dtype=torch.float32)
-    safetensors.torch.save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    del state
-    size = (folder / "model.safetensors").stat().st_size
+    make_byt5(folder, shard_size="50GB", pickled=pickled)
+    path, added = pad_checkpoint(folder, pickled)
+    size = path.stat().st_size
     code = ("import resource, sys; from adapters.encoders.extract import extract_encoder; "
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
             f"extract_encoder({str(folder)!r}, {str(tmp_path / 'out.safetensors')!r}); "
@@ -144,7 +171,28 @@ def test_extraction_streams_instead_of_loading_the_checkpoint(tmp_path):
                                    cwd=Path(__file__).resolve().parents[1]).stdout.strip())
     assert grown_kib * 1024 < 0.25 * size, f"peak memory grew by {grown_kib / 1024:.0f} MiB for a {size / 2**20:.0f} MiB file"
     out = safetensors.torch.load_file(str(tmp_path / "out.safetensors"))
-    assert "decoder.padding_for_size" not in out and out["encoder.padding_for_size"].shape == (100 * 2**20,)
+    assert "decoder.padding_for_size" not in out
+    for key, tensor in added.items():
+        assert out[key].dtype == tensor.dtype and torch.equal(out[key], tensor)
+
+
+class NotATensor:
+    pass
+
+
+def test_pickles_that_cannot_be_streamed_are_refused(tmp_path):
+    from adapters.encoders.extract import extract_encoder
+
+    legacy = make_byt5(tmp_path / "legacy", shard_size="50GB", pickled=True)
+    state = torch.load(legacy / "pytorch_model.bin", weights_only=True)
+    torch.save(state, legacy / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    with pytest.raises(EncoderLoadError, match=r"legacy.*pytorch_model.bin.*cannot be memory-mapped.*zip format"):
+        extract_encoder(legacy, tmp_path / "out.safetensors")
+    unsafe = make_byt5(tmp_path / "unsafe", shard_size="50GB", pickled=True)
+    torch.save({**state, "encoder.note": NotATensor()}, unsafe / "pytorch_model.bin")
+    with pytest.raises(EncoderLoadError, match=r"unsafe.*pytorch_model.bin holds Python objects.*refused"):
+        extract_encoder(unsafe, tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
 
 
 @pytest.mark.parametrize("storage", ["fp8_e4m3fn", "fp8_e5m2"])
@@ -175,3 +223,28 @@ def test_fp8_weight_storage_halves_the_matrices_and_keeps_the_states(tmp_path, s
 def test_weight_dtype_must_be_fp8(tmp_path):
     with pytest.raises(ValueError, match="fp8_e4m3fn"):
         load_language_encoder(make_byt5(tmp_path / "byt5-tiny"), weight_dtype=torch.float16)
+
+
+@pytest.mark.parametrize("encoder_masks", [True, False], ids=["t5 masked", "byt5 unmasked"])
+def test_pairing_refuses_an_adapter_trained_with_the_other_padding_mask(tmp_path, encoder_dirs, encoder_masks):
+    from adapters import EncoderSpec, IncompatibleError, check_pairing, load_adapter
+    from adapters.tiny import TINY, make_adapter
+
+    folder = encoder_dirs["t5"] if encoder_masks else make_byt5(tmp_path / "byt5-tiny")
+    encoder = load_language_encoder(folder)
+    assert encoder.use_attention_mask == encoder_masks
+
+    def adapter(name, attention_mask, official=False):
+        spec = EncoderSpec("t5", folder.name, context_length=encoder.context_length, attention_mask=attention_mask)
+        return load_adapter(make_adapter(tmp_path / name, "flux", TINY["hidden"], encoder=spec, official=official))
+
+    check_pairing(encoder, adapter("same.safetensors", encoder_masks).info, "same.safetensors")
+    check_pairing(encoder, adapter("unstated.safetensors", None).info, "unstated.safetensors")
+    check_pairing(encoder, adapter("official.bin", None, official=True).info, "official.bin")  # no metadata
+    other = adapter("other.safetensors", not encoder_masks)
+    trained, loaded = ("attended (not masked)", "masked") if encoder_masks else ("masked", "attended (not masked)")
+    flag = "--attention-mask" if encoder_masks else "--no-attention-mask"
+    with pytest.raises(IncompatibleError, match=rf"'other.safetensors' was trained with padding {re.escape(trained)} "
+                                                rf"inside t5 '{folder.name}'.*'{folder.name}' \(t5\) has its padding "
+                                                rf"{re.escape(loaded)}.*Load the encoder.*adapters.convert.*{flag}'"):
+        check_pairing(encoder, other.info, "other.safetensors")

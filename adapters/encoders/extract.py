@@ -3,11 +3,18 @@ packed language-CLIP file, without ever holding the checkpoint in memory.
 
     python -m adapters.encoders.extract google-byt5-xxl/ models/language_clip/byt5-xxl-encoder.safetensors
 
-The source folder holds the Hugging Face files (config.json, tokenizer files, model.safetensors
-or a sharded model.safetensors.index.json). The encoder's tensors (``encoder.*`` and
-``shared.weight``) are copied as raw byte ranges, in chunks, straight from the source files into
-the new safetensors file; its header also carries the config and tokenizer, so "Load Language
-CLIP" reads it as a single file (see :mod:`adapters.encoders.single_file`).
+The source folder holds the Hugging Face files (config.json, tokenizer files, and the weights:
+model.safetensors, pytorch_model.bin, or a sharded model.safetensors.index.json /
+pytorch_model.bin.index.json). The encoder's tensors (``encoder.*`` and ``shared.weight``) are
+copied as raw byte ranges, in chunks, straight from the source files into the new safetensors
+file, keeping their names and dtypes; its header also carries the config and tokenizer, so
+"Load Language CLIP" reads it as a single file (see :mod:`adapters.encoders.single_file`).
+
+Pickles (zip format) are opened with ``torch.load(weights_only=True, mmap=True)``: that reads
+the tensors' names, dtypes and shapes but none of their bytes; where each tensor's bytes sit in
+the file is found from the zip records, and they are copied like safetensors ranges. (Copying
+through the memory map itself would leave every page read resident: the process would grow by
+the encoder's size.)
 """
 from __future__ import annotations
 
@@ -15,15 +22,31 @@ import json
 import os
 import struct
 import sys
+import zipfile
 from pathlib import Path
+from typing import Iterator, Union
+
+import torch
 
 from ..errors import EncoderLoadError
 from ..file_format import atomic_write
 from .single_file import PACK_KEY, PACK_VERSION, embed_file, folder_to_file_cli
+from .weights import read_pickle
 
 CHUNK = 64 * 2**20
 ENCODER_PREFIXES = ("encoder.", "shared.")
 SMALL_FILE_SUFFIXES = (".json", ".model", ".txt")
+WEIGHT_SOURCES = ("model.safetensors", "pytorch_model.bin")
+"""Checked in this order, each as a sharded ``.index.json`` first, then as a single file."""
+SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.int64: "I64",
+    torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}
+
+Source = Union[tuple[Path, int, int], torch.Tensor]
+"""A tensor's bytes: (file, start, length) in a source file, or a tensor to write out (a strided
+view in a pickle, whose bytes are not one range)."""
 
 
 def read_header(path: Path) -> tuple[int, dict]:
@@ -34,14 +57,89 @@ def read_header(path: Path) -> tuple[int, dict]:
 
 
 def source_files(folder: Path) -> list[Path]:
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        return [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-    if (folder / "model.safetensors").is_file():
-        return [folder / "model.safetensors"]
+    """The weight files holding the encoder: the shards an index names for it, or the one file."""
+    for name in WEIGHT_SOURCES:
+        index = folder / f"{name}.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            return [folder / f for f in sorted({f for k, f in weight_map.items() if k.startswith(ENCODER_PREFIXES)})]
+        if (folder / name).is_file():
+            return [folder / name]
     raise EncoderLoadError(
-        f"{folder} has no model.safetensors or model.safetensors.index.json; only safetensors checkpoints "
-        f"can be streamed (convert pickled weights first)")
+        f"{folder} has no weights to extract: expected model.safetensors, pytorch_model.bin, or a sharded "
+        f"model.safetensors.index.json / pytorch_model.bin.index.json")
+
+
+def safetensors_tensors(path: Path) -> Iterator[tuple[str, str, list[int], Source]]:
+    """(key, safetensors dtype, shape, bytes) of each encoder tensor in a safetensors file."""
+    start, header = read_header(path)
+    for key, meta in header.items():
+        if key != "__metadata__" and key.startswith(ENCODER_PREFIXES):
+            begin, end = meta["data_offsets"]
+            yield key, meta["dtype"], meta["shape"], (path, start + begin, end - begin)
+
+
+def zip_record_offsets(path: Path) -> dict[int, int]:
+    """Byte offset in the file -> size, of each tensor-storage record (``<archive>/data/<key>``)
+    of a PyTorch zip checkpoint; torch stores them uncompressed."""
+    offsets = {}
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
+        for info in archive.infolist():
+            if info.filename.split("/")[1:2] != ["data"] or info.compress_type != zipfile.ZIP_STORED:
+                continue
+            f.seek(info.header_offset + 26)  # the local header's name and extra-field lengths
+            name_len, extra_len = struct.unpack("<HH", f.read(4))
+            offsets[info.header_offset + 30 + name_len + extra_len] = info.file_size
+    return offsets
+
+
+def pickle_tensors(path: Path) -> Iterator[tuple[str, str, list[int], Source]]:
+    """(key, safetensors dtype, shape, bytes) of each encoder tensor in a zip-format pickle.
+
+    All storages of a memory-mapped load are slices of one mapping of the whole file, so their
+    addresses differ exactly as their records' offsets do; that locates each tensor's bytes.
+    """
+    state = read_pickle(path, mmap=True)
+    records = zip_record_offsets(path)
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in state.values() if torch.is_tensor(t) and t.untyped_storage().nbytes()}
+    base = min(storages, default=0) - min((o for o, n in records.items() if n), default=0)
+    if any(records.get(ptr - base) != nbytes for ptr, nbytes in storages.items()):
+        raise EncoderLoadError(f"{path}: the tensors' bytes cannot be located among the file's zip records "
+                               f"(not written by torch.save?)")
+    for key in sorted(state, key=lambda k: not str(k).startswith("shared.")):  # shared.weight before its tied copies
+        tensor = state[key]
+        if not isinstance(key, str) or not key.startswith(ENCODER_PREFIXES):
+            continue
+        if not torch.is_tensor(tensor):
+            raise EncoderLoadError(f"{path}: {key} is a {type(tensor).__name__}, not a tensor")
+        if tensor.dtype not in SAFETENSORS_DTYPES:
+            raise EncoderLoadError(f"{path}: {key} has dtype {tensor.dtype}, which safetensors cannot store")
+        length = tensor.numel() * tensor.element_size()
+        if not tensor.is_contiguous():
+            source: Source = tensor
+        elif length:
+            ptr = tensor.untyped_storage().data_ptr()
+            source = (path, ptr - base + tensor.storage_offset() * tensor.element_size(), length)
+        else:
+            source = (path, 0, 0)
+        yield key, SAFETENSORS_DTYPES[tensor.dtype], list(tensor.shape), source
+
+
+def copy_bytes(out, source: Source, buffer: memoryview) -> None:
+    """Append one tensor's bytes to ``out`` through ``buffer`` (or, for a strided view, that one tensor)."""
+    if torch.is_tensor(source):
+        out.write(source.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+        return
+    path, start, length = source
+    with open(path, "rb") as src:
+        src.seek(start)
+        while length:
+            n = src.readinto(buffer[:min(len(buffer), length)])
+            if not n:
+                raise EncoderLoadError(f"{path} ends before the tensor data it describes (truncated?)")
+            out.write(buffer[:n])
+            length -= n
 
 
 def extract_encoder(folder: str | os.PathLike, dest: str | os.PathLike, context_length: int | None = None) -> Path:
@@ -51,16 +149,20 @@ def extract_encoder(folder: str | os.PathLike, dest: str | os.PathLike, context_
     if config.get("model_type") not in ("t5", "mt5", "umt5"):
         raise EncoderLoadError(f"{folder / 'config.json'}: model_type {config.get('model_type')!r} is not a T5-family model")
     byt5 = config.get("vocab_size") == 384
-    tensors, layout, offset = [], {}, 0
+    tensors, layout, offset, ranges = [], {}, 0, set()
     for path in source_files(folder):
-        start, header = read_header(path)
-        for key, meta in header.items():
-            if key == "__metadata__" or not key.startswith(ENCODER_PREFIXES):
-                continue
-            begin, end = meta["data_offsets"]
-            tensors.append((path, start + begin, end - begin))
-            layout[key] = {"dtype": meta["dtype"], "shape": meta["shape"], "data_offsets": [offset, offset + end - begin]}
-            offset += end - begin
+        read = safetensors_tensors if path.suffix == ".safetensors" else pickle_tensors
+        for key, dtype, shape, source in read(path):
+            if torch.is_tensor(source):
+                length = source.numel() * source.element_size()
+            elif source in ranges and source[2]:
+                continue  # a tied copy (encoder.embed_tokens of shared.weight): safetensors checkpoints omit it too
+            else:
+                length = source[2]
+                ranges.add(source)
+            tensors.append(source)
+            layout[key] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + length]}
+            offset += length
     if not layout:
         raise EncoderLoadError(f"no encoder tensors (encoder.*, shared.weight) in {folder}")
     files = {p.name: embed_file(p) for p in sorted(folder.iterdir())
@@ -76,13 +178,9 @@ def extract_encoder(folder: str | os.PathLike, dest: str | os.PathLike, context_
         with open(tmp, "wb") as out:
             out.write(struct.pack("<Q", len(header)))
             out.write(header)
-            for path, start, length in tensors:
-                with open(path, "rb") as src:
-                    src.seek(start)
-                    while length:
-                        chunk = src.read(min(CHUNK, length))
-                        out.write(chunk)
-                        length -= len(chunk)
+            buffer = memoryview(bytearray(CHUNK))
+            for source in tensors:
+                copy_bytes(out, source, buffer)
 
     atomic_write(dest, write)
     return dest

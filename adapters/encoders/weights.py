@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import zipfile
 from pathlib import Path
 
 import safetensors.torch
@@ -18,12 +19,18 @@ WEIGHT_FILES = (
 )
 
 
-def read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of one file; pickles only through ``weights_only=True``."""
+def read_pickle(path: Path, mmap: bool = False) -> dict:
+    """The state dict in a pickle, only through ``weights_only=True``. With ``mmap`` the tensors
+    map the file instead of being read (only the zip format of torch >= 1.6 can be mapped)."""
+    if mmap and not zipfile.is_zipfile(path):
+        raise EncoderLoadError(
+            f"{path} is a legacy PyTorch pickle (not the zip format of torch 1.6 and later): it cannot be "
+            f"memory-mapped, so its tensors cannot be streamed. Re-save it in the zip format under the same "
+            f"name (python -c \"import sys, torch; torch.save(torch.load(sys.argv[1], weights_only=True), "
+            f"sys.argv[2])\" OLD NEW, which holds the whole checkpoint in memory once) or use a safetensors "
+            f"copy of the checkpoint.")
     try:
-        if path.suffix in (".safetensors", ".sft"):
-            return safetensors.torch.load_file(str(path))
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise EncoderLoadError(f"{path} holds Python objects besides tensors; refused for safety") from e
     except Exception as e:  # truncated zip, bad header, ...: all mean a damaged file
@@ -33,6 +40,16 @@ def read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict):
         raise EncoderLoadError(f"{path} holds a {type(obj).__name__}, not a state dict")
     return obj
+
+
+def read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of one file; pickles only through ``weights_only=True``."""
+    if path.suffix not in (".safetensors", ".sft"):
+        return read_pickle(path)
+    try:
+        return safetensors.torch.load_file(str(path))
+    except Exception as e:
+        raise EncoderLoadError(f"{path} cannot be read (truncated or damaged?): {e}") from e
 
 
 def read_folder_weights(folder: Path, names: tuple[str, ...] = WEIGHT_FILES) -> dict[str, torch.Tensor]:

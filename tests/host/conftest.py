@@ -82,9 +82,12 @@ def write_flux_files(base: Path, models: Path) -> None:
     extract_encoder(byt5, models / "language_clip" / "byt5-tiny-encoder.safetensors")
     official = standins.make_adapter(sources / "MultilingualFLUX.1-adapter" / "diffusion_pytorch_model.bin", "flux",
                                      standins.TINY["hidden"], official=True, seed=4)
-    assert convert_adapter([str(official), str(models / "pea_adapters" / "pea_byt5_flux.safetensors"),
-                            "--encoder-kind", "t5", "--encoder-name", "byt5-tiny", "--context-length", "256",
-                            "--no-attention-mask", "--languages", "zh", "en"]) == 0
+    # with the README's flags, and once claiming masked padding (the pairing check refuses it)
+    for dest, mask in (("pea_byt5_flux.safetensors", "--no-attention-mask"),
+                       ("bad/masked_byt5_flux.safetensors", "--attention-mask")):
+        assert convert_adapter([str(official), str(models / "pea_adapters" / dest), "--encoder-kind", "t5",
+                                "--encoder-name", "byt5-tiny", "--context-length", "256", mask,
+                                "--languages", "zh", "en"]) == 0
     comfy_host.write_flux_pair(models / "diffusion_models" / "flux_dev_standin.safetensors",
                                models / "diffusion_models" / "flux_schnell_standin.safetensors")
     comfy_host.write_flux_vae(models / "vae" / "flux_vae_standin.safetensors")

@@ -132,6 +132,9 @@ def test_clip_is_memory_managed_by_comfyui(pack):
      "trained behind a chinese_clip encoder .*xlm-roberta-tiny' is a open_clip encoder"),
     ("chinese-clip-tiny", "pea_zh_sdxl.safetensors", {"context_length": 64},
      "trained at context length 52.*pads to 64. Set context_length to 52"),
+    ("byt5-tiny-encoder.safetensors", "bad/masked_byt5_flux.safetensors", {},
+     r"trained with padding masked inside t5 'byt5-tiny'.*language CLIP 'byt5-tiny' \(t5\) has its padding "
+     r"attended.*--no-attention-mask"),
 ])
 def test_mismatches_name_both_sides(pack, clip_name, adapter, load, message):
     with pytest.raises(pack.adapters.IncompatibleError, match=message):

@@ -42,10 +42,13 @@ def _unigram(bos: str | None, eos: str, pad: str, unk: str, vocab_size: int = 40
 
 
 def _wordpiece(extra: list[str] = ()) -> Tokenizer:
-    chars = sorted({c for line in [*CORPUS, *extra] for c in line.lower() if not c.isspace()})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars
+    normalizer = normalizers.BertNormalizer(lowercase=True, handle_chinese_chars=True)
+    texts = [normalizer.normalize_str(line) for line in [*CORPUS, *extra]]
+    chars = sorted({c for line in texts for c in line if not c.isspace()})
+    words = sorted({w for line in texts[len(CORPUS):] for w in line.split() if len(w) > 1})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + words
     tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True, handle_chinese_chars=True)
+    tok.normalizer = normalizer
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
@@ -54,7 +57,8 @@ def _wordpiece(extra: list[str] = ()) -> Tokenizer:
 
 
 def bert_tokenizer(extra: list[str] = ()):
-    """A character-level WordPiece tokenizer over the corpus (plus ``extra`` texts)."""
+    """A WordPiece tokenizer: the characters of the corpus and of ``extra`` texts (CJK text is
+    read a character at a time, as BERT-Chinese does) and the whole words of ``extra``."""
     return transformers.BertTokenizerFast(tokenizer_object=_wordpiece(extra), pad_token="[PAD]",
                                           unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
                                           mask_token="[MASK]")

@@ -1,0 +1,246 @@
+"""Does PEA distillation work? Measured end to end in the miniature world, on a CPU.
+
+    python -m training.world_proof                  # the whole table, 3 seeds
+    python -m training.world_proof --quick          # one seed, the PEA row only (the CI test)
+
+The world (``training/demo_world.py``): coloured shapes captioned in English, Chinese and
+Russian, plus a lantern (灯笼) captioned in Chinese only. The teacher is a tiny SD1.5-family
+UNet trained from scratch on the English captions behind ComfyUI's SD1 CLIP (shipped, rebuilt by
+``python -m training.demo --write-teacher``). The students are a different language encoder (a
+Chinese-CLIP-shaped BERT with its own tokenizer and weights, reading Chinese and Russian) plus a
+PEA adapter, distilled from the frozen teacher by this pack's ``Trainer`` on parallel captions,
+the lantern images joining as native samples (``L_SD`` only). A judge trained on drawn images
+reads colour, shape, place and size back from images sampled with ComfyUI's sampler for held-out
+prompts (attribute combinations never trained on).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from adapters import LanguageEncoder, load_language_encoder  # noqa: E402
+from adapters.tiny import make_chinese_clip  # noqa: E402
+from training.data import read_manifest  # noqa: E402
+from training.demo import prepare_teacher  # noqa: E402
+from training.demo_world import read_pairs, write_dataset  # noqa: E402
+from training.distill import TeacherText  # noqa: E402
+from training.judge import Judge, accuracy, drawn_images, train_judge  # noqa: E402
+from training.objective import LossWeights  # noqa: E402
+from training.trainer import TrainConfig, Trainer  # noqa: E402
+
+STUDENTS = {
+    "fine-tuning only (L_SD)": LossWeights(1.0, 0.0, 0.0),
+    "+ logit KD": LossWeights(1.0, 1.0, 0.0),
+    "+ feature KD": LossWeights(1.0, 0.0, 0.1),
+    "PEA: logit + feature KD": LossWeights(1.0, 1.0, 0.1),
+    "text-space alignment (GlueGen-style)": LossWeights(0.0, 0.0, 0.0, text=1.0),
+}
+OURS = "PEA: logit + feature KD"
+LANGUAGES = ("zh", "ru")
+STUDENT_STEPS = 600
+ADAPTER_HIDDEN = (256, 256)
+STUDENT_LR = 1e-2
+SAMPLES_PER_PROMPT = 4
+SAMPLER = {"steps": 20, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal"}
+
+
+@dataclass
+class World:
+    parts: object
+    encoder: LanguageEncoder
+    judge: Judge
+    pairs: list[dict]
+    manifest: Path
+    output: Path
+
+
+def build_world(output: Path, progress: bool = True) -> World:
+    """Teacher, student encoder, judge and the students' training manifest."""
+    from training.tiny_base import tiny_sd15_parts
+
+    pairs = read_pairs()
+    data = output / "data"
+    parts = tiny_sd15_parts("demo", 0)
+    prepare_teacher(parts, data, output / "teacher_unet.safetensors", 0, progress)
+    texts = [p[lang] for p in pairs for lang in LANGUAGES if p[lang]]
+    folder = make_chinese_clip(output / "language_clip" / "zh-ru-clip-tiny", extra_text=texts, max_positions=80)
+    encoder = load_language_encoder(folder, context_length=77)  # the teacher's length: text alignment compares tokens
+    manifest = write_dataset(data, [p for p in pairs if not p["held_out"]], LANGUAGES, name="students")
+    return World(parts, encoder, train_judge(pairs), pairs, manifest, output)
+
+
+@torch.no_grad()
+def sample(parts, tokens: torch.Tensor, negative: torch.Tensor, seed: int) -> torch.Tensor:
+    """Images [N, 64, 64, 3] for a batch of conditionings, through ComfyUI's sampler and VAE."""
+    import comfy.sample
+
+    latent = torch.zeros(tokens.shape[0], 4, 8, 8)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    samples = comfy.sample.sample(parts.model, noise, positive=[[tokens.float().cpu(), {}]],
+                                  negative=[[negative.float().cpu(), {}]], latent_image=latent, denoise=1.0,
+                                  disable_pbar=True, seed=seed, **SAMPLER)
+    return parts.vae.decode(samples).clamp(0, 1).cpu()
+
+
+class Conditioner:
+    """Prompts -> cross-attention tokens, for the teacher or for a student."""
+
+    def __init__(self, world: World, adapter=None):
+        self.world, self.adapter = world, adapter
+        self.teacher = TeacherText(world.parts.clip, memory=True) if adapter is None else None
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        if self.adapter is None:
+            return self.teacher.encode_batch(texts)[0]
+        return self.adapter(self.world.encoder.encode(texts).float())[0]
+
+
+def score(world: World, conditioner: Conditioner, pairs: list[dict], texts: list[str], seed: int):
+    """Judge's accuracy on images sampled for ``texts`` (each ``SAMPLES_PER_PROMPT`` times)."""
+    texts = [t for t in texts for _ in range(SAMPLES_PER_PROMPT)]
+    truth = [p for p in pairs for _ in range(SAMPLES_PER_PROMPT)]
+    images = sample(world.parts, conditioner(texts), conditioner([""]), seed)
+    return accuracy(world.judge.read(images), truth), images[::SAMPLES_PER_PROMPT]
+
+
+def train_student(world: World, name: str, weights: LossWeights, seed: int, steps: int, progress: bool):
+    slug = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
+    run = world.output / "students" / f"{slug}_seed{seed}"
+    cfg = TrainConfig(output=run, steps=steps, batch_size=32, lr=STUDENT_LR, weight_decay=0.01, warmup=20, resolution=64,
+                      hidden=ADAPTER_HIDDEN, save_every=steps, log_every=20, seed=seed, weights=weights,
+                      cache_dir=world.output / "cache", languages=list(LANGUAGES), memory_cache=True,
+                      progress=progress, adapter_name="adapter.safetensors")
+    trainer = Trainer(cfg, world.parts, world.encoder, read_manifest(world.manifest))
+    trainer.run()
+    return trainer.adapter.eval()
+
+
+def translate(pairs: list[dict]) -> dict[str, str]:
+    """The dictionary baseline: every Chinese and Russian caption to its English twin."""
+    return {p[lang]: p["en"] for p in pairs for lang in LANGUAGES if p[lang]}
+
+
+def run_proof(output: Path, seeds: int = 3, rows: tuple[str, ...] = tuple(STUDENTS), steps: int = STUDENT_STEPS,
+              progress: bool = True) -> dict:
+    """Measure every row for ``seeds`` seeds; write proof.json and samples.png; return the results."""
+    start = time.perf_counter()
+    world = build_world(output, progress)
+    held = [p for p in world.pairs if p["held_out"] and not p["native"]]
+    lanterns = [p for p in world.pairs if p["held_out"] and p["native"]]
+    dictionary = translate(world.pairs)
+    judge_real = accuracy(world.judge.read(drawn_images(world.pairs)), world.pairs)
+    results: dict = {"judge_on_drawn_images": judge_real, "held_out_prompts": len(held),
+                     "lantern_prompts": len(lanterns), "samples_per_prompt": SAMPLES_PER_PROMPT, "rows": {}}
+    grid: dict[str, torch.Tensor] = {"ground truth": drawn_images(held + lanterns)}
+
+    def record(row: str, seed: int, acc: dict, images: torch.Tensor | None = None) -> None:
+        results["rows"].setdefault(row, []).append(acc)
+        if images is not None and seed == 0:
+            grid[row] = images
+
+    teacher = Conditioner(world)
+    for seed in range(seeds):
+        acc, images = score(world, teacher, held, [p["en"] for p in held], seed)
+        record("teacher, English prompts", seed, acc, images)
+        for lang in LANGUAGES:
+            acc, images = score(world, teacher, held, [dictionary[p[lang]] for p in held], seed)
+            record(f"translation ({lang}) -> teacher", seed, acc)
+        acc, images = score(world, teacher, lanterns, [dictionary[p["zh"]] for p in lanterns], seed)
+        record("concept 灯笼: translation -> teacher", seed, acc, images)
+        for name in rows:
+            adapter = train_student(world, name, STUDENTS[name], seed, steps, progress)
+            student = Conditioner(world, adapter)
+            for lang in LANGUAGES:
+                acc, images = score(world, student, held, [p[lang] for p in held], seed)
+                record(f"{name} ({lang})", seed, acc, images if lang == "zh" else None)
+            if name == OURS:
+                acc, images = score(world, student, lanterns, [p["zh"] for p in lanterns], seed)
+                record("concept 灯笼: PEA, hybrid-trained", seed, acc, images)
+    results["summary"] = {row: summarize(accs) for row, accs in results["rows"].items()}
+    results["minutes"] = (time.perf_counter() - start) / 60
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "proof.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+    save_grid(grid, len(held), output / "samples.png")
+    print_table(results)
+    return results
+
+
+def summarize(accs: list[dict]) -> dict:
+    """Mean and spread (sample standard deviation; 0 for one seed) of each metric over seeds."""
+    return {k: {"mean": statistics.fmean(a[k] for a in accs),
+                "std": statistics.stdev(a[k] for a in accs) if len(accs) > 1 else 0.0} for k in accs[0]}
+
+
+def print_table(results: dict) -> None:
+    seeds = len(next(iter(results["rows"].values())))
+    judge = results["judge_on_drawn_images"]
+    print(f"\njudge on drawn images: " + ", ".join(f"{k} {v:.3f}" for k, v in judge.items()))
+    print(f"held-out prompts: {results['held_out_prompts']} (x{results['samples_per_prompt']} images), "
+          f"lantern prompts: {results['lantern_prompts']}; {seeds} seed(s); mean ± spread over seeds\n")
+    keys = ("color", "shape", "place", "size", "mean", "all")
+    print(f"{'row':48s}" + "".join(f"{k:>14s}" for k in keys))
+    for row, s in results["summary"].items():
+        print(f"{row:48s}" + "".join(f"{s[k]['mean']:8.3f}±{s[k]['std']:.3f}" for k in keys))
+    teacher = results["summary"]["teacher, English prompts"]["mean"]["mean"]
+    for lang in LANGUAGES:
+        ours = results["summary"].get(f"{OURS} ({lang})")
+        if ours:
+            print(f"\nPEA ({lang}) / teacher, mean attribute accuracy: {ours['mean']['mean'] / teacher:.3f}")
+    print(f"took {results['minutes']:.1f} min")
+
+
+def save_grid(grid: dict[str, torch.Tensor], held: int, dest: Path, shown: int = 7, lanterns: int = 3) -> None:
+    """A PNG of the first held-out prompts and lantern prompts, one row per method (seed 0)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [(False, i) for i in range(min(shown, held))] + [(True, i) for i in range(lanterns)]
+    fig, axes = plt.subplots(len(grid), len(columns), figsize=(len(columns) * 1.1 + 3, len(grid) * 1.1),
+                             squeeze=False)
+    for r, (row, images) in enumerate(grid.items()):
+        for c, (lantern, i) in enumerate(columns):
+            axes[r][c].axis("off")
+            if row == "ground truth":
+                axes[r][c].imshow(images[held + i if lantern else i].numpy())
+            elif row.startswith("concept") == lantern and i < len(images):
+                axes[r][c].imshow(images[i].numpy())
+        axes[r][0].text(-0.1, 0.5, row.replace("灯笼", "lantern"), ha="right", va="center", fontsize=8,
+                        transform=axes[r][0].transAxes)
+    fig.subplots_adjust(left=0.3, right=0.99, wspace=0.05, hspace=0.05)
+    tmp = dest.with_name(f".{dest.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(dest)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", type=Path, default=Path("pea_runs/world_proof"))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=STUDENT_STEPS, help="training steps per student")
+    p.add_argument("--quick", action="store_true", help="one seed, the PEA row only")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    from training.comfy_runtime import import_comfy
+
+    import_comfy(cpu=True)
+    rows = (OURS,) if args.quick else tuple(STUDENTS)
+    run_proof(args.output, 1 if args.quick else args.seeds, rows, args.steps, not args.no_progress)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

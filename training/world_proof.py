@@ -20,7 +20,7 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -185,7 +185,7 @@ def summarize(accs: list[dict]) -> dict:
 def print_table(results: dict) -> None:
     seeds = len(next(iter(results["rows"].values())))
     judge = results["judge_on_drawn_images"]
-    print(f"\njudge on drawn images: " + ", ".join(f"{k} {v:.3f}" for k, v in judge.items()))
+    print("\njudge on drawn images: " + ", ".join(f"{k} {v:.3f}" for k, v in judge.items()))
     print(f"held-out prompts: {results['held_out_prompts']} (x{results['samples_per_prompt']} images), "
           f"lantern prompts: {results['lantern_prompts']}; {seeds} seed(s); mean ± spread over seeds\n")
     keys = ("color", "shape", "place", "size", "mean", "all")

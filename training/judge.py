@@ -58,11 +58,11 @@ def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """What a generated image may differ by without changing its attributes: the grey background
     tinted or blotched (half of the images), a colour shift, pixel noise, a shift by up to half
     a block."""
-    b = images.shape[0]
+    b, h, w = images.shape[:3]
     background = (images == BACKGROUND).all(dim=-1, keepdim=True)
     base = torch.rand(b, 3, 1, 1, generator=gen) * 0.6 + 0.2
-    blocks = (base + (torch.rand(b, 3, 8, 8, generator=gen) - 0.5) * 0.3).clamp(0, 1)
-    blotches = F.interpolate(blocks, size=images.shape[1:3], mode="nearest").movedim(1, -1)
+    blocks = (base + (torch.rand(b, 3, h // BLOCK, w // BLOCK, generator=gen) - 0.5) * 0.3).clamp(0, 1)
+    blotches = F.interpolate(blocks, size=(h, w), mode="nearest").movedim(1, -1)
     tint = torch.rand(b, 1, 1, 3, generator=gen) < 0.5
     images = torch.where(background & tint, blotches, images)
     shift = (torch.rand(b, 1, 1, 3, generator=gen) - 0.5) * 0.16

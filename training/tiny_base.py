@@ -146,6 +146,6 @@ def tiny_sd15_parts(shape: str = "demo", seed: int = 0) -> BaseParts:
                                                offload_device=mm.unet_offload_device())
     clip = comfy.sd.CLIP(sm.SD15({}).clip_target(), model_options={"clip_l_model_config": TINY_CLIP})
     init_weights(clip.cond_stage_model, seed + 1)
-    vae = comfy.sd.VAE(sd=pooling_taesd().state_dict())
+    vae = comfy.sd.VAE(sd=pooling_taesd().state_dict(), dtype=torch.float32)  # the same numbers on any device
     vae.first_stage_model.requires_grad_(False)
     return BaseParts(patcher, clip, vae, f"tiny-{shape}")

@@ -92,10 +92,10 @@ def clip_tokenizer():
         pad_token="<|endoftext|>", unk_token="<|endoftext|>")
 
 
-def _bert_like(tokenizer, **extra) -> dict:
+def _bert_like(tokenizer, hidden: int = TINY["hidden"], **extra) -> dict:
     t = TINY
-    return dict(vocab_size=len(tokenizer), hidden_size=t["hidden"], num_attention_heads=t["heads"],
-                num_hidden_layers=t["layers"], intermediate_size=t["inter"],
+    return dict(vocab_size=len(tokenizer), hidden_size=hidden, num_attention_heads=t["heads"],
+                num_hidden_layers=t["layers"], intermediate_size=t["inter"] * hidden // t["hidden"],
                 pad_token_id=tokenizer.pad_token_id, **extra)
 
 
@@ -111,13 +111,14 @@ def _vision(cls):
                image_size=32, patch_size=16, projection_dim=16)
 
 
-def make_chinese_clip(folder: Path, seed: int = 0, extra_text: list[str] = (), max_positions: int = 64) -> Path:
-    """A full two-tower Chinese-CLIP (BERT text tower), as the OFA-Sys repos ship it; its
-    vocabulary covers the built-in corpus and ``extra_text``."""
+def make_chinese_clip(folder: Path, seed: int = 0, extra_text: list[str] = (), max_positions: int = 64,
+                      hidden: int = TINY["hidden"]) -> Path:
+    """A full two-tower Chinese-CLIP (BERT text tower ``hidden`` wide), as the OFA-Sys repos ship
+    it; its vocabulary covers the built-in corpus and ``extra_text``."""
     torch.manual_seed(seed)
     tok = bert_tokenizer(extra_text)
     C = transformers
-    text = C.ChineseCLIPTextConfig(**_bert_like(tok, max_position_embeddings=max_positions))
+    text = C.ChineseCLIPTextConfig(**_bert_like(tok, hidden, max_position_embeddings=max_positions))
     vision = _vision(C.ChineseCLIPVisionConfig)
     cfg = C.ChineseCLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16)
     return _save(C.ChineseCLIPModel(cfg), tok, folder)

@@ -47,10 +47,11 @@ STUDENTS = {
 }
 OURS = "PEA: logit + feature KD"
 LANGUAGES = ("zh", "ru")
-STUDENT_STEPS = 600
+STUDENT_STEPS = 700
+STUDENT_ENCODER_WIDTH = 64
 ADAPTER_HIDDEN = (256, 256)
 STUDENT_LR = 1e-2
-SAMPLES_PER_PROMPT = 4
+SAMPLES_PER_PROMPT = 2
 SAMPLER = {"steps": 20, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal"}
 
 
@@ -73,7 +74,8 @@ def build_world(output: Path, progress: bool = True) -> World:
     parts = tiny_sd15_parts("demo", 0)
     prepare_teacher(parts, data, output / "teacher_unet.safetensors", 0, progress)
     texts = [p[lang] for p in pairs for lang in LANGUAGES if p[lang]]
-    folder = make_chinese_clip(output / "language_clip" / "zh-ru-clip-tiny", extra_text=texts, max_positions=80)
+    folder = make_chinese_clip(output / "language_clip" / "zh-ru-clip-tiny", extra_text=texts, max_positions=80,
+                               hidden=STUDENT_ENCODER_WIDTH)
     encoder = load_language_encoder(folder, context_length=77)  # the teacher's length: text alignment compares tokens
     manifest = write_dataset(data, [p for p in pairs if not p["held_out"]], LANGUAGES, name="students")
     return World(parts, encoder, train_judge(pairs), pairs, manifest, output)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-FLOOR = 0.60
+FLOOR = 0.70
 """PEA / teacher mean attribute accuracy, in each language, must stay above this. Measured with
-the full table (3 seeds): 0.71 to 1.00 (the lowest: Chinese, seed 2); this run is seed 0 (1.00
-Chinese, 0.86 Russian); the margin of 0.11 below the lowest seed allows for other machines'
-arithmetic taking the training elsewhere."""
+the full table (3 seeds, 2026-11-26): 0.82 to 0.97 (the lowest: Chinese, seed 0, the seed this
+test runs; Russian 0.89); the margin of 0.12 below it allows for other machines' arithmetic
+taking the training elsewhere (on an H100 seed 0 gave 0.96 and 0.93)."""
 
 
 def test_reduced_world_proof_keeps_the_pea_student_near_the_teacher(comfy_path, tmp_path):

@@ -13,10 +13,11 @@ import torch
 from adapters import AdapterFileError, EncoderLoadError, load_adapter, load_language_encoder
 from adapters.check import main as check_main
 from adapters.encoders.extract import extract_encoder
-from adapters.encoders.single_file import PACK_KEY, pack_encoder
+from adapters.encoders.single_file import pack_encoder
 from adapters.errors import NonFiniteError
 from adapters.finite import check_conditioning
 from adapters.tiny import TINY, make_adapter, make_byt5
+from tests.broken_files import poison_pickle, poison_safetensors, repack, rewrite_safetensors, with_member
 
 POISONS = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 
@@ -36,35 +37,6 @@ def chinese_pack(tmp_path_factory, encoder_dirs):
                         tmp_path_factory.mktemp("packs") / "chinese_clip.safetensors")
 
 
-def repack(src: Path, dest: Path, edit) -> Path:
-    """A copy of the packed file ``src`` whose header JSON is ``edit(header dict)`` (a dict, or
-    the raw header text)."""
-    with safetensors.safe_open(str(src), framework="pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-        header = json.loads(f.metadata()[PACK_KEY])
-    new = edit(header)
-    safetensors.torch.save_file(tensors, str(dest), metadata={
-        "format": "pt", PACK_KEY: new if isinstance(new, str) else json.dumps(new)})
-    return dest
-
-
-def poison_safetensors(path: Path, key: str, value: float, everywhere: bool = False) -> None:
-    """Set one value of the tensor ``key`` (or all of them) in a safetensors file, keeping its header."""
-    with safetensors.safe_open(str(path), framework="pt") as f:
-        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    tensors[key] = torch.full_like(tensors[key], value) if everywhere else tensors[key].clone()
-    tensors[key].view(-1)[3] = value
-    safetensors.torch.save_file(tensors, str(path), metadata=metadata)
-
-
-def poison_pickle(path: Path, key: str, value: float) -> None:
-    """Set one value of the tensor ``key`` in a pickled state dict."""
-    state = torch.load(path, weights_only=True)
-    state[key] = state[key].clone()
-    state[key].view(-1)[3] = value
-    torch.save(state, path)
-
-
 def files_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*"))
 
@@ -77,8 +49,7 @@ def test_a_pack_naming_a_path_outside_its_folder_is_refused_and_writes_nothing(t
                                                                                member):
     victim = tmp_path / "victim"  # where '../../victim/x.py' lands from a folder in private_tmp
     member = member.format(abs=tmp_path / "abs")
-    hostile = repack(chinese_pack, tmp_path / "hostile.safetensors",
-                     lambda h: {**h, "files": {**h["files"], member: {"text": "import os  # runs at the next start"}}})
+    hostile = repack(chinese_pack, tmp_path / "hostile.safetensors", with_member(member, "import os  # runs at start"))
     with pytest.raises(EncoderLoadError) as refused:
         load_language_encoder(hostile)
     assert f"hostile.safetensors carries a file named {member!r}" in str(refused.value)
@@ -237,10 +208,7 @@ def test_encoder_weights_beyond_the_compute_dtype_are_refused(tmp_path, encoder_
 def overflowing_adapter(tmp_path: Path, head: str) -> Path:
     """An adapter whose weights are finite in fp32 but whose outputs overflow: every weight 1e30."""
     path = make_adapter(tmp_path / f"huge_{head}.safetensors", head, TINY["hidden"])
-    with safetensors.safe_open(str(path), framework="pt") as f:
-        metadata, state = f.metadata(), {k: torch.full_like(f.get_tensor(k), 1e30) for k in f.keys()}
-    safetensors.torch.save_file(state, str(path), metadata=metadata)
-    return path
+    return rewrite_safetensors(path, lambda _key, t: torch.full_like(t, 1e30))
 
 
 @pytest.mark.parametrize("head", ["sd15", "sdxl", "flux"])

@@ -10,11 +10,10 @@ import safetensors
 import safetensors.torch
 import torch
 
-from adapters import AdapterFileError, EncoderLoadError, load_adapter, load_language_encoder
+from adapters import AdapterFileError, EncoderLoadError, NonFiniteError, load_adapter, load_language_encoder
 from adapters.check import main as check_main
 from adapters.encoders.extract import extract_encoder
 from adapters.encoders.single_file import pack_encoder
-from adapters.errors import NonFiniteError
 from adapters.finite import check_conditioning
 from adapters.tiny import TINY, make_adapter, make_byt5
 from tests.broken_files import poison_pickle, poison_safetensors, repack, rewrite_safetensors, with_member

@@ -18,6 +18,7 @@ import torch
 from .encoders import load_language_encoder
 from .errors import PEAError
 from .file_format import load_adapter
+from .finite import check_conditioning
 from .metadata import EncoderSpec
 from .pairing import check_pairing, describe_shape
 
@@ -44,7 +45,10 @@ def report(encoder_dir: Path, adapter_path: Path, prompts: list[str]) -> None:
     check_pairing(encoder, adapter.info, adapter_path.name)
     print("pairing: ok")
     with torch.no_grad():
-        tokens, pooled = adapter(encoder.encode(prompts))
+        ids = encoder.tokenize(prompts)
+        hidden = encoder(ids)
+        tokens, pooled = adapter(hidden)
+    check_conditioning(encoder, adapter_path.name, ids, hidden, tokens, pooled)
     for i, prompt in enumerate(prompts):
         line = f"  {prompt or '(empty prompt: the unconditional embedding)'!s}: tokens {tuple(tokens[i].shape)}"
         line += f", mean |x| {tokens[i].abs().mean():.4f}"

@@ -15,3 +15,13 @@ class EncoderLoadError(PEAError):
 
 class IncompatibleError(PEAError):
     """Two parts that must agree (encoder and adapter, adapter and base model) do not."""
+
+
+class NonFiniteError(PEAError):
+    """Conditioning came out with NaN or infinite values."""
+
+
+def json_type(value: object) -> str:
+    """The JSON name of a parsed value's type, for messages: object, array, string, ..."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)

@@ -19,6 +19,7 @@ import safetensors.torch
 import torch
 
 from .errors import AdapterFileError
+from .finite import check_finite
 from .metadata import METADATA_KEY, AdapterInfo
 from .module import AdapterShape, PEAAdapter
 
@@ -105,9 +106,15 @@ def infer_shape(state: dict[str, torch.Tensor], where: str = "adapter") -> Adapt
     return AdapterShape("sd15", in_dim, hidden, width, width, None)
 
 
-def read_adapter(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], AdapterInfo]:
-    """Read an adapter file (ours or official) into a state dict and its info."""
-    path = Path(path)
+def read_adapter(path: str | os.PathLike, dtype: torch.dtype | None = None) -> tuple[dict[str, torch.Tensor], AdapterInfo]:
+    """Read an adapter file (ours or official) into a state dict and its info. NaN or infinite
+    weights are refused, and with ``dtype`` (the dtype it will run in) weights beyond its range."""
+    state, info = _read_adapter(Path(path))
+    check_finite(state.items(), f"Adapter file {path}", AdapterFileError, dtype)
+    return state, info
+
+
+def _read_adapter(path: Path) -> tuple[dict[str, torch.Tensor], AdapterInfo]:
     if not path.is_file():
         raise AdapterFileError(f"Adapter file not found: {path}")
     if path.suffix.lower() in SAFETENSORS_SUFFIXES:
@@ -130,11 +137,12 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Adap
 
 def load_adapter(path: str | os.PathLike, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32) -> PEAAdapter:
-    """Load an adapter file as a ready ``PEAAdapter`` (eval mode, no grad); ``.info`` holds its metadata."""
-    state, info = read_adapter(path)
+    """Load an adapter file as a ready ``PEAAdapter`` (eval mode, no grad) computing in ``dtype``;
+    ``.info`` holds its metadata, ``.name`` the file name."""
+    state, info = read_adapter(path, dtype)
     adapter = PEAAdapter(info.shape)
     adapter.load_state_dict({k: v.float() for k, v in state.items()})
-    adapter.info = info
+    adapter.info, adapter.name = info, Path(path).name
     return adapter.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 

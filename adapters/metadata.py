@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from .errors import AdapterFileError
+from .errors import AdapterFileError, json_type
 from .module import AdapterShape
 
 FORMAT_VERSION = 1
@@ -59,6 +59,9 @@ class AdapterInfo:
             d = json.loads(text)
         except json.JSONDecodeError as e:
             raise AdapterFileError(f"{where}: metadata '{METADATA_KEY}' is not valid JSON ({e})") from e
+        if not isinstance(d, dict):
+            raise AdapterFileError(f"{where}: metadata '{METADATA_KEY}' is a JSON {json_type(d)}, "
+                                   f"expected an object with 'format_version', 'shape' and 'encoder'")
         version = d.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise AdapterFileError(
@@ -66,8 +69,38 @@ class AdapterInfo:
                 f"{FORMAT_VERSION}); update ComfyUI-PEA-Diffusion")
         try:
             shape = AdapterShape.from_dict(d["shape"])
-            encoder = EncoderSpec(**d.get("encoder", {}))
         except (KeyError, TypeError, ValueError) as e:
-            raise AdapterFileError(f"{where}: metadata field 'shape' or 'encoder' is malformed ({e})") from e
-        return cls(shape=shape, encoder=encoder, languages=list(d.get("languages", [])),
-                   training=dict(d.get("training", {})), source="pea")
+            raise AdapterFileError(f"{where}: metadata field 'shape' is malformed ({e!r})") from e
+        languages, training = d.get("languages", []), d.get("training", {})
+        if not isinstance(languages, list) or not all(isinstance(x, str) for x in languages):
+            raise AdapterFileError(f"{where}: metadata field 'languages' is {languages!r}, expected an array of strings")
+        if not isinstance(training, dict):
+            raise AdapterFileError(f"{where}: metadata field 'training' is a JSON {json_type(training)}, expected an object")
+        return cls(shape=shape, encoder=_encoder_spec(d.get("encoder", {}), where), languages=languages,
+                   training=training, source="pea")
+
+
+def _optional(kind: type):
+    return lambda v: v is None or (isinstance(v, kind) and not (kind is int and isinstance(v, bool)))
+
+
+_ENCODER_FIELDS = {
+    "kind": ("a string or null", _optional(str)),
+    "name": ("a string or null", _optional(str)),
+    "hidden_state": ("a string", lambda v: isinstance(v, str)),
+    "context_length": ("a positive integer or null", lambda v: _optional(int)(v) and (v is None or v > 0)),
+    "attention_mask": ("true, false or null", _optional(bool)),
+}
+
+
+def _encoder_spec(d: object, where: str) -> EncoderSpec:
+    if not isinstance(d, dict):
+        raise AdapterFileError(f"{where}: metadata field 'encoder' is a JSON {json_type(d)}, expected an object")
+    for key, value in d.items():
+        if key not in _ENCODER_FIELDS:
+            raise AdapterFileError(f"{where}: metadata field 'encoder.{key}' is unknown (expected "
+                                   f"{', '.join(_ENCODER_FIELDS)})")
+        expected, valid = _ENCODER_FIELDS[key]
+        if not valid(value):
+            raise AdapterFileError(f"{where}: metadata field 'encoder.{key}' is {value!r}, expected {expected}")
+    return EncoderSpec(**d)

@@ -67,6 +67,9 @@ class AdapterShape:
 class PEAAdapter(nn.Module):
     """Maps language-encoder token states ``[B, L, in_dim]`` to ``(tokens, pooled_or_None)``."""
 
+    name = "adapter"
+    """The file name, once loaded from a file (for messages)."""
+
     def __init__(self, shape: AdapterShape):
         super().__init__()
         self.shape = shape

@@ -16,6 +16,7 @@ import comfy.sd
 import comfy.sd1_clip
 
 from ..adapters import IncompatibleError, LanguageEncoder, PEAAdapter
+from ..adapters.finite import check_conditioning
 
 TOKEN_KEYS = {"sd15": ("l",), "sdxl": ("g", "l"), "flux": ("t5xxl", "l")}
 """Token-dict keys per family; the first is encoded. SDXL nodes expect "g" and "l", FLUX nodes
@@ -86,6 +87,7 @@ class PEATextModel(torch.nn.Module, comfy.sd1_clip.ClipTokenWeightEncoder):
         ids = torch.tensor([[int(t) for t in seq if isinstance(t, numbers.Integral)] for seq in token_lists])
         hidden = self.encoder(ids)
         tokens, pooled = self.adapter(hidden.to(next(self.adapter.parameters()).dtype))
+        check_conditioning(self.encoder, self.adapter.name, ids, hidden, tokens, pooled)
         return tokens.float(), None if pooled is None else pooled.float()
 
     def load_sd(self, sd):

@@ -1,4 +1,5 @@
 """The adapter module and its files against an independent implementation of the official forward."""
+import json
 import pickle
 
 import pytest
@@ -178,3 +179,32 @@ def test_official_flux_adapter_matches_the_card_forward(tmp_path, prefix):
 def test_flux_card_configuration_has_the_published_parameter_count():
     adapter = PEAAdapter(AdapterShape.for_head("flux", 4672, (4096, 4096)))
     assert sum(p.numel() for p in adapter.parameters()) == pytest.approx(55.85e6, rel=1e-3)
+
+
+@pytest.mark.parametrize("metadata,message", [
+    ("[1, 2]", r"metadata 'pea_adapter' is a JSON array, expected an object"),
+    ('"sdxl"', r"metadata 'pea_adapter' is a JSON string, expected an object"),
+    ('{"format_version": 1, "shape": [16]}', r"metadata field 'shape' is malformed"),
+    ('{"format_version": 1, "shape": SHAPE, "encoder": ["chinese_clip"]}',
+     r"metadata field 'encoder' is a JSON array, expected an object"),
+    ('{"format_version": 1, "shape": SHAPE, "encoder": {"context_length": "52"}}',
+     r"metadata field 'encoder.context_length' is '52', expected a positive integer or null"),
+    ('{"format_version": 1, "shape": SHAPE, "encoder": {"attention_mask": 1}}',
+     r"metadata field 'encoder.attention_mask' is 1, expected true, false or null"),
+    ('{"format_version": 1, "shape": SHAPE, "encoder": {"tokenizer": "x"}}',
+     r"metadata field 'encoder.tokenizer' is unknown"),
+    ('{"format_version": 1, "shape": SHAPE, "languages": "zh"}',
+     r"metadata field 'languages' is 'zh', expected an array of strings"),
+    ('{"format_version": 1, "shape": SHAPE, "training": [70000]}',
+     r"metadata field 'training' is a JSON array, expected an object"),
+])
+def test_metadata_of_the_wrong_json_types_names_the_file_and_field(tmp_path, metadata, message):
+    import safetensors.torch
+
+    shape = AdapterShape.for_head("sd15", 16, (8,))
+    state = {k: v.contiguous() for k, v in PEAAdapter(shape).state_dict().items()}
+    path = tmp_path / "typed.safetensors"
+    safetensors.torch.save_file(state, str(path), metadata={
+        "pea_adapter": metadata.replace("SHAPE", json.dumps(shape.to_dict()))})
+    with pytest.raises(AdapterFileError, match=rf"typed.safetensors: {message}"):
+        read_adapter(path)

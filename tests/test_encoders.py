@@ -1,8 +1,11 @@
 """Each encoder backend against the model family's own forward, built independently."""
+import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -84,21 +87,38 @@ def test_bad_folders_say_what_is_wrong(tmp_path, encoder_dirs):
         load_language_encoder(no_tok)
 
 
-@pytest.mark.parametrize("kind", ["chinese_clip", "open_clip", "t5"])
-def test_single_file_pack_gives_the_same_states(tmp_path, encoder_dirs, kind):
+def refuse_links(monkeypatch):
+    """Make links fail as on a stock Windows account (WinError 1314)."""
+    def no_links(*_args, **_kwargs):
+        raise OSError(1314, "A required privilege is not held by the client")
+
+    monkeypatch.setattr(os, "symlink", no_links)
+    monkeypatch.setattr(os, "link", no_links)
+
+
+@pytest.mark.parametrize("kind", ["chinese_clip", "clip", "altclip", "t5", "mt5", "umt5", "byt5", "open_clip"])
+def test_single_file_pack_gives_the_same_states(tmp_path, monkeypatch, encoder_dirs, kind):
+    """Packed, then loaded where links are refused (Windows): the same tokens and states as the folder,
+    and nothing left in the temporary folder."""
     from adapters.encoders.single_file import main as pack_main
 
+    folder = make_byt5(tmp_path / "byt5") if kind == "byt5" else encoder_dirs[kind]
     dest = tmp_path / f"{kind}.safetensors"
-    assert pack_main([str(encoder_dirs[kind]), str(dest), "--context-length", "40"]) == 0
+    assert pack_main([str(folder), str(dest), "--context-length", "40"]) == 0
+    system_tmp = tmp_path / "system_tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    refuse_links(monkeypatch)
     packed = load_language_encoder(dest)
-    folder = load_language_encoder(encoder_dirs[kind], context_length=40)
-    assert (packed.kind, packed.context_length, packed.name) == (kind, 40, kind)
-    assert packed.path == dest
-    ids = folder.tokenize(PROMPTS)
-    assert torch.equal(packed.tokenize(PROMPTS), ids)
+    unpacked = load_language_encoder(folder, context_length=40)
+    assert (packed.kind, packed.context_length, packed.name, packed.path) == (unpacked.kind, 40, folder.name, dest)
+    prompts = [*PROMPTS, "a RED cat <pad> </s> [SEP] <s>"]  # special tokens as text: tokenizers differ there
+    ids = unpacked.tokenize(prompts)
+    assert torch.equal(packed.tokenize(prompts), ids)
     with torch.no_grad():
-        assert torch.equal(packed(ids), folder(ids))
-    assert [p.name for p in tmp_path.iterdir()] == [dest.name]
+        assert torch.equal(packed(ids), unpacked(ids))
+    assert list(system_tmp.iterdir()) == []  # the tokenizer's files lay there only while loading
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([dest.name, "system_tmp", *(["byt5"] if kind == "byt5" else [])])
 
 
 def test_plain_safetensors_is_not_a_language_clip(tmp_path):
@@ -155,6 +175,20 @@ def pad_checkpoint(folder: Path, pickled: bool) -> tuple[Path, dict]:
     return path, added
 
 
+PEAK_MEMORY = """
+import sys
+
+def peak_bytes():
+    \"\"\"The process's peak resident memory: getrusage on Linux and macOS, the peak working set on Windows.\"\"\"
+    try:
+        import resource
+    except ImportError:
+        import psutil
+        return psutil.Process().memory_info().peak_wset
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+"""
+
+
 @pytest.mark.parametrize("pickled", [False, True], ids=["safetensors", "pickle"])
 def test_extraction_streams_instead_of_loading_the_checkpoint(tmp_path, pickled):
     import safetensors.torch
@@ -163,13 +197,13 @@ def test_extraction_streams_instead_of_loading_the_checkpoint(tmp_path, pickled)
     make_byt5(folder, shard_size="50GB", pickled=pickled)
     path, added = pad_checkpoint(folder, pickled)
     size = path.stat().st_size
-    code = ("import resource, sys; from adapters.encoders.extract import extract_encoder; "
-            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
-            f"extract_encoder({str(folder)!r}, {str(tmp_path / 'out.safetensors')!r}); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)")
-    grown_kib = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                   cwd=Path(__file__).resolve().parents[1]).stdout.strip())
-    assert grown_kib * 1024 < 0.25 * size, f"peak memory grew by {grown_kib / 1024:.0f} MiB for a {size / 2**20:.0f} MiB file"
+    if not any(importlib.util.find_spec(m) for m in ("resource", "psutil")):
+        pytest.skip("peak memory cannot be read here: needs resource (Linux, macOS) or psutil (Windows)")
+    code = (f"{PEAK_MEMORY}\nfrom adapters.encoders.extract import extract_encoder\nbefore = peak_bytes()\n"
+            f"extract_encoder({str(folder)!r}, {str(tmp_path / 'out.safetensors')!r})\nprint(peak_bytes() - before)")
+    grown = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                               cwd=Path(__file__).resolve().parents[1]).stdout.strip())
+    assert grown < 0.25 * size, f"peak memory grew by {grown / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB file"
     out = safetensors.torch.load_file(str(tmp_path / "out.safetensors"))
     assert "decoder.padding_for_size" not in out
     for key, tensor in added.items():

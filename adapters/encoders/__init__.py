@@ -7,10 +7,11 @@ from pathlib import Path
 import torch
 
 from ..errors import EncoderLoadError
+from ..finite import check_finite
 from .base import LanguageEncoder, SpecialTokens, padding_mask
 from .hf_text import HF_KINDS, hf_model_type, load_hf_encoder
 from .open_clip_text import CONFIG_NAME as OPEN_CLIP_CONFIG, load_open_clip_encoder
-from .single_file import unpacked
+from .single_file import load_packed
 from .weight_storage import FP8_DTYPES, store_linear_weights
 
 ENCODER_KINDS = tuple(k.kind for k in HF_KINDS) + ("open_clip",)
@@ -34,7 +35,8 @@ def load_language_encoder(path: str | os.PathLike, *, device: torch.device | str
 
     Frozen, in eval mode, on ``device``, computing in ``dtype``. ``context_length`` overrides the
     padded length (default: the backend's PEA default). ``weight_dtype`` (an fp8 dtype) stores
-    the Linear weights in 8 bits, cast to ``dtype`` per layer when run.
+    the Linear weights in 8 bits, cast to ``dtype`` per layer when run. Weights that are NaN or
+    infinite in ``dtype`` are refused.
     """
     path = Path(path)
     if not path.exists():
@@ -42,11 +44,12 @@ def load_language_encoder(path: str | os.PathLike, *, device: torch.device | str
     if weight_dtype is not None and weight_dtype not in FP8_DTYPES.values():
         raise ValueError(f"weight_dtype must be one of {', '.join(FP8_DTYPES)}, not {weight_dtype}")
     if path.is_file():
-        with unpacked(path) as (folder, info):
-            encoder = _load_folder(folder, context_length or info["context_length"], dtype)
-        encoder.path, encoder.name = path, info.get("name") or path.stem
+        encoder = load_packed(path, context_length, dtype)
     else:
         encoder = _load_folder(path, context_length, dtype)
+    encoder.to(dtype)  # open_clip towers load in fp32
+    check_finite([*encoder.model.named_parameters(), *encoder.model.named_buffers()],
+                 f"Language encoder {path}, loaded as {dtype}", EncoderLoadError)
     if weight_dtype is not None:
         store_linear_weights(encoder, weight_dtype, dtype)
     return encoder.to(device=device, dtype=None if weight_dtype else dtype)

@@ -12,12 +12,11 @@ Only the text tower is built; the vision tower's weights are skipped.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import EncoderLoadError
 from .base import LanguageEncoder
-from .hf_text import load_tokenizer
+from .hf_text import check_vocabulary, load_tokenizer, parse_json_object
 from .weights import load_into, read_folder_weights, strip_prefix
 
 CONFIG_NAME = "open_clip_config.json"
@@ -34,16 +33,14 @@ def _import_open_clip():
     return open_clip
 
 
-def read_model_config(folder: Path) -> dict:
-    path = folder / CONFIG_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EncoderLoadError(f"{path} cannot be read as JSON: {e}") from e
+def model_config(data: dict, where: str | Path) -> dict:
+    """The model config in an ``open_clip_config.json`` (read as ``data``), checked to have a
+    Hugging Face text tower."""
     cfg = data.get("model_cfg", data)
-    if "hf_model_name" not in cfg.get("text_cfg", {}):
+    text_cfg = cfg.get("text_cfg") if isinstance(cfg, dict) else None
+    if not isinstance(text_cfg, dict) or not isinstance(text_cfg.get("hf_model_name"), str):
         raise EncoderLoadError(
-            f"{path}: only open_clip models with a Hugging Face text tower are supported "
+            f"{where}: only open_clip models with a Hugging Face text tower are supported "
             f"(text_cfg.hf_model_name is missing)")
     return cfg
 
@@ -76,17 +73,37 @@ class OpenCLIPTextEncoder(LanguageEncoder):
 
 def load_open_clip_encoder(folder: Path, context_length: int | None = None) -> OpenCLIPTextEncoder:
     """Build the text tower of the open_clip model in ``folder`` and load its weights (CPU, fp32)."""
+    path = folder / CONFIG_NAME
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise EncoderLoadError(f"{path} cannot be read: {e}") from e
+    cfg = model_config(parse_json_object(data, path), path)
+    tower_dir = find_text_tower(folder, cfg["text_cfg"]["hf_model_name"])
+    return build_open_clip_encoder(cfg, tower_dir, read_folder_weights(folder, WEIGHT_NAMES), folder,
+                                   context_length=context_length)
+
+
+def build_open_clip_encoder(cfg: dict, tower_dir: Path, state: dict, where: Path, *,
+                            context_length: int | None = None, tower_where: str | Path | None = None
+                            ) -> OpenCLIPTextEncoder:
+    """The text tower of the open_clip model ``cfg``: its Hugging Face config and tokenizer in
+    ``tower_dir``, its weights (``text.*``) in ``state``. ``where`` names the model and
+    ``tower_where`` the tower's files in messages."""
+    tower_where = tower_where or tower_dir
     open_clip = _import_open_clip()
-    cfg = read_model_config(folder)
-    text_cfg = open_clip.model.CLIPTextCfg(**cfg["text_cfg"])  # open_clip's own defaults
-    tower_dir = find_text_tower(folder, text_cfg.hf_model_name)
-    tower = open_clip.hf_model.HFTextEncoder(
-        str(tower_dir), output_dim=cfg["embed_dim"], pooler_type=text_cfg.hf_pooler_type,
-        proj_type=text_cfg.hf_proj_type, pretrained=False, output_tokens=True)
-    state = strip_prefix(read_folder_weights(folder, WEIGHT_NAMES), "text.")
-    load_into(tower, state, folder)
+    try:
+        text_cfg = open_clip.model.CLIPTextCfg(**cfg["text_cfg"])  # open_clip's own defaults
+        tower = open_clip.hf_model.HFTextEncoder(
+            str(tower_dir), output_dim=cfg["embed_dim"], pooler_type=text_cfg.hf_pooler_type,
+            proj_type=text_cfg.hf_proj_type, pretrained=False, output_tokens=True)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise EncoderLoadError(f"Cannot build the open_clip text tower of {where}: {e}") from e
+    load_into(tower, strip_prefix(state, "text."), where)
     tower.eval().requires_grad_(False)
+    tokenizer = load_tokenizer(tower_dir, tower_where)
+    check_vocabulary(tokenizer, tower.transformer.get_input_embeddings().num_embeddings, tower_where)
     hidden = getattr(tower.config, "d_model", None) or tower.config.hidden_size
     return OpenCLIPTextEncoder(
-        tower, load_tokenizer(tower_dir), name=folder.name, path=folder, hidden_size=hidden,
+        tower, tokenizer, name=where.name, path=where, hidden_size=hidden,
         context_length=context_length or text_cfg.context_length, attention_mask=True)

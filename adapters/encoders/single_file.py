@@ -5,29 +5,39 @@ and tokenizer files carried in the header.
         models/language_clip/chinese-clip-vit-huge-text.safetensors
 
 Packing keeps only the text tower (a two-tower Chinese-CLIP ViT-H shrinks to its BERT), and
-records the context length. Loading lays the small files in a temporary folder beside a link
-to the file itself, so the folder loaders (and transformers' own key conversions) do the work.
+records the context length. Loading reads the file where it lies: the weights through
+``safe_open`` (lazily, as transformers reads a folder), the model config from the header. Only the
+tokenizer's files are written, into a private temporary folder, after every member name in the
+header has been checked: transformers builds tokenizers from files (their class, special and added
+tokens), and a tokenizer rebuilt in memory from ``tokenizer.json`` gives other ids for some
+classes (T5, XLM-R) than the same files loaded as a folder.
 """
 from __future__ import annotations
 
 import argparse
 import base64
+import binascii
 import contextlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import safetensors
 import safetensors.torch
+import torch
 
-from ..errors import EncoderLoadError, PEAError
+from ..errors import EncoderLoadError, PEAError, json_type
 from ..file_format import atomic_write
 from .base import LanguageEncoder
-from .open_clip_text import CONFIG_NAME as OPEN_CLIP_CONFIG
+from .hf_text import HF_KINDS, build_hf_encoder, parse_json_object
+from .open_clip_text import CONFIG_NAME as OPEN_CLIP_CONFIG, build_open_clip_encoder, model_config
+from .weights import read_tensor_file
 
 PACK_KEY = "pea_language_clip"
 PACK_VERSION = 1
@@ -73,7 +83,72 @@ def pack_encoder(encoder: LanguageEncoder, dest: str | os.PathLike) -> Path:
     return dest
 
 
-def read_pack_info(path: Path) -> dict:
+MEMBER_PART = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_-])?")
+"""One part of a member name: letters, digits, '_', '-' and '.', not starting or ending with a dot."""
+WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
+
+
+def check_member_name(name: object, where: Path) -> str:
+    """``name`` if it is a plain relative POSIX path (``tokenizer.json``, ``text_tower/vocab.txt``);
+    anything that could leave a folder or mean something else on some system is refused."""
+    parts = name.split("/") if isinstance(name, str) else []
+    if not parts or not all(MEMBER_PART.fullmatch(p) and p.split(".")[0].upper() not in WINDOWS_DEVICES
+                            for p in parts):
+        raise EncoderLoadError(
+            f"{where} carries a file named {name!r}: a packed language CLIP may only name plain files inside "
+            f"its folder (letters, digits, '_', '-', '.', and '/' between folders; no '..', absolute paths, "
+            f"drive letters or backslashes). The file is refused.")
+    return name
+
+
+@dataclass(frozen=True)
+class Pack:
+    """What a packed file's header says: its kind, name, context length and small files."""
+
+    path: Path
+    kind: str
+    name: str
+    context_length: int
+    files: dict[str, bytes]
+    """Member name (checked by :func:`check_member_name`) -> content."""
+
+    def json(self, member: str) -> dict:
+        """A member holding a JSON object (a config)."""
+        if member not in self.files:
+            raise EncoderLoadError(f"{self.path} carries no {member} in its header (packed incompletely?)")
+        return parse_json_object(self.files[member], f"{self.path} (its {member})")
+
+    @contextlib.contextmanager
+    def folder(self, folder: str = "") -> Iterator[Path]:
+        """The members directly in ``folder`` ("" for the top), written into a private temporary folder."""
+        prefix = f"{folder}/" if folder else ""
+        members = {n[len(prefix):]: data for n, data in self.files.items()
+                   if n.startswith(prefix) and "/" not in n[len(prefix):]}
+        with tempfile.TemporaryDirectory(prefix="pea_language_clip_") as tmp:
+            for name, data in members.items():
+                with open(os.path.join(tmp, name), "xb") as f:
+                    f.write(data)
+            yield Path(tmp)
+
+
+def _member_bytes(name: str, content: object, where: Path) -> bytes:
+    if isinstance(content, dict) and isinstance(content.get("text"), str):
+        return content["text"].encode("utf-8")
+    if isinstance(content, dict) and isinstance(content.get("base64"), str):
+        with contextlib.suppress(binascii.Error):
+            return base64.b64decode(content["base64"], validate=True)
+    raise EncoderLoadError(f"{where}: header field 'files.{name}' is not {{\"text\": ...}} or valid {{\"base64\": ...}}")
+
+
+def _header_field(info: dict, key: str, valid, expected: str, where: Path):
+    value = info.get(key)
+    if not valid(value):
+        raise EncoderLoadError(f"{where}: header field '{key}' is {value!r}, expected {expected}")
+    return value
+
+
+def read_pack(path: Path) -> Pack:
+    """The header of a packed file, every field and member name checked."""
     try:
         with safetensors.safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -84,26 +159,49 @@ def read_pack_info(path: Path) -> dict:
             f"{path} is a safetensors file without the config and tokenizer of a language encoder. "
             f"Use the model's folder, or pack it into one file with "
             f"'python -m adapters.encoders.single_file FOLDER {path.name}'.")
-    info = json.loads(header[PACK_KEY])
-    if info.get("format_version", 0) > PACK_VERSION:
+    try:
+        info = json.loads(header[PACK_KEY])
+    except json.JSONDecodeError as e:
+        raise EncoderLoadError(f"{path}: its header '{PACK_KEY}' is not valid JSON ({e})") from e
+    if not isinstance(info, dict):
+        raise EncoderLoadError(f"{path}: its header '{PACK_KEY}' is a JSON {json_type(info)}, expected an object")
+    version = _header_field(info, "format_version", lambda v: type(v) is int, "a number", path)
+    if version > PACK_VERSION:
         raise EncoderLoadError(f"{path} was packed by a newer version of the pack; update it")
-    return info
+    kinds = ("open_clip", *(k.kind for k in HF_KINDS))
+    kind = _header_field(info, "kind", lambda v: v in kinds, f"one of {', '.join(kinds)}", path)
+    name = _header_field(info, "name", lambda v: v is None or isinstance(v, str), "a string", path)
+    context = _header_field(info, "context_length", lambda v: type(v) is int and v > 0, "a positive number", path)
+    files = _header_field(info, "files", lambda v: isinstance(v, dict), "an object of packed files", path)
+    members = {check_member_name(n, path): _member_bytes(n, content, path) for n, content in files.items()}
+    folded = {}
+    for member in members:
+        if folded.setdefault(member.casefold(), member) != member:
+            raise EncoderLoadError(f"{path} carries both {folded[member.casefold()]!r} and {member!r}, which are "
+                                   f"the same file on Windows and macOS. The file is refused.")
+    return Pack(path, kind, name or path.stem, context, members)
 
 
-@contextlib.contextmanager
-def unpacked(path: Path) -> Iterator[tuple[Path, dict]]:
-    """A temporary model folder for a packed file: its small files plus a link to the weights."""
-    info = read_pack_info(path)
-    with tempfile.TemporaryDirectory(prefix="pea_language_clip_") as tmp:
-        for rel, content in info["files"].items():
-            target = Path(tmp) / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if "text" in content:
-                target.write_text(content["text"], encoding="utf-8")
-            else:
-                target.write_bytes(base64.b64decode(content["base64"]))
-        os.symlink(path.resolve(), Path(tmp) / info["weights"])
-        yield Path(tmp), info
+def load_packed(path: Path, context_length: int | None = None, dtype: torch.dtype = torch.float32) -> LanguageEncoder:
+    """The language encoder in a packed file (weights in the compute ``dtype``, open_clip in fp32)."""
+    pack = read_pack(path)
+    context_length = context_length or pack.context_length
+    if pack.kind == "open_clip":
+        cfg = model_config(pack.json(OPEN_CLIP_CONFIG), f"{path} (its {OPEN_CLIP_CONFIG})")
+        towers = sorted(n.rsplit("/", 1)[0] for n in pack.files if n.count("/") == 1 and n.endswith("/config.json"))
+        if not towers:
+            raise EncoderLoadError(f"{path} carries no text tower config (TOWER/config.json) in its header")
+        with pack.folder(towers[0]) as tower_dir:
+            encoder = build_open_clip_encoder(cfg, tower_dir, read_tensor_file(path), path, context_length=context_length,
+                                              tower_where=f"{path} (its {towers[0]}/)")
+    else:
+        config = pack.json("config.json")
+        with pack.folder() as folder, safetensors.safe_open(str(path), framework="pt") as f:
+            weights = {k: f.get_slice(k) for k in f.keys()}  # read tensor by tensor, as from a folder
+            encoder = build_hf_encoder(config, folder, path, context_length=context_length, dtype=dtype,
+                                       weights=weights)
+    encoder.name = pack.name
+    return encoder
 
 
 def folder_to_file_cli(argv: list[str] | None, prog: str, doc: str, action) -> int:

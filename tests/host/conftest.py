@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from adapters.convert import main as convert_adapter
 from adapters.encoders.extract import extract_encoder
 from adapters.encoders.single_file import pack_encoder
 from adapters import tiny as standins
+from tests import broken_files
 from tests.host import comfy_host
 from training.comfy_runtime import find_comfyui, import_comfy
 
@@ -52,6 +54,7 @@ def base_dir(tmp_path_factory, comfy_path):
     good = (adapters / "pea_zh_sdxl.safetensors").read_bytes()
     (adapters / "bad" / "truncated.safetensors").write_bytes(good[: len(good) // 3])
     torch.save([torch.zeros(4)], adapters / "bad" / "not_a_state_dict.bin")
+    write_hostile_files(base, clips, adapters)
     comfy_host.write_checkpoint(models / "checkpoints" / "sd15_standin.safetensors", "sd15")
     comfy_host.write_checkpoint(models / "checkpoints" / "sdxl_standin.safetensors", "sdxl")
     comfy_host.write_checkpoint(models / "checkpoints" / "sd15_standin_clip.safetensors", "sd15", with_clip=True)
@@ -71,6 +74,18 @@ def base_dir(tmp_path_factory, comfy_path):
     (base / "custom_nodes").mkdir()
     os.symlink(comfy_host.REPO, base / "custom_nodes" / "ComfyUI-PEA-Diffusion")
     return base
+
+
+def write_hostile_files(base: Path, clips: Path, adapters: Path) -> None:
+    """A NaN adapter, one whose 1e30 weights overflow when run, and a packed language CLIP naming a
+    file in custom_nodes/ (where the old loader would have written it, relative to the temp folder)."""
+    nan = standins.make_adapter(adapters / "bad" / "nan_sdxl.safetensors", "sdxl", 32, encoder=ZH, seed=5)
+    broken_files.poison_safetensors(nan, "projector.0.weight", float("nan"))
+    huge = standins.make_adapter(adapters / "bad" / "huge_sd15.safetensors", "sd15", 32, encoder=ZH, seed=6)
+    broken_files.rewrite_safetensors(huge, lambda _key, t: torch.full_like(t, 1e30))
+    target = "../" * len(Path(tempfile.gettempdir()).resolve().parts) + f"{base.resolve()}/custom_nodes/pea_evil.py"[1:]
+    broken_files.repack(clips / "chinese-clip-tiny-text.safetensors", clips / "hostile-text.safetensors",
+                        broken_files.with_member(target, "raise SystemExit('written by a model file')"))
 
 
 def write_flux_files(base: Path, models: Path) -> None:

@@ -81,6 +81,13 @@ def test_extra_model_paths_yaml_is_respected(server):
      "expects 64-d token states .* gives 32-d states"),
     ("pea_zh_sdxl.safetensors", "empty", "sdxl_standin.safetensors",
      "Language encoder folder .*empty is empty"),
+    ("bad/nan_sdxl.safetensors", "chinese-clip-tiny", "sdxl_standin.safetensors",
+     r"nan_sdxl.safetensors: tensor 'projector.0.weight' holds NaN values. The file is damaged"),
+    ("pea_zh_sdxl.safetensors", "hostile-text.safetensors", "sdxl_standin.safetensors",
+     r"hostile-text.safetensors carries a file named '(\.\./)+.*/custom_nodes/pea_evil.py': .* The file is refused"),
+    ("bad/huge_sd15.safetensors", "chinese-clip-tiny", "sd15_standin.safetensors",
+     r"PEA conditioning for prompt '.+' contains NaN/inf: the adapter 'huge_sd15.safetensors' produced non-finite "
+     r"values from the finite token states of the language CLIP 'chinese-clip-tiny'"),
 ])
 def test_bad_inputs_fail_clearly_and_server_keeps_running(server, adapter, clip_name, ckpt, message):
     import re
@@ -89,6 +96,17 @@ def test_bad_inputs_fail_clearly_and_server_keeps_running(server, adapter, clip_
     assert entry["status"]["status_str"] == "error"
     assert re.search(message, error_message(entry)), error_message(entry)
     assert server.alive()
+    assert not (server.base_dir / "custom_nodes" / "pea_evil.py").exists()
+
+
+def test_the_next_good_prompt_runs_after_non_finite_conditioning(server):
+    """A prompt that would have saved a black image fails; the same graph with a sound adapter then works."""
+    bad = server.run(pea_graph("sd15_standin.safetensors", "bad/huge_sd15.safetensors", prefix="pea_huge"))
+    assert bad["status"]["status_str"] == "error" and "contains NaN/inf" in error_message(bad)
+    assert not list((server.base_dir / "output").glob("pea_huge*"))
+    good = server.run(pea_graph("sd15_standin.safetensors", "pea_zh_sd15.safetensors", prefix="pea_after_huge"))
+    assert good["status"]["status_str"] == "success", good["status"]
+    assert len(good["outputs"]["9"]["images"]) == 1
 
 
 def test_missing_folder_is_refused_at_validation(server):

@@ -1,0 +1,55 @@
+"""Damaging real model files the way downloads, diverged training runs and hostile uploads do."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import safetensors
+import safetensors.torch
+import torch
+
+from adapters.encoders.single_file import PACK_KEY
+
+
+def rewrite_safetensors(path: Path, change: Callable[[str, torch.Tensor], torch.Tensor]) -> Path:
+    """Replace every tensor ``t`` named ``k`` in a safetensors file by ``change(k, t)``, keeping its header."""
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        metadata, tensors = f.metadata(), {k: change(k, f.get_tensor(k)) for k in f.keys()}
+    safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def _poisoned(tensor: torch.Tensor, value: float, everywhere: bool = False) -> torch.Tensor:
+    tensor = torch.full_like(tensor, value) if everywhere else tensor.clone()
+    tensor.view(-1)[3] = value
+    return tensor
+
+
+def poison_safetensors(path: Path, key: str, value: float, everywhere: bool = False) -> Path:
+    """Set one value of the tensor ``key`` (or all of them) in a safetensors file."""
+    return rewrite_safetensors(path, lambda k, t: _poisoned(t, value, everywhere) if k == key else t)
+
+
+def poison_pickle(path: Path, key: str, value: float) -> Path:
+    """Set one value of the tensor ``key`` in a pickled state dict."""
+    state = torch.load(path, weights_only=True)
+    state[key] = _poisoned(state[key], value)
+    torch.save(state, path)
+    return path
+
+
+def repack(src: Path, dest: Path, edit: Callable[[dict], dict | str]) -> Path:
+    """A copy of the packed language CLIP ``src`` whose header is ``edit(header)``: a dict, or raw text."""
+    with safetensors.safe_open(str(src), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        header = json.loads(f.metadata()[PACK_KEY])
+    new = edit(header)
+    safetensors.torch.save_file(tensors, str(dest), metadata={
+        "format": "pt", PACK_KEY: new if isinstance(new, str) else json.dumps(new)})
+    return dest
+
+
+def with_member(name: str, text: str) -> Callable[[dict], dict]:
+    """A header edit adding the packed file ``name``."""
+    return lambda header: {**header, "files": {**header["files"], name: {"text": text}}}

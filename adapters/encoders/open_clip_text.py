@@ -25,7 +25,7 @@ WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin",
                 "model.safetensors", "pytorch_model.bin")
 
 
-def _import_open_clip():
+def import_open_clip():
     try:
         import open_clip
     except ImportError as e:
@@ -76,7 +76,7 @@ class OpenCLIPTextEncoder(LanguageEncoder):
 
 def load_open_clip_encoder(folder: Path, context_length: int | None = None) -> OpenCLIPTextEncoder:
     """Build the text tower of the open_clip model in ``folder`` and load its weights (CPU, fp32)."""
-    open_clip = _import_open_clip()
+    open_clip = import_open_clip()
     cfg = read_model_config(folder)
     text_cfg = open_clip.model.CLIPTextCfg(**cfg["text_cfg"])  # open_clip's own defaults
     tower_dir = find_text_tower(folder, text_cfg.hf_model_name)

@@ -155,7 +155,7 @@ def make_clip(folder: Path, seed: int = 0) -> Path:
 
 
 def make_altclip(folder: Path, seed: int = 0) -> Path:
-    """A full AltCLIP (XLM-R text tower projected to ``project_dim``)."""
+    """A full AltCLIP (XLM-R text tower projected to ``project_dim``, a ViT, the image processor's config)."""
     torch.manual_seed(seed)
     tok = xlmr_tokenizer()
     C = transformers
@@ -163,6 +163,7 @@ def make_altclip(folder: Path, seed: int = 0) -> Path:
                                             type_vocab_size=1))
     cfg = C.AltCLIPConfig(text_config=text.to_dict(),
                           vision_config=_vision(C.AltCLIPVisionConfig).to_dict(), projection_dim=16)
+    _save_image_processor(C.CLIPImageProcessor, folder)
     return _save(C.AltCLIPModel(cfg), tok, folder)
 
 

@@ -17,10 +17,10 @@ SHIPPED = ("zh", "ru", "ko", "ja", "it", "fr", "de", "es")
 """The languages the shipped prompt sets are written in."""
 
 
-def check_language(code: str, where: str) -> str:
-    """``code`` if it is a known ISO 639-1 code, else an error naming ``where`` it came from."""
+def check_language(code: str, where: str, error: type[EvaluationError] = EvaluationError) -> str:
+    """``code`` if it is a known ISO 639-1 code, else ``error`` naming ``where`` it came from."""
     if code not in LANGUAGES:
-        raise EvaluationError(
+        raise error(
             f"{where}: unknown language code {code!r}; expected an ISO 639-1 code, one of {', '.join(LANGUAGES)}")
     return code
 

@@ -58,7 +58,7 @@ def _parse_line(line: str, where: str, language: str) -> Prompt:
                                  f"{', '.join(FIELDS)} as non-empty strings")
     if not SAFE_ID.fullmatch(obj["id"]):
         raise PromptSetError(f"{label}: id may hold only letters, digits, '-', '_' and '.' (it names image files)")
-    check_language(obj["language"], label)
+    check_language(obj["language"], label, PromptSetError)
     if obj["language"] != language:
         raise PromptSetError(f"{label}: language {obj['language']!r} differs from the file's ({language!r})")
     if obj["set"] not in SETS:
@@ -69,7 +69,7 @@ def _parse_line(line: str, where: str, language: str) -> Prompt:
 def read_prompt_file(path: str | Path) -> list[Prompt]:
     """The prompts of one ``<lang>.jsonl`` file, checked line by line (blank lines are skipped)."""
     path = Path(path)
-    language = check_language(path.name.removesuffix(".jsonl"), f"{path} (file name)")
+    language = check_language(path.name.removesuffix(".jsonl"), f"{path} (file name)", PromptSetError)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -111,7 +111,7 @@ def load_prompt_set(path: str | Path, languages: list[str] | None = None) -> lis
         if not files:
             raise PromptSetError(f"{path} holds no <lang>.jsonl prompt files")
     for lang in languages or ():
-        check_language(lang, "--languages")
+        check_language(lang, "--languages", PromptSetError)
         if lang not in files:
             raise PromptSetError(f"{path} has no prompts in {lang!r} (it has {', '.join(files)})")
     return [p for lang, file in files.items() if not languages or lang in languages for p in read_prompt_file(file)]

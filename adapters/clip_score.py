@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import transformers
 from PIL import Image
@@ -44,6 +45,13 @@ HF_TWO_TOWER = {
     "clip": ("CLIPModel", "CLIPImageProcessor", None),
     "altclip": ("AltCLIPModel", "CLIPImageProcessor", None),
 }
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """ComfyUI IMAGE ``[B, H, W, C]`` in 0..1 -> 8-bit RGB images, quantised as Save Image writes them
+    (so a score of the tensor equals the score of the saved PNG)."""
+    pixels = np.clip(255.0 * images.detach().float().cpu().numpy(), 0, 255).astype(np.uint8)
+    return [Image.fromarray(p[..., :3]) for p in pixels]
 
 
 def clip_score(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
@@ -181,11 +189,7 @@ def _image_processor(folder: Path, model_type: str, image_size: int):
 
 
 def load_hf_scorer(folder: Path, dtype: torch.dtype = torch.float32) -> HFClipScorer:
-    model_type = hf_model_type(folder)
-    if model_type not in HF_TWO_TOWER:
-        raise EncoderLoadError(
-            f"{folder / 'config.json'} describes model_type {model_type!r}, a text encoder without a vision "
-            f"tower (or not a CLIP). {NEEDS_VISION}")
+    model_type = hf_model_type(check_scorer_path(folder))
     class_name, _, context = HF_TWO_TOWER[model_type]
     try:
         model, info = getattr(transformers, class_name).from_pretrained(
@@ -245,9 +249,9 @@ def load_open_clip_scorer(folder: Path, dtype: torch.dtype = torch.float32) -> O
                           name=folder.name, path=folder)
 
 
-def load_clip_scorer(path: str | os.PathLike, *, device: torch.device | str = "cpu",
-                     dtype: torch.dtype = torch.float32) -> ClipScorer:
-    """Load both towers of the CLIP in a local folder for :meth:`ClipScorer.score`."""
+def check_scorer_path(path: str | os.PathLike) -> Path:
+    """Fail early, without loading weights, where ``path`` cannot be a two-tower CLIP: missing, a
+    single file, a config without a vision tower. The weights are checked when loading."""
     path = Path(path)
     if not path.exists():
         raise EncoderLoadError(f"CLIP for scoring not found: {path}")
@@ -255,9 +259,23 @@ def load_clip_scorer(path: str | os.PathLike, *, device: torch.device | str = "c
         raise EncoderLoadError(
             f"{path} is a single file: a language CLIP packed by this pack holds only its text tower. {NEEDS_VISION}")
     if (path / OPEN_CLIP_CONFIG).is_file():
-        scorer = load_open_clip_scorer(path, dtype)
-    elif (path / "config.json").is_file():
-        scorer = load_hf_scorer(path, dtype)
-    else:
+        return path
+    if not (path / "config.json").is_file():
         raise EncoderLoadError(f"{path} has neither config.json nor {OPEN_CLIP_CONFIG}. {NEEDS_VISION}")
+    model_type = hf_model_type(path)
+    if model_type not in HF_TWO_TOWER:
+        raise EncoderLoadError(
+            f"{path / 'config.json'} describes model_type {model_type!r}, a text encoder without a vision "
+            f"tower (or not a CLIP). {NEEDS_VISION}")
+    return path
+
+
+def load_clip_scorer(path: str | os.PathLike, *, device: torch.device | str = "cpu",
+                     dtype: torch.dtype = torch.float32) -> ClipScorer:
+    """Load both towers of the CLIP in a local folder for :meth:`ClipScorer.score`."""
+    path = check_scorer_path(path)
+    if (path / OPEN_CLIP_CONFIG).is_file():
+        scorer = load_open_clip_scorer(path, dtype)
+    else:
+        scorer = load_hf_scorer(path, dtype)
     return scorer.to(device)

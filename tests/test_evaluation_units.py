@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ def test_the_fixture_collection_passes_the_same_check():
     assert {p.language for p in prompts} == {"ru"} and all(p.en for p in prompts)
 
 
-def broken_copy(tmp_path, lang: str, edit) -> "Path":
+def broken_copy(tmp_path: Path, lang: str, edit) -> Path:
     """A copy of the fixture collection with one line of general/<lang>.jsonl edited."""
     root = tmp_path / "sets"
     shutil.copytree(PROMPT_SETS, root)

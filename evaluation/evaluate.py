@@ -131,7 +131,7 @@ def translate_prompts(prompts: list[Prompt], models: dict[str, Path], out: Path,
         cache = out / "translations" / f"{language}.json"
         record = fingerprint(model) if model.is_dir() else None
         stored = json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() else {}
-        texts = stored["texts"] if stored.get("model") == record else {}
+        texts = stored["texts"] if stored and stored["model"] == record else {}
         todo = [p for p in prompts if p.language == language and p.id not in texts]
         if todo:
             translated = load_translator(model, device).translate([p.text for p in todo], language)

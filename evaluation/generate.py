@@ -111,13 +111,17 @@ class Generator:
         raise EvaluationError(f"checkpoint {self.checkpoint} is a {type(model.model.model_config).__name__} model; "
                               f"the evaluator samples SD1.5- and SDXL-family checkpoints")
 
+    def adapter_name(self, adapter: Path) -> str:
+        """The name Apply PEA Adapter picks ``adapter`` by."""
+        if adapter not in self.adapters:
+            self.adapters[adapter] = self._register("pea_adapters", adapter)
+        return self.adapters[adapter]
+
     def graph(self, job: Job, sampling: Sampling) -> dict:
         if job.method.kind != "pea":
             return english_graph(self.checkpoint, job.text, sampling, job.seed)
-        adapter = job.method.adapter
-        if adapter not in self.adapters:
-            self.adapters[adapter] = self._register("pea_adapters", adapter)
-        return pea_graph(self.checkpoint, self.language_clip, self.adapters[adapter], job.text, sampling, job.seed)
+        return pea_graph(self.checkpoint, self.language_clip, self.adapter_name(job.method.adapter), job.text,
+                         sampling, job.seed)
 
     def make(self, jobs: list[Job], sampling: Sampling) -> int:
         """Sample every job whose image is missing, in order; the number made."""

@@ -70,14 +70,6 @@ class ClipScorer(nn.Module):
         self.name = name
         self.path = Path(path)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
         raise NotImplementedError
 
@@ -93,13 +85,15 @@ class ClipScorer(nn.Module):
     @torch.no_grad()
     def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Projected image embeddings ``[B, D]`` (float32, not normalised)."""
-        pixels = self.pixel_values([im.convert("RGB") for im in images]).to(self.device, self.dtype)
+        weight = next(self.parameters())  # (no ``device`` attribute: ComfyUI's ModelPatcher sets one)
+        pixels = self.pixel_values([im.convert("RGB") for im in images]).to(weight.device, weight.dtype)
         return self._finite(self.image_features(pixels).float(), "image")
 
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """Projected text embeddings ``[B, D]`` (float32, not normalised)."""
-        tokens = {k: v.to(self.device) for k, v in self.text_tokens(list(texts)).items()}
+        device = next(self.parameters()).device
+        tokens = {k: v.to(device) for k, v in self.text_tokens(list(texts)).items()}
         return self._finite(self.text_features(tokens).float(), "text")
 
     def score(self, images: Sequence[Image.Image], texts: Sequence[str] | str) -> torch.Tensor:

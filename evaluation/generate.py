@@ -3,8 +3,8 @@
 Images go to ``<out>/images/<method>/<lang>/<prompt id>_<k>.png`` (seed = base seed + k, the same
 for every method), each written atomically; an image already on disk is not made again. The
 settings that shape the images are recorded (``<out>/run.json`` and
-``<out>/images/<method>/method.json``), and a later run into the same folder with other settings
-is refused rather than mixing images of two set-ups.
+``<out>/images/<method>/<lang>/settings.json``), and a later run into the same folder with other
+settings is refused rather than mixing images of two set-ups.
 """
 from __future__ import annotations
 

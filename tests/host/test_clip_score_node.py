@@ -60,3 +60,10 @@ def test_a_text_only_clip_fails_the_prompt_and_the_server_keeps_running(server):
     errors = [m[1]["exception_message"] for m in entry["status"]["messages"] if m[0] == "execution_error"]
     assert entry["status"]["status_str"] == "error" and "only its text tower" in errors[0], errors
     assert server.alive()
+
+
+def test_object_info_lists_the_score_node(server):
+    info = server.get("/object_info/PEALanguageCLIPScore")["PEALanguageCLIPScore"]
+    assert info["display_name"] == "Language CLIP Score" and info["category"] == "conditioning/PEA"
+    assert info["output"] == ["IMAGE", "FLOAT", "STRING"] and info["output_is_list"] == [False, True, False]
+    assert "chinese-clip-tiny" in info["input"]["required"]["clip_name"][0]

@@ -7,6 +7,7 @@ downloaded.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import torch
@@ -106,26 +107,39 @@ def _save(model, tokenizer, folder: Path) -> Path:
     return folder
 
 
+IMAGE_SIZE = 32
+CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+
+
 def _vision(cls):
     return cls(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1,
-               image_size=32, patch_size=16, projection_dim=16)
+               image_size=IMAGE_SIZE, patch_size=16, projection_dim=16)
+
+
+def _save_image_processor(processor_class, folder: Path) -> None:
+    """The ``preprocessor_config.json`` the published two-tower repos carry, at the tiny image size."""
+    processor_class(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+                    image_mean=CLIP_MEAN, image_std=CLIP_STD).save_pretrained(str(folder))
 
 
 def make_chinese_clip(folder: Path, seed: int = 0, extra_text: list[str] = (), max_positions: int = 64,
                       hidden: int = TINY["hidden"]) -> Path:
-    """A full two-tower Chinese-CLIP (BERT text tower ``hidden`` wide), as the OFA-Sys repos ship
-    it; its vocabulary covers the built-in corpus and ``extra_text``."""
+    """A full two-tower Chinese-CLIP (BERT text tower ``hidden`` wide, a ViT vision tower and the
+    image processor's config), as the OFA-Sys repos ship it; its vocabulary covers the built-in
+    corpus and ``extra_text``."""
     torch.manual_seed(seed)
     tok = bert_tokenizer(extra_text)
     C = transformers
     text = C.ChineseCLIPTextConfig(**_bert_like(tok, hidden, max_position_embeddings=max_positions))
     vision = _vision(C.ChineseCLIPVisionConfig)
     cfg = C.ChineseCLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16)
+    _save_image_processor(C.ChineseCLIPImageProcessor, folder)
     return _save(C.ChineseCLIPModel(cfg), tok, folder)
 
 
 def make_clip(folder: Path, seed: int = 0) -> Path:
-    """A full two-tower CLIP in Hugging Face format (as the Japanese/Korean/... CLIPs ship)."""
+    """A full two-tower CLIP in Hugging Face format with its image processor's config (as the
+    English, Japanese, Korean ... CLIPs ship)."""
     torch.manual_seed(seed)
     tok = clip_tokenizer()
     C = transformers
@@ -136,11 +150,12 @@ def make_clip(folder: Path, seed: int = 0) -> Path:
                             pad_token_id=tok.pad_token_id)
     cfg = C.CLIPConfig(text_config=text.to_dict(), vision_config=_vision(C.CLIPVisionConfig).to_dict(),
                        projection_dim=16)
+    _save_image_processor(C.CLIPImageProcessor, folder)
     return _save(C.CLIPModel(cfg), tok, folder)
 
 
 def make_altclip(folder: Path, seed: int = 0) -> Path:
-    """A full AltCLIP (XLM-R text tower projected to ``project_dim``)."""
+    """A full AltCLIP (XLM-R text tower projected to ``project_dim``, a ViT, the image processor's config)."""
     torch.manual_seed(seed)
     tok = xlmr_tokenizer()
     C = transformers
@@ -148,6 +163,7 @@ def make_altclip(folder: Path, seed: int = 0) -> Path:
                                             type_vocab_size=1))
     cfg = C.AltCLIPConfig(text_config=text.to_dict(),
                           vision_config=_vision(C.AltCLIPVisionConfig).to_dict(), projection_dim=16)
+    _save_image_processor(C.CLIPImageProcessor, folder)
     return _save(C.AltCLIPModel(cfg), tok, folder)
 
 
@@ -211,7 +227,8 @@ def _safetensors_to_pickles(folder: Path, model: torch.nn.Module) -> None:
 
 
 def make_open_clip(folder: Path, seed: int = 0, hf_name: str = "xlm-roberta-large") -> Path:
-    """An open_clip xlm-roberta CLIP: open_clip_config.json, open_clip_pytorch_model.bin, text tower files."""
+    """An open_clip xlm-roberta CLIP (both towers): open_clip_config.json with its preprocess_cfg,
+    open_clip_pytorch_model.bin, and the text tower's config and tokenizer in a subfolder."""
     import open_clip
 
     torch.manual_seed(seed)
@@ -223,14 +240,16 @@ def make_open_clip(folder: Path, seed: int = 0, hf_name: str = "xlm-roberta-larg
     tower_cfg.save_pretrained(str(tower))
     tok.save_pretrained(str(tower))
     model_cfg = {"embed_dim": TINY["hidden"],
-                 "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+                 "vision_cfg": {"image_size": IMAGE_SIZE, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
                  "text_cfg": {"hf_model_name": str(tower), "hf_tokenizer_name": str(tower),
                               "hf_pooler_type": "mean_pooler", "hf_model_pretrained": False}}
     model = open_clip.CustomTextCLIP(model_cfg["embed_dim"], model_cfg["vision_cfg"], model_cfg["text_cfg"])
     torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
     model_cfg["text_cfg"].update(hf_model_name=hf_name, hf_tokenizer_name=hf_name)
     del model_cfg["text_cfg"]["hf_model_pretrained"]
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}, indent=2))
+    preprocess_cfg = {"mean": CLIP_MEAN, "std": CLIP_STD}
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg},
+                                                             indent=2))
     return folder
 
 
@@ -253,3 +272,46 @@ def make_adapter(path: Path, head: str, in_dim: int, hidden: tuple[int, ...] = (
         return path
     return save_adapter(adapter, AdapterInfo(shape=shape, encoder=encoder or EncoderSpec(),
                                              languages=["zh", "en"]), path)
+
+
+def _sentencepiece(lines: list[str], path: Path, vocab_size: int) -> list[str]:
+    """Train a unigram sentencepiece model on ``lines`` into ``path``; its pieces."""
+    import io
+
+    import sentencepiece
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines * 4), model_writer=model, vocab_size=vocab_size, model_type="unigram",
+        character_coverage=1.0, hard_vocab_limit=False, bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0,
+        minloglevel=2, num_threads=1)
+    path.write_bytes(model.getvalue())
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(path))
+    return [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
+
+
+def make_marian(folder: Path, seed: int = 0) -> Path:
+    """A MarianMT translation model into English (Helsinki-NLP opus-mt layout: source.spm,
+    target.spm, a shared vocab.json, config.json, weights), its sentencepiece models trained here
+    on the corpus; random weights, so its "translations" are arbitrary English pieces."""
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    english = [line for line in CORPUS if line.isascii()]
+    with tempfile.TemporaryDirectory() as tmp:
+        source, target = Path(tmp) / "source.spm", Path(tmp) / "target.spm"
+        pieces = _sentencepiece(CORPUS, source, 300) + _sentencepiece(english, target, 120)
+        vocab = {"</s>": 0, "<unk>": 1}
+        for piece in pieces:
+            vocab.setdefault(piece, len(vocab))
+        vocab["<pad>"] = len(vocab)
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        tok = transformers.MarianTokenizer(str(source), str(target), str(Path(tmp) / "vocab.json"))
+        tok.save_pretrained(str(folder))
+    cfg = transformers.MarianConfig(
+        vocab_size=len(vocab), d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64,
+        pad_token_id=vocab["<pad>"], eos_token_id=0, decoder_start_token_id=vocab["<pad>"], forced_eos_token_id=0)
+    model = transformers.MarianMTModel(cfg)
+    model.generation_config.max_length = 24
+    model.save_pretrained(str(folder))
+    return folder

@@ -1,11 +1,13 @@
 """Finding and importing the ComfyUI that the pack sits in (or ``COMFYUI_PATH``) as a library."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
 
 PACK_ROOT = Path(__file__).resolve().parents[1]
+PACK_MODULE = "comfyui_pea_diffusion"
 
 
 def find_comfyui() -> tuple[Path | None, str]:
@@ -46,3 +48,16 @@ def import_comfy(cpu: bool | None = None) -> Path:
     if Path(sys.modules["nodes"].__file__).parent != path:
         raise RuntimeError(f"'nodes' was imported from {sys.modules['nodes'].__file__}, not from ComfyUI at {path}")
     return path
+
+
+def load_pack():
+    """Import the pack the way ComfyUI's custom-node loader does (a package from its folder), once;
+    needs :func:`import_comfy` first. Its ``NODE_CLASS_MAPPINGS`` are the pack's nodes."""
+    if PACK_MODULE in sys.modules:
+        return sys.modules[PACK_MODULE]
+    spec = importlib.util.spec_from_file_location(PACK_MODULE, PACK_ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(PACK_ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_MODULE] = module
+    spec.loader.exec_module(module)
+    return module

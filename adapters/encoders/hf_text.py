@@ -6,6 +6,7 @@ hold the full two-tower model or the text tower alone; only the text tower is bu
 """
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,12 +94,19 @@ def _tokenizer_class(folder: Path):
     return None
 
 
+def _required_argument(tokenizer_class, name: str) -> bool:
+    """Whether the tokenizer class cannot be built without its file argument ``name`` (Marian's
+    ``target_vocab_file`` is optional; ``tokenizer_file`` always is)."""
+    parameter = inspect.signature(tokenizer_class.__init__).parameters.get(name)
+    return name != "tokenizer_file" and (parameter is None or parameter.default is inspect.Parameter.empty)
+
+
 def _check_vocabulary_files(folder: Path, where: str | Path) -> None:
     """Refuse a tokenizer folder without its vocabulary (a tokenizer_config.json alone would load a
     tokenizer knowing only its special tokens: every prompt the same ``[UNK]`` ids)."""
     tokenizer_class = _tokenizer_class(folder)
     needed = None if tokenizer_class is None else [
-        f for key, f in tokenizer_class.vocab_files_names.items() if key != "tokenizer_file"]
+        f for key, f in tokenizer_class.vocab_files_names.items() if _required_argument(tokenizer_class, key)]
     if needed == [] or (folder / "tokenizer.json").is_file():
         return  # byte-level tokenizers (ByT5) need no vocabulary file
     if needed is not None and all((folder / f).is_file() for f in needed):

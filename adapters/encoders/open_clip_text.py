@@ -24,7 +24,7 @@ WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin",
                 "model.safetensors", "pytorch_model.bin")
 
 
-def _import_open_clip():
+def import_open_clip():
     try:
         import open_clip
     except ImportError as e:
@@ -71,14 +71,19 @@ class OpenCLIPTextEncoder(LanguageEncoder):
         return self.model(input_ids)[1]
 
 
-def load_open_clip_encoder(folder: Path, context_length: int | None = None) -> OpenCLIPTextEncoder:
-    """Build the text tower of the open_clip model in ``folder`` and load its weights (CPU, fp32)."""
+def read_model_config(folder: Path) -> dict:
+    """The checked model config of the open_clip folder ``folder``."""
     path = folder / CONFIG_NAME
     try:
         data = path.read_bytes()
     except OSError as e:
         raise EncoderLoadError(f"{path} cannot be read: {e}") from e
-    cfg = model_config(parse_json_object(data, path), path)
+    return model_config(parse_json_object(data, path), path)
+
+
+def load_open_clip_encoder(folder: Path, context_length: int | None = None) -> OpenCLIPTextEncoder:
+    """Build the text tower of the open_clip model in ``folder`` and load its weights (CPU, fp32)."""
+    cfg = read_model_config(folder)
     tower_dir = find_text_tower(folder, cfg["text_cfg"]["hf_model_name"])
     return build_open_clip_encoder(cfg, tower_dir, read_folder_weights(folder, WEIGHT_NAMES), folder,
                                    context_length=context_length)
@@ -91,7 +96,7 @@ def build_open_clip_encoder(cfg: dict, tower_dir: Path, state: dict, where: Path
     ``tower_dir``, its weights (``text.*``) in ``state``. ``where`` names the model and
     ``tower_where`` the tower's files in messages."""
     tower_where = tower_where or tower_dir
-    open_clip = _import_open_clip()
+    open_clip = import_open_clip()
     try:
         text_cfg = open_clip.model.CLIPTextCfg(**cfg["text_cfg"])  # open_clip's own defaults
         tower = open_clip.hf_model.HFTextEncoder(

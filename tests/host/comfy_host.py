@@ -1,7 +1,6 @@
 """Finding, importing and serving a real ComfyUI for the host tests (never a mock)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import subprocess
@@ -13,22 +12,9 @@ from pathlib import Path
 
 import torch
 
-from training.comfy_runtime import PACK_ROOT
+from training.comfy_runtime import PACK_ROOT, load_pack  # noqa: F401  (load_pack: used by the fixtures)
 
 REPO = PACK_ROOT
-PACK_MODULE = "comfyui_pea_diffusion"
-
-
-def load_pack():
-    """Import the pack the way ComfyUI's custom-node loader does (a package from a path)."""
-    if PACK_MODULE in sys.modules:
-        return sys.modules[PACK_MODULE]
-    spec = importlib.util.spec_from_file_location(PACK_MODULE, REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_MODULE] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_checkpoint(path: Path, family: str, with_clip: bool = False, in_channels: int = 4) -> Path:

@@ -22,7 +22,8 @@ def direct(encoder, adapter, ids: torch.Tensor):
 def test_pack_registers_nodes_and_lists_folders(pack):
     import folder_paths
 
-    assert set(pack.NODE_CLASS_MAPPINGS) == {"PEALoadLanguageCLIP", "PEAApplyAdapter", "PEAEncodePrompt"}
+    assert set(pack.NODE_CLASS_MAPPINGS) == {"PEALoadLanguageCLIP", "PEAApplyAdapter", "PEAEncodePrompt",
+                                             "PEALanguageCLIPScore"}
     choices = pack.NODE_CLASS_MAPPINGS["PEALoadLanguageCLIP"].INPUT_TYPES()["required"]["clip_name"][0]
     assert {"chinese-clip-tiny", "laion/xlm-roberta-tiny", "empty", "chinese-clip-tiny-text.safetensors"} <= set(choices)
     adapters = folder_paths.get_filename_list("pea_adapters")

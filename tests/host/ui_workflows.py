@@ -11,7 +11,7 @@ from pathlib import Path
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
-TALL = {"LoadImage": 360, "PEAEncodePrompt": 260, "KSampler": 260}
+TALL = {"LoadImage": 360, "PEAEncodePrompt": 260, "KSampler": 260, "PEALanguageCLIPScore": 260, "PreviewAny": 260}
 
 FILES_SDXL_ZH = ("Model files:\n"
                  "- models/checkpoints/sd_xl_base_1.0.safetensors (any SDXL checkpoint)\n"
@@ -74,6 +74,16 @@ NOTES = {
         "The adapter was distilled from schnell; dev reads the same text conditioning.\n\nModel files:\n"
         "- models/diffusion_models/flux1-dev.safetensors (black-forest-labs/FLUX.1-dev, gated: accept its licence; "
         "models/unet works too)\n" + FILES_FLUX),
+    "11_sd15_chinese_best_of_four_by_clip_score": (
+        "Four images of one Chinese prompt, ranked by Language CLIP Score: CLIPScore against the prompt in Chinese, "
+        "read by Chinese-CLIP's own vision tower. Preview Any shows the ranking; all four are saved best first, and "
+        "Image From Batch (index 0) saves the best one alone. Type the same prompt into PEA Encode Prompt and the "
+        "score node.\n\nModel files:\n"
+        "- models/checkpoints/v1-5-pruned-emaonly.safetensors (any SD1.5 checkpoint or fine-tune)\n"
+        "- models/language_clip/chinese-clip-vit-huge-patch14/ (Hugging Face OFA-Sys/chinese-clip-vit-huge-patch14 "
+        "as downloaded, with its vision tower and preprocessor_config.json: the adapter reads its text tower, the "
+        "score node both towers)\n"
+        "- models/pea_adapters/pea_sd15_zh.safetensors (an SD1.5 PEA adapter trained behind Chinese-CLIP)"),
 }
 
 

@@ -1,0 +1,81 @@
+"""Language CLIP Score: rank a batch of images by CLIPScore against the prompt, in its language."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+
+from ..adapters.clip_score import load_clip_scorer, to_pil
+from .folders import find_language_clip, list_language_clips
+from .language_clip import model_options
+from .pea_nodes import CATEGORY, _found_or_message as found_or_message
+
+_loaded: dict[tuple, comfy.model_patcher.ModelPatcher] = {}
+"""The last scorer loaded (one at a time), in a ModelPatcher so ComfyUI can offload it."""
+
+
+def scorer_patcher(clip_name: str, device: str) -> comfy.model_patcher.ModelPatcher:
+    """Both towers of a language CLIP from models/language_clip, loaded once and kept."""
+    path = find_language_clip(clip_name)
+    key = (path, os.path.getmtime(path), device)
+    if key not in _loaded:
+        _loaded.clear()
+        options = model_options(device, "default")
+        scorer = load_clip_scorer(path, dtype=options["dtype"])
+        _loaded[key] = comfy.model_patcher.ModelPatcher(
+            scorer, load_device=options["load_device"], offload_device=options["offload_device"])
+    return _loaded[key]
+
+
+def ranking_text(scores: list[float], order: list[int]) -> str:
+    return "\n".join(f"{rank}. CLIPScore {scores[i]:.2f} (batch image {i + 1})" for rank, i in enumerate(order, start=1))
+
+
+class PEALanguageCLIPScore:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "The images to score, e.g. a batch from VAE Decode."}),
+                "text": ("STRING", {"multiline": True,
+                                    "tooltip": "The prompt, in its own language (the text the images were made from)."}),
+                "clip_name": (list_language_clips(), {
+                    "tooltip": "A CLIP with its vision tower that reads the prompt's language, in "
+                               "models/language_clip: a full Chinese-CLIP folder, a multilingual open_clip "
+                               "folder, or a Hugging Face CLIP folder. A packed text-only file cannot score."}),
+                "device": (["default", "cpu"], {
+                    "default": "default", "tooltip": "Where the CLIP runs; 'cpu' keeps VRAM for the UNet."}),
+            },
+        }
+
+    RETURN_TYPES = ("IMAGE", "FLOAT", "STRING")
+    RETURN_NAMES = ("images", "scores", "ranking")
+    OUTPUT_IS_LIST = (False, True, False)
+    OUTPUT_TOOLTIPS = ("The images sorted best first (Image From Batch, index 0, keeps the best).",
+                       "CLIPScore of each image, in the same order (100 x cosine of image and prompt, 0 at worst).",
+                       "The ranking as text, with each image's place in the input batch (for Preview Any).")
+    FUNCTION = "score"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Scores each image against the prompt with a CLIP that reads the prompt's language "
+                   "(CLIPScore = 100 x max(cos, 0)) and sorts the batch best first.")
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, clip_name):
+        return found_or_message(find_language_clip, clip_name)
+
+    def score(self, images: torch.Tensor, text: str, clip_name: str, device: str = "default"):
+        if not text.strip():
+            raise ValueError("Language CLIP Score: the prompt is empty; connect or type the prompt the images were made from.")
+        patcher = scorer_patcher(clip_name, device)
+        mm.load_models_gpu([patcher])
+        scores = patcher.model.score(to_pil(images), text)
+        order = torch.argsort(scores, descending=True, stable=True).tolist()
+        values = scores.tolist()
+        return (images[order], [values[i] for i in order], ranking_text(values, order))
+
+
+NODE_CLASS_MAPPINGS = {"PEALanguageCLIPScore": PEALanguageCLIPScore}
+NODE_DISPLAY_NAME_MAPPINGS = {"PEALanguageCLIPScore": "Language CLIP Score"}

@@ -1,0 +1,174 @@
+"""The evaluator end to end inside a real ComfyUI, on the SD1.5/SDXL stand-ins and tiny real-format
+scorers, a MarianMT and InceptionV3 weights in torch-fidelity's layout."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from adapters import tiny as standins
+from adapters.clip_score import load_clip_scorer
+from tests.evaluation_standins import write_inception_weights, write_random_images
+
+PROMPTS = {
+    "zh": [("general-001", "animals", "一只红色的猫坐在桌子上", "a red cat <i>sitting</i> on a table & more"),
+           ("general-002", "scenes", "蓝色的天空和白色的云", "blue sky with white clouds")],
+    "ru": [("general-001", "animals", "красная кошка сидит на столе", "a red cat <i>sitting</i> on a table & more")],
+}
+
+
+def write_prompt_set(folder: Path, prompts: dict = PROMPTS) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for lang, rows in prompts.items():
+        lines = [json.dumps({"id": pid, "language": lang, "text": text, "en": en, "category": cat, "set": "general"},
+                            ensure_ascii=False) for pid, cat, text, en in rows]
+        (folder / f"{lang}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def eval_models(base_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval_models")
+    models = base_dir / "models"
+    made = {
+        "checkpoint": models / "checkpoints" / "sd15_standin_clip.safetensors",
+        "sdxl": models / "checkpoints" / "sdxl_standin.safetensors",
+        "language_clip": models / "language_clip" / "chinese-clip-tiny",
+        "packed": models / "language_clip" / "chinese-clip-tiny-text.safetensors",
+        "adapter": models / "pea_adapters" / "pea_zh_sd15.safetensors",
+        "sdxl_adapter": models / "pea_adapters" / "pea_zh_sdxl.safetensors",
+        "marian": standins.make_marian(root / "opus-mt-tiny-mul-en"),
+        "english_clip": standins.make_clip(root / "clip-en"),
+        "prompts": write_prompt_set(root / "prompts"),
+    }
+    if _has_torch_fidelity():
+        made["inception"] = write_inception_weights(root / "weights-inception-random.pth")
+        write_random_images(root / "reference", 3, seed=5)
+        made["reference"] = root / "reference"
+    return made
+
+
+def _has_torch_fidelity() -> bool:
+    try:
+        import torch_fidelity  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def evaluate(m: dict, out: Path, *extra: str) -> int:
+    from evaluation.evaluate import main
+
+    return main(["--checkpoint", str(m["checkpoint"]), "--language-clip", str(m["language_clip"]),
+                 "--adapter", str(m["adapter"]), "--prompt-set", str(m["prompts"]), "--translation-model",
+                 str(m["marian"]), "--english-clip", str(m["english_clip"]), "--steps", "2", "--width", "64",
+                 "--height", "64", "--cpu", "--out", str(out), *extra])
+
+
+def test_evaluator_runs_end_to_end_then_resumes_without_generating(eval_models, tmp_path, capsys):
+    out = tmp_path / "run"
+    fid = ["--fid-reference", str(eval_models["reference"]), "--inception-weights", str(eval_models["inception"]),
+           "--fid-dims", "64"] if "inception" in eval_models else []
+    assert evaluate(eval_models, out, *fid) == 0, capsys.readouterr().err
+    assert "9 new images (0 already there)" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    images = results["images"]
+    assert sorted({(r["method"], r["language"]) for r in images}) == sorted(
+        (m, lang) for m in ("english", "translate", "pea-pea_zh_sd15") for lang in ("zh", "ru")) and len(images) == 9
+
+    # every score equals a CLIPScore of the saved PNG scored alone (the run scores batches: float32
+    # rounding of a value near 100 differs by about 1e-5 between the two)
+    zh_clip, en_clip = load_clip_scorer(eval_models["language_clip"]), load_clip_scorer(eval_models["english_clip"])
+    translations = {lang: json.loads((out / "translations" / f"{lang}.json").read_text(encoding="utf-8"))["texts"]
+                    for lang in ("zh", "ru")}
+    for r in images:
+        with Image.open(out / r["path"]) as im:
+            assert im.size == (64, 64)
+            used = json.loads(im.text["pea_evaluation"])["text"]
+            pixels = im.convert("RGB")
+        assert used == {"english": r["en"], "translate": translations[r["language"]][r["id"]]}.get(r["method"], r["text"])
+        assert r["clip_score"] == pytest.approx(float(zh_clip.score([pixels], r["text"])[0]), abs=1e-4)
+        assert r["clip_score_en"] == pytest.approx(float(en_clip.score([pixels], r["en"])[0]), abs=1e-4)
+    overall = {s["method"]: s for s in results["summary"] if s["language"] == "all"}
+    pea = [r["clip_score"] for r in images if r["method"] == "pea-pea_zh_sd15"]
+    assert overall["pea-pea_zh_sd15"]["images"] == 3
+    assert overall["pea-pea_zh_sd15"]["clip_score"]["mean"] == pytest.approx(sum(pea) / 3)
+    if fid:
+        assert set(results["fid"]) == set(overall) and all(v["fid"] >= 0 for v in results["fid"].values())
+
+    markdown = (out / "results.md").read_text(encoding="utf-8")
+    assert "| pea-pea_zh_sd15 | zh | all | 2 |" in markdown and "| english | ru | animals | 1 |" in markdown
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "a red cat &lt;i&gt;sitting&lt;/i&gt; on a table &amp; more" in page and "<i>sitting</i>" not in page
+    assert 'src="images/pea-pea_zh_sd15/zh/general-001_0.png"' in page
+    for lang, rows in (("zh", 2), ("ru", 1)):
+        with Image.open(out / f"grid_{lang}.png") as grid:
+            assert grid.size == (140 + 3 * 160, 24 + rows * 160)
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("images/*/*/*.png")}
+    assert evaluate(eval_models, out, *fid) == 0
+    assert "0 new images (9 already there)" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in out.glob("images/*/*/*.png")} == stamps
+
+    assert evaluate(eval_models, out, "--images-per-prompt", "2", "--baselines", "none") == 0
+    assert "3 new images (3 already there)" in capsys.readouterr().out, "a new seed adds images, the rest is kept"
+    assert evaluate(eval_models, out, "--cfg", "3.5") == 2
+    assert "holds images made with other settings (sampling differ" in capsys.readouterr().err
+    assert not list(out.rglob("*.tmp")), "no half-written file is left"
+
+
+def test_conditioning_follows_the_users_graph(eval_models, base_dir):
+    """English and translation go through the checkpoint's CLIP (77 tokens of CLIP-L); PEA through
+    Load Language CLIP -> Apply PEA Adapter -> PEA Encode Prompt (52 Chinese-CLIP positions)."""
+    from evaluation.generate import Generator
+    from evaluation.graph import Sampling, english_graph, pea_graph
+
+    generator = Generator(eval_models["checkpoint"], eval_models["language_clip"])
+    sampling = Sampling(64, 64, 2, 7.0, "euler", "normal")
+    ((english, _),) = generator.runner.run(english_graph(generator.checkpoint, "a red cat", sampling, 0), "positive")[0]
+    adapter = generator.adapter_name(eval_models["adapter"])
+    graph = pea_graph(generator.checkpoint, generator.language_clip, adapter, "一只红色的猫", sampling, 0)
+    ((pea, extra),) = generator.runner.run(graph, "positive")[0]
+    assert english.shape == (1, 77, 768) and pea.shape == (1, 52, 768)
+    assert extra["width"] == 64 and torch.isfinite(pea).all()
+    kept = sorted(json.loads(sig)[0] for sig in generator.runner.cache)
+    assert kept == ["CheckpointLoaderSimple", "PEAApplyAdapter", "PEAEncodePrompt", "PEALoadLanguageCLIP"]
+
+
+def test_sdxl_adapter_alone(eval_models, tmp_path, capsys):
+    from evaluation.evaluate import main
+
+    out = tmp_path / "sdxl"
+    assert main(["--checkpoint", str(eval_models["sdxl"]), "--language-clip", str(eval_models["language_clip"]),
+                 "--adapter", str(eval_models["sdxl_adapter"]), "--baselines", "none", "--prompt-set",
+                 str(eval_models["prompts"]), "--languages", "zh", "--limit", "1", "--steps", "1", "--width", "64",
+                 "--height", "64", "--cpu", "--out", str(out)]) == 0, capsys.readouterr().err
+    (image,) = out.glob("images/pea-pea_zh_sdxl/zh/*.png")
+    assert Image.open(image).size == (64, 64)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m, tmp: ["--translation-model", str(tmp / "opus-mt-zh-en")],
+     "translation model folder not found: .*opus-mt-zh-en"),
+    (lambda m, tmp: ["--languages", "xx"], "--languages: unknown language code 'xx'"),
+    (lambda m, tmp: ["--score-clip", str(m["packed"])],
+     "chinese-clip-tiny-text.safetensors is a single file: .*only its text tower.*vision tower"),
+    (lambda m, tmp: ["--prompt-set", str(write_prompt_set(tmp / "bad", {"zh": [("p1", "c", "", "an English text")]}))],
+     r"zh.jsonl:1 \(id 'p1'\): field 'text' is missing or empty"),
+    (lambda m, tmp: ["--baselines", "translate", "--translation-model", "ru=" + str(m["marian"])],
+     "no --translation-model for the Chinese prompts"),
+])
+def test_bad_input_is_named_before_anything_is_generated(eval_models, tmp_path, capsys, change, message):
+    import re
+
+    from evaluation.evaluate import main
+
+    args = ["--checkpoint", str(eval_models["checkpoint"]), "--language-clip", str(eval_models["language_clip"]),
+            "--adapter", str(eval_models["adapter"]), "--prompt-set", str(eval_models["prompts"]),
+            "--cpu", "--out", str(tmp_path / "out")]
+    assert main(args + change(eval_models, tmp_path)) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out" / "images").exists()

@@ -1,0 +1,165 @@
+"""Evaluation parts that need no ComfyUI: prompt sets and their schema, translation, FID."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from adapters import tiny as standins
+from evaluation.errors import EvaluationError, PromptSetError
+from evaluation.prompts import SHIPPED_ROOT, check_collection, load_prompt_set, read_prompt_file
+from tests.evaluation_standins import MINIMUMS, PROMPT_SETS, write_inception_weights, write_random_images
+
+
+def test_shipped_prompt_sets_follow_the_schema():
+    """The shipped sets: every prompt has its English reference, ids are unique, the general set
+    means the same in every language, and the counts are at least 100 per language (general) and
+    40 Chinese / 20 for every other language (culture)."""
+    if not SHIPPED_ROOT.is_dir():
+        pytest.skip(f"{SHIPPED_ROOT} is absent (the shipped prompt sets are not in this checkout)")
+    counts = check_collection(SHIPPED_ROOT)
+    assert all(n >= 100 for n in counts["general"].values())
+    assert counts["culture"]["zh"] >= 40 and all(n >= 20 for n in counts["culture"].values())
+
+
+def test_the_fixture_collection_passes_the_same_check():
+    assert check_collection(PROMPT_SETS, MINIMUMS) == {"general": {"zh": 3, "ru": 3}, "culture": {"zh": 2, "ru": 1}}
+    prompts = load_prompt_set(PROMPT_SETS / "general", ["ru"])
+    assert [p.id for p in prompts] == ["general-001", "general-002", "general-003"]
+    assert {p.language for p in prompts} == {"ru"} and all(p.en for p in prompts)
+
+
+def broken_copy(tmp_path: Path, lang: str, edit) -> Path:
+    """A copy of the fixture collection with one line of general/<lang>.jsonl edited."""
+    root = tmp_path / "sets"
+    shutil.copytree(PROMPT_SETS, root)
+    path = root / "general" / f"{lang}.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[1] = edit(json.loads(lines[1]))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda o: json.dumps({**o, "text": ""}), r"zh.jsonl:2 \(id 'general-002'\): field 'text' is missing or empty"),
+    (lambda o: json.dumps({k: v for k, v in o.items() if k != "en"}), r"zh.jsonl:2 .*field 'en' is missing"),
+    (lambda o: json.dumps({**o, "language": "xx"}), r"zh.jsonl:2 .*unknown language code 'xx'"),
+    (lambda o: json.dumps({**o, "language": "ru"}), r"language 'ru' differs from the file's \('zh'\)"),
+    (lambda o: json.dumps({**o, "id": "general-001"}), r"zh.jsonl:2: id 'general-001' appears twice"),
+    (lambda o: json.dumps({**o, "id": "../escape"}), r"id may hold only letters"),
+    (lambda o: json.dumps({**o, "set": "other"}), r"set 'other' is neither of general, culture"),
+    (lambda o: "{not json", r"zh.jsonl:2: not a JSON object"),
+])
+def test_a_bad_line_is_named_with_file_line_and_field(tmp_path, edit, message):
+    root = broken_copy(tmp_path, "zh", edit)
+    with pytest.raises(PromptSetError, match=message):
+        read_prompt_file(root / "general" / "zh.jsonl")
+
+
+def test_the_general_set_must_carry_the_same_english_in_every_language(tmp_path):
+    root = broken_copy(tmp_path, "ru", lambda o: json.dumps({**o, "en": "a different sky"}, ensure_ascii=False))
+    with pytest.raises(PromptSetError, match="id 'general-002' has English 'a different sky' but zh.jsonl has"):
+        check_collection(root, MINIMUMS)
+    root = broken_copy(tmp_path / "b", "ru", lambda o: json.dumps({**o, "id": "general-099"}, ensure_ascii=False))
+    with pytest.raises(PromptSetError, match="hold different ids: only in ru.jsonl: \\['general-099'\\]"):
+        check_collection(root, MINIMUMS)
+
+
+def test_counts_and_missing_languages_are_checked():
+    with pytest.raises(PromptSetError, match="zh.jsonl holds 3 prompts; at least 100 are expected"):
+        check_collection(PROMPT_SETS, {"general": {"zh": 100}})
+    with pytest.raises(PromptSetError, match="has no ko.jsonl"):
+        check_collection(PROMPT_SETS, {"general": {"ko": 1}})
+    with pytest.raises(PromptSetError, match="unknown language code 'klingon'"):
+        load_prompt_set(PROMPT_SETS / "general", ["klingon"])
+    with pytest.raises(PromptSetError, match="has no prompts in 'ja' \\(it has ru, zh\\)"):
+        load_prompt_set(PROMPT_SETS / "general", ["ja"])
+
+
+@pytest.fixture(scope="module")
+def marian(tmp_path_factory):
+    return standins.make_marian(tmp_path_factory.mktemp("translation") / "opus-mt-tiny-en")
+
+
+def test_marian_translation_equals_transformers_generate(marian):
+    from evaluation.translate import load_translator
+
+    texts = ["红烧狮子头", "一只红色的猫坐在桌子上"]
+    translated = load_translator(marian).translate(texts, "zh")
+    tokenizer = transformers.MarianTokenizer.from_pretrained(str(marian))
+    model = transformers.MarianMTModel.from_pretrained(str(marian)).eval()
+    with torch.no_grad():
+        ids = model.generate(**tokenizer(texts, return_tensors="pt", padding=True))
+    assert translated == [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    assert all(isinstance(t, str) and t for t in translated)
+
+
+def test_a_missing_or_wrong_translation_folder_is_named(tmp_path, encoder_dirs):
+    from evaluation.translate import load_translator
+
+    with pytest.raises(EvaluationError, match="translation model folder not found: .*opus-mt-zh-en"):
+        load_translator(tmp_path / "opus-mt-zh-en")
+    with pytest.raises(EvaluationError, match="model_type 'chinese_clip'; a translation model is expected: MarianMT"):
+        load_translator(encoder_dirs["chinese_clip"])
+
+
+@pytest.fixture(scope="module")
+def inception(tmp_path_factory):
+    pytest.importorskip("torch_fidelity", reason="FID tests need torch-fidelity (requirements-dev.txt)")
+    return write_inception_weights(tmp_path_factory.mktemp("inception") / "weights-inception-random.pth")
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """The FID formula of Heusel et al., written out with scipy's matrix square root."""
+    from scipy import linalg
+
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(cov_a @ cov_b).real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+
+
+def test_fid_equals_the_formula_on_torch_fidelity_features(inception, tmp_path):
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from evaluation.fid import FID
+
+    reference = write_random_images(tmp_path / "reference", 4, seed=1)
+    generated = write_random_images(tmp_path / "generated", 3, seed=2)
+    fid = FID(inception, dims=64)  # the first pool layer: FID's matrix algebra at 2048-d takes minutes on a CPU
+    assert fid.set_reference(tmp_path / "reference") == 4
+    value = fid.distance(generated)
+    net = FeatureExtractorInceptionV3("inception-v3-compat", ["64"], feature_extractor_weights_path=str(inception))
+
+    def feats(paths):
+        from PIL import Image
+        with torch.no_grad():
+            return np.concatenate([net(torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)[None])[0]
+                                   .double().numpy() for p in paths])
+
+    expected = frechet_distance(feats(generated), feats(reference))
+    assert np.isfinite(value) and value > 0
+    assert value == pytest.approx(expected, rel=1e-3)
+    assert fid.distance(reference) == pytest.approx(0.0, abs=1e-3 * value)
+
+
+def test_fid_refuses_unsafe_or_missing_weights(tmp_path, inception):
+    from evaluation.fid import FID
+
+    with pytest.raises(EvaluationError, match="Inception weights not found: .*nowhere.pth"):
+        FID(tmp_path / "nowhere.pth")
+    unsafe = tmp_path / "unsafe.pth"
+    torch.save({"conv": torch.zeros(1), "note": EvaluationError("x")}, unsafe)
+    with pytest.raises(EvaluationError, match="unsafe.pth holds Python objects besides tensors"):
+        FID(unsafe)
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, wrong)
+    with pytest.raises(EvaluationError, match="wrong.pth does not fit torch-fidelity's InceptionV3"):
+        FID(wrong)
+    with pytest.raises(EvaluationError, match="FID feature dims must be one of 64, 192, 768, 2048, not 100"):
+        FID(inception, dims=100)

@@ -23,6 +23,8 @@ def test_shipped_prompt_sets_follow_the_schema():
     if not SHIPPED_ROOT.is_dir():
         pytest.skip(f"{SHIPPED_ROOT} is absent (the shipped prompt sets are not in this checkout)")
     counts = check_collection(SHIPPED_ROOT)
+    languages = {"zh", "ru", "ko", "ja", "it", "fr", "de", "es"}
+    assert set(counts["general"]) == languages and set(counts["culture"]) == languages, counts
     assert all(n >= 100 for n in counts["general"].values())
     assert counts["culture"]["zh"] >= 40 and all(n >= 20 for n in counts["culture"].values())
 

@@ -8,7 +8,7 @@ Folder layout (the Hugging Face repos of these models, plus the text tower's own
         xlm-roberta-large/               # config.json + tokenizer files of the text tower
                                          # (no weights needed: they are in the checkpoint)
 
-Only the text tower is built; the vision tower's weights are skipped.
+Only the text tower is built, and only its tensors are read from the checkpoint.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from ..errors import EncoderLoadError
 from .base import LanguageEncoder
 from .hf_text import load_tokenizer
-from .weights import load_into, read_folder_weights, strip_prefix
+from .weights import load_into, open_checkpoint, pick, under_prefix
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin",
@@ -83,7 +83,8 @@ def load_open_clip_encoder(folder: Path, context_length: int | None = None) -> O
     tower = open_clip.hf_model.HFTextEncoder(
         str(tower_dir), output_dim=cfg["embed_dim"], pooler_type=text_cfg.hf_pooler_type,
         proj_type=text_cfg.hf_proj_type, pretrained=False, output_tokens=True)
-    state = strip_prefix(read_folder_weights(folder, WEIGHT_NAMES), "text.")
+    with open_checkpoint(folder, WEIGHT_NAMES) as tensors:  # the text tower's tensors only
+        state = pick(tensors, under_prefix(tensors.keys(), "text."))
     load_into(tower, state, folder)
     tower.eval().requires_grad_(False)
     hidden = getattr(tower.config, "d_model", None) or tower.config.hidden_size

@@ -90,9 +90,9 @@ class EncoderTarget:
 
 def _classic_patcher() -> dict:
     """``comfy.sd.CLIP`` keywords for a classic ModelPatcher: where ComfyUI has dynamic VRAM
-    (``disable_dynamic``, late 2025 on), the encoder opts out of it. Dynamic VRAM streams layers
-    through ComfyUI's vbar, which no release this pack is tested on has; the classic patcher's
-    partial loading of ``comfy.ops`` layers is tested (tests/host/test_encoder_memory.py)."""
+    (``disable_dynamic``: releases after 0.10.0), the encoder opts out of it. Dynamic VRAM streams
+    layers through ComfyUI's vbar, which no release this pack is tested on has; the classic
+    patcher's partial loading of ``comfy.ops`` layers is tested (tests/host/test_encoder_memory.py)."""
     parameters = inspect.signature(comfy.sd.CLIP).parameters
     return {"disable_dynamic": True} if "disable_dynamic" in parameters else {}
 

@@ -172,7 +172,7 @@ def test_buffers_follow_the_model_when_it_loads(pack, encoder_dirs):
 
 
 def test_the_encoder_has_a_classic_patcher(pack, comfy_mm):
-    """Dynamic VRAM (late-2025 ComfyUI) is opted out of with CLIP's own ``disable_dynamic``."""
+    """Dynamic VRAM (ComfyUI after 0.10.0) is opted out of with CLIP's own ``disable_dynamic``."""
     import inspect
 
     import comfy.model_patcher

@@ -82,3 +82,17 @@ def test_open_clip_keeps_the_text_prefix_only_when_present():
 class _Dict(dict):
     def get_tensor(self, name):
         return self[name]
+
+
+def test_the_stand_in_vision_tower_replaces_a_legacy_vision_config_dict(encoder_dirs):
+    """Configs saved by older transformers repeat the vision config as vision_config_dict, which
+    the config class merges back in: it must not bring the real vision tower's size with it."""
+    from adapters.encoders.hf_text import TINY_VISION, tower_config
+
+    config = json.loads((encoder_dirs["chinese_clip"] / "config.json").read_text())
+    config["vision_config_dict"] = {**config["vision_config"], "hidden_size": 1280, "num_hidden_layers": 32}
+    tower, model_config = tower_config(config, encoder_dirs["chinese_clip"])
+    assert tower.attr == "text_model"
+    vision = model_config.vision_config
+    assert (vision.hidden_size, vision.num_hidden_layers) == (TINY_VISION["hidden_size"], TINY_VISION["num_hidden_layers"])
+    assert model_config.text_config.hidden_size == config["text_config"]["hidden_size"]

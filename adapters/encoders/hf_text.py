@@ -134,6 +134,18 @@ def _without_load_report(stand_in: bool) -> Iterator[None]:
         logger.removeFilter(errors_only)
 
 
+def tower_config(config: dict, where: Path) -> tuple[TextTower, transformers.PretrainedConfig]:
+    """The text tower a ``config.json`` dict describes, and the transformers config it is built from."""
+    tower = hf_kind(config, where).model_types[config["model_type"]]
+    if tower.attr is not None:  # (older configs repeat the vision config as vision_config_dict)
+        config = {**{k: v for k, v in config.items() if k != "vision_config_dict"}, "vision_config": TINY_VISION}
+    try:
+        model_config = transformers.CONFIG_MAPPING[config["model_type"]].from_dict(config)
+    except (ValueError, TypeError, KeyError) as e:
+        raise EncoderLoadError(f"{where}: config.json does not describe a {config['model_type']} model: {e}") from e
+    return tower, model_config.text_config if tower.text_config else model_config
+
+
 def build_text_tower(config: dict, tensors: TensorSource, dtype: torch.dtype, where: Path) -> torch.nn.Module:
     """The text tower ``config`` describes, with its weights from ``tensors`` (frozen, CPU, ``dtype``).
 
@@ -141,15 +153,7 @@ def build_text_tower(config: dict, tensors: TensorSource, dtype: torch.dtype, wh
     decoder stay in the file. ``from_pretrained`` builds the tower from them (no remote code), so
     transformers' own key conversions of its version apply. ``where``: the source, for messages.
     """
-    tower = hf_kind(config, where).model_types[config["model_type"]]
-    if tower.attr is not None:
-        config = {**config, "vision_config": TINY_VISION}
-    try:
-        model_config = transformers.CONFIG_MAPPING[config["model_type"]].from_dict(config)
-    except (ValueError, TypeError, KeyError) as e:
-        raise EncoderLoadError(f"{where}: config.json does not describe a {config['model_type']} model: {e}") from e
-    if tower.text_config:
-        model_config = model_config.text_config
+    tower, model_config = tower_config(config, where)
     state = pick(tensors, lambda key: key if not tower.prefixes or key.startswith(tower.prefixes) else None)
     if not state:
         raise EncoderLoadError(f"No weights of the {tower.class_name} in {where} (expected tensors named "

@@ -218,7 +218,7 @@ def load_hf_encoder(folder: Path, context_length: int | None = None, attention_m
     config = read_config(folder)
     if config is None:
         raise EncoderLoadError(f"{folder} has no config.json")
-    hf_kind(config, folder / "config.json")
+    hf_kind(config, folder / "config.json")  # an unsupported model type is named before the tokenizer is read
     tokenizer = load_tokenizer(folder)
     with open_checkpoint(folder) as tensors:
         return hf_encoder_from_parts(config, tokenizer, tensors, name=folder.name, path=folder,

@@ -28,7 +28,7 @@ from torch import nn
 from .encoders.hf_text import hf_model_type, load_tokenizer
 from .encoders.open_clip_text import (CONFIG_NAME as OPEN_CLIP_CONFIG, WEIGHT_NAMES as OPEN_CLIP_WEIGHTS,
                                       find_text_tower, import_open_clip, read_model_config)
-from .encoders.weights import load_into, read_folder_weights
+from .encoders.weights import load_into, open_checkpoint, pick
 from .errors import EncoderLoadError
 
 NEEDS_VISION = (
@@ -220,7 +220,8 @@ def _quiet_open_clip_random_init():
 def load_open_clip_scorer(folder: Path, dtype: torch.dtype = torch.float32) -> OpenCLIPScorer:
     open_clip = import_open_clip()
     cfg = read_model_config(folder)
-    state = read_folder_weights(folder, OPEN_CLIP_WEIGHTS)
+    with open_checkpoint(folder, OPEN_CLIP_WEIGHTS) as tensors:
+        state = pick(tensors, lambda key: key)
     if not any(k.startswith("visual.") for k in state):
         found = next(n for n in OPEN_CLIP_WEIGHTS if (folder / n).is_file())
         raise EncoderLoadError(f"{folder / found} holds no vision tower (no visual.* weights). {NEEDS_VISION}")

@@ -1,13 +1,19 @@
-"""FLUX text side on a GPU: a byT5-xxl-shaped encoder (random weights, built from the real
-config) and the FLUX PEA adapter encode a prompt through the pack's CLIP under ComfyUI's model
-management; then ComfyUI offloads it.
+"""FLUX text side under ComfyUI's model management: a byT5-xxl-shaped encoder (random weights,
+built from the real config) and the FLUX PEA adapter encode a prompt through the pack's CLIP,
+exactly as *Load Language CLIP* → *Apply PEA Adapter* → *CLIP Text Encode* run it; then ComfyUI
+offloads it.
 
-    python benchmarks/flux_encoder.py                       # bf16 and fp8_e4m3fn storage
+    python benchmarks/flux_encoder.py                       # bf16 and fp8_e4m3fn storage, whole card
+    python benchmarks/flux_encoder.py --vram-gib 6          # as on a card with 6 GiB free: partial load
     python benchmarks/flux_encoder.py --storage bf16 --json flux_encoder.json
+    python benchmarks/flux_encoder.py --tiny                # a tiny byT5 on any device (checks the script)
 
-Prints per weight storage: weight size, the first encode (weights moved to the GPU included),
-a warm encode, peak GPU memory while encoding, and GPU memory after ComfyUI unloads the
-encoder. Random weights give meaningless conditioning; shapes, time and memory are real.
+Prints per weight storage: weight size, how much of it ComfyUI loaded to the GPU, the first
+encode (weights moved included), a warm encode, peak GPU memory while encoding, and GPU memory
+after ComfyUI unloads the encoder. ``--vram-gib N`` holds all but N GiB of the free VRAM in a
+block of its own before loading, so ComfyUI's own budget decides what it loads and what it streams
+per call (the ``comfy.ops`` layers). Random weights give meaningless conditioning; shapes, time
+and memory are real.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ BYT5_XXL = dict(vocab_size=384, d_model=4672, d_kv=64, d_ff=12352, num_layers=36
                 relative_attention_max_distance=128, layer_norm_epsilon=1e-6, tie_word_embeddings=False,
                 pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
 """google/byt5-xxl's config.json (the encoder half is used)."""
+BYT5_TINY = {**BYT5_XXL, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_decoder_layers": 1, "num_heads": 4}
 PROMPT = "一盏红色的灯笼挂在古老的木门上，夜晚，细雨"
 
 
@@ -45,80 +52,103 @@ def load_pack():
     return module
 
 
-def build_encoder(storage: str, device: torch.device):
-    """The byT5-xxl encoder with random weights, built on the GPU in bf16, then parked on the CPU
-    as a loader leaves it."""
+def build_encoder(config: dict, dtype: torch.dtype, device: torch.device):
+    """A byT5 encoder with random weights in ``dtype``, built on ``device`` (fast on a GPU), then
+    parked on the CPU as the loader leaves it."""
     import transformers
 
     from adapters.encoders.hf_text import HFTextEncoder
-    from adapters.encoders.weight_storage import FP8_DTYPES, store_linear_weights
 
-    config = transformers.T5Config(**BYT5_XXL)
+    config = transformers.T5Config(**config)
     with torch.device(device):
-        model = transformers.T5EncoderModel._from_config(config, dtype=torch.bfloat16)
-    if storage in FP8_DTYPES:
-        store_linear_weights(model, FP8_DTYPES[storage], torch.bfloat16)
+        model = transformers.T5EncoderModel._from_config(config, dtype=dtype)
     model = model.to("cpu").eval().requires_grad_(False)
-    return HFTextEncoder(model, transformers.ByT5Tokenizer(), kind="t5", name="byt5-xxl (random weights)",
-                         path=Path("byt5-xxl"), hidden_size=config.d_model, context_length=256,
-                         attention_mask=False)
+    return HFTextEncoder(model, transformers.ByT5Tokenizer(), kind="t5", name="byt5 (random weights)",
+                         path=Path("byt5"), hidden_size=config.d_model, context_length=256, attention_mask=False)
 
 
 def gib(n: float) -> float:
-    return round(n / 2**30, 2)
+    return round(n / 2**30, 3)
 
 
-def measure(pack, storage: str, device: torch.device) -> dict:
+def hold_all_but(device: torch.device, free_gib: float) -> torch.Tensor | None:
+    """Allocate all free VRAM but ``free_gib`` GiB, as if a smaller card or other models used it."""
+    free, _ = torch.cuda.mem_get_info(device)
+    spare = free - int(free_gib * 2**30)
+    return torch.empty(spare, dtype=torch.uint8, device=device) if spare > 0 else None
+
+
+def measure(pack, storage: str, config: dict, device: torch.device, vram_gib: float | None) -> dict:
     import comfy.model_management as mm
 
     from adapters import AdapterShape, PEAAdapter
     from adapters.encoders.weight_storage import weight_bytes
 
-    encoder = build_encoder(storage, device)
-    adapter = PEAAdapter(AdapterShape("flux", 4672, (4096, 4096), 4096, 4096, 768))
-    options = pack.nodes.language_clip.model_options("default", "bf16")
-    clip = pack.nodes.pea_clip.make_pea_clip(encoder, adapter, options)
+    cuda = device.type == "cuda"
+    language_clip = pack.nodes.language_clip
+    options = language_clip.model_options("default", storage)
+    encoder = build_encoder(config, options["dtype"], device)
+    managed = language_clip.manage(encoder, options, language_clip.weight_dtype(storage, options["load_device"]))
+    adapter = PEAAdapter(AdapterShape("flux", config["d_model"], (4096, 4096), 4096, 4096, 768)).to(options["dtype"])
+    clip = pack.nodes.pea_clip.adapter_clip(managed.clip, adapter)
     result = {"storage": storage, "encoder_gib": gib(weight_bytes(encoder)),
               "adapter_params": sum(p.numel() for p in adapter.parameters())}
-    torch.cuda.synchronize()
-    result["before_encode_gib"] = gib(torch.cuda.memory_allocated(device))
-    torch.cuda.reset_peak_memory_stats(device)
+    held = hold_all_but(device, vram_gib) if cuda and vram_gib is not None else None
+    if cuda:
+        torch.cuda.synchronize()
+        result["before_encode_gib"] = gib(torch.cuda.memory_allocated(device) - (held.numel() if held is not None else 0))
+        torch.cuda.reset_peak_memory_stats(device)
     for run in ("first_encode_s", "warm_encode_s"):
         start = time.perf_counter()
         cond = clip.encode_from_tokens_scheduled(clip.tokenize(PROMPT))
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
         result[run] = round(time.perf_counter() - start, 3)
     tokens, extra = cond[0]
     assert tokens.shape == (1, 256, 4096) and extra["pooled_output"].shape == (1, 768), (tokens.shape,)
     assert torch.isfinite(tokens).all() and torch.isfinite(extra["pooled_output"]).all()
-    result["peak_encode_gib"] = gib(torch.cuda.max_memory_allocated(device))
-    result["loaded_gib"] = gib(torch.cuda.memory_allocated(device))
+    result["encoder_loaded_gib"] = gib(managed.patcher.loaded_size())
+    result["partially_loaded"] = bool(managed.patcher.model.model_lowvram)
+    if cuda:
+        offset = held.numel() if held is not None else 0
+        result["peak_encode_gib"] = gib(torch.cuda.max_memory_allocated(device) - offset)
+        mm.unload_all_models()
+        mm.soft_empty_cache()
+        result["after_offload_gib"] = gib(torch.cuda.memory_allocated(device) - offset)
     mm.unload_all_models()
-    mm.soft_empty_cache()
-    result["after_offload_gib"] = gib(torch.cuda.memory_allocated(device))
-    del clip, encoder, adapter, cond, tokens, extra
+    del clip, managed, encoder, adapter, cond, tokens, extra, held
     gc.collect()
-    torch.cuda.empty_cache()
+    if cuda:
+        torch.cuda.empty_cache()
     return result
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--storage", nargs="+", default=["bf16", "fp8_e4m3fn"], choices=["bf16", "fp8_e4m3fn", "fp8_e5m2"])
+    p.add_argument("--vram-gib", type=float, help="leave only this much VRAM free before loading (a smaller card)")
+    p.add_argument("--tiny", action="store_true", help="a tiny byT5 (2 layers, 32 wide): runs on the CPU too")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("error: this check needs a CUDA GPU (about 20 GB free for bf16)")
-    import_comfy(cpu=False)
+    if not args.tiny and not torch.cuda.is_available():
+        raise SystemExit("error: this check needs a CUDA GPU (about 20 GB free for bf16); --tiny runs anywhere")
+    import_comfy()
     pack = load_pack()
-    device = torch.device("cuda")
-    card = torch.cuda.get_device_name(device)
-    results = {"card": card, "prompt": PROMPT, "runs": [measure(pack, s, device) for s in args.storage]}
-    print(f"{card}: byT5-xxl-shaped encoder (random weights) + FLUX PEA adapter, 256 byte tokens")
-    for r in results["runs"]:
-        print(f"  {r['storage']:11s} weights {r['encoder_gib']:6.2f} GiB | first encode {r['first_encode_s']:6.2f} s, "
-              f"warm {r['warm_encode_s']:6.3f} s | peak {r['peak_encode_gib']:6.2f} GiB | "
-              f"after offload {r['after_offload_gib']:5.2f} GiB")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    config = BYT5_TINY if args.tiny else BYT5_XXL
+    runs = [measure(pack, s, config, device, args.vram_gib) for s in args.storage]
+    results = {"card": card, "prompt": PROMPT, "tiny": args.tiny, "vram_gib": args.vram_gib, "runs": runs}
+    budget = f", {args.vram_gib} GiB VRAM left free" if args.vram_gib is not None else ""
+    print(f"{card}: {'tiny' if args.tiny else 'byT5-xxl'}-shaped encoder (random weights) + FLUX PEA adapter, "
+          f"256 byte tokens{budget}")
+    for r in runs:
+        line = (f"  {r['storage']:11s} weights {r['encoder_gib']:7.3f} GiB, {r['encoder_loaded_gib']:7.3f} loaded"
+                f"{' (partially)' if r['partially_loaded'] else ''} | first encode {r['first_encode_s']:6.2f} s, "
+                f"warm {r['warm_encode_s']:6.3f} s")
+        if "peak_encode_gib" in r:
+            line += f" | peak {r['peak_encode_gib']:6.2f} GiB | after offload {r['after_offload_gib']:5.2f} GiB"
+        print(line)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -1,22 +1,32 @@
-"""A ComfyUI ``CLIP`` whose text encoder is a language encoder followed by a PEA adapter.
+"""ComfyUI ``CLIP`` objects over a language encoder and PEA adapters.
 
-Built through ``comfy.sd.CLIP``'s own constructor, so ComfyUI's ModelPatcher moves it between
-the text-encoder device and the offload device, and every node that takes a CLIP
-(CLIPTextEncode, CLIPTextEncodeSDXL, conditioning tools) works with it. Tokenization goes
-through ComfyUI's ``SDTokenizer``: ``(word:1.2)`` weighting and chunking of long prompts
-behave as with the stock CLIP.
+*Load Language CLIP* builds one ``comfy.sd.CLIP`` per encoder with ComfyUI's own constructor: its
+ModelPatcher is the only one that moves the encoder. *Apply PEA Adapter* clones that CLIP
+(``CLIP.clone``: a patcher over the same model, so ComfyUI loads the encoder once however many
+adapters use it, and switches between the clones as it does between clones of its own CLIPs) and
+gives the clone a text model of encoder + adapter. The adapter is specific to one clone, so it has
+a patcher of its own, loaded when that clone encodes: the encoder's patcher keeps one fixed size
+and content, and each adapter is loaded and offloaded on its own.
+
+Every node that takes a CLIP (CLIPTextEncode, CLIPTextEncodeSDXL, CLIPTextEncodeFlux,
+conditioning tools) works with the result. Tokenization goes through ComfyUI's ``SDTokenizer``:
+``(word:1.2)`` weighting and chunking of long prompts behave as with the stock CLIP.
 """
 from __future__ import annotations
 
+import inspect
 import numbers
 
 import torch
 
+import comfy.model_management
+import comfy.model_patcher
 import comfy.sd
 import comfy.sd1_clip
 
 from ..adapters import IncompatibleError, LanguageEncoder, PEAAdapter
 from ..adapters.finite import check_conditioning
+from .comfy_layers import move_buffers_on_load, use_comfy_ops
 
 TOKEN_KEYS = {"sd15": ("l",), "sdxl": ("g", "l"), "flux": ("t5xxl", "l")}
 """Token-dict keys per family; the first is encoded. SDXL nodes expect "g" and "l", FLUX nodes
@@ -59,33 +69,78 @@ class PEATokenizer:
         return {}
 
 
-class PEATextModel(torch.nn.Module, comfy.sd1_clip.ClipTokenWeightEncoder):
-    """Language encoder + adapter behind ComfyUI's ``encode_token_weights`` interface."""
+class EncoderModel(torch.nn.Module):
+    """The model of a language encoder's ModelPatcher: the encoder, nothing else."""
 
-    def __init__(self, device=None, dtype=None, model_options={}, *, encoder: LanguageEncoder,
-                 adapter: PEAAdapter, token_key: str):
+    def __init__(self, device=None, dtype=None, model_options={}, *, encoder: LanguageEncoder):
+        super().__init__()
+        self.encoder = encoder
+        # ComfyUI checks that the load device can cast every stored dtype (fp8 included).
+        self.dtypes = {dtype, *(p.dtype for p in encoder.parameters())}
+
+
+class EncoderTarget:
+    """What ``comfy.sd.CLIP`` builds the encoder's CLIP from: model class, tokenizer class, params."""
+
+    def __init__(self, encoder: LanguageEncoder):
+        self.clip = EncoderModel
+        self.params = {"encoder": encoder}
+        self.tokenizer = lambda embedding_directory=None, tokenizer_data={}: PEATokenizer(
+            embedding_directory, tokenizer_data, encoder=encoder, keys=TOKEN_KEYS["sd15"])
+
+
+def _classic_patcher() -> dict:
+    """``comfy.sd.CLIP`` keywords for a classic ModelPatcher: where ComfyUI has dynamic VRAM
+    (``disable_dynamic``: releases after 0.10.0), the encoder opts out of it. Dynamic VRAM streams
+    layers through ComfyUI's vbar, which no release this pack is tested on has; the classic
+    patcher's partial loading of ``comfy.ops`` layers is tested (tests/host/test_encoder_memory.py)."""
+    parameters = inspect.signature(comfy.sd.CLIP).parameters
+    return {"disable_dynamic": True} if "disable_dynamic" in parameters else {}
+
+
+def encoder_clip(encoder: LanguageEncoder, model_options: dict) -> comfy.sd.CLIP:
+    """The CLIP owning ``encoder``'s memory: its layers on ComfyUI's casting (see
+    :func:`~nodes.comfy_layers.use_comfy_ops`, applied by the caller), one ModelPatcher on the
+    text-encoder devices of ``model_options``, left on the offload device until a prompt is encoded."""
+    options = {**model_options, "initial_device": model_options["offload_device"]}
+    clip = comfy.sd.CLIP(target=EncoderTarget(encoder), model_options=options, **_classic_patcher())
+    move_buffers_on_load(clip.patcher)
+    return clip
+
+
+class PEATextModel(torch.nn.Module, comfy.sd1_clip.ClipTokenWeightEncoder):
+    """Language encoder + adapter behind ComfyUI's ``encode_token_weights`` interface.
+
+    The encoder runs where its CLIP's patcher loaded it; the adapter is loaded through its own
+    patcher just before it runs."""
+
+    def __init__(self, encoder: LanguageEncoder, adapter: PEAAdapter, adapter_patcher, *, token_key: str,
+                 device: torch.device):
         super().__init__()
         self.encoder = encoder
         self.adapter = adapter
+        self.adapter_patcher = adapter_patcher
         self.token_key = token_key
+        self.load_device = device
+        self.execution_device = device
         self.special_tokens = encoder.special_tokens.as_dict()
-        # The encoder keeps the dtypes it was loaded with (fp8-stored weights stay fp8).
-        self.dtypes = {dtype, *(p.dtype for p in encoder.parameters())}
-        self.adapter.to(device=device, dtype=dtype)
-        self.encoder.to(device=device)
+        self.dtypes = {*(p.dtype for p in encoder.parameters()), *(p.dtype for p in adapter.parameters())}
 
     def set_clip_options(self, options):
-        """Ignored: the adapter was trained on the encoder's last layer (CLIP Set Last Layer has no effect)."""
+        """Only ``execution_device`` is used: the adapter was trained on the encoder's last layer
+        (CLIP Set Last Layer has no effect)."""
+        self.execution_device = options.get("execution_device", self.execution_device)
 
     def reset_clip_options(self):
-        pass
+        self.execution_device = self.load_device
 
     def encode_token_weights(self, token_weight_pairs):
         return super().encode_token_weights(token_weight_pairs[self.token_key])
 
     def encode(self, token_lists) -> tuple[torch.Tensor, torch.Tensor | None]:
         ids = torch.tensor([[int(t) for t in seq if isinstance(t, numbers.Integral)] for seq in token_lists])
-        hidden = self.encoder(ids)
+        hidden = self.encoder(ids, device=self.execution_device)
+        comfy.model_management.load_models_gpu([self.adapter_patcher])
         tokens, pooled = self.adapter(hidden.to(next(self.adapter.parameters()).dtype))
         check_conditioning(self.encoder, self.adapter.name, ids, hidden, tokens, pooled)
         return tokens.float(), None if pooled is None else pooled.float()
@@ -94,22 +149,20 @@ class PEATextModel(torch.nn.Module, comfy.sd1_clip.ClipTokenWeightEncoder):
         return self.adapter.load_state_dict(sd, strict=False)
 
 
-class PEAClipTarget:
-    """What ``comfy.sd.CLIP`` builds a text encoder from: model class, tokenizer class, params."""
-
-    def __init__(self, encoder: LanguageEncoder, adapter: PEAAdapter):
-        if adapter.shape.head not in TOKEN_KEYS:
-            raise IncompatibleError(
-                f"{adapter.shape.head} adapters are not supported by the PEA nodes yet "
-                f"(supported: {', '.join(TOKEN_KEYS)}).")
-        keys = TOKEN_KEYS[adapter.shape.head]
-        self.clip = PEATextModel
-        self.params = {"encoder": encoder, "adapter": adapter, "token_key": keys[0]}
-        self.tokenizer = lambda embedding_directory=None, tokenizer_data={}: PEATokenizer(
-            embedding_directory, tokenizer_data, encoder=encoder, keys=keys)
-
-
-def make_pea_clip(encoder: LanguageEncoder, adapter: PEAAdapter, model_options: dict) -> comfy.sd.CLIP:
-    """A ComfyUI CLIP object for ``encoder`` + ``adapter``, memory-managed by ComfyUI."""
-    parameters = sum(p.numel() for p in encoder.parameters()) + sum(p.numel() for p in adapter.parameters())
-    return comfy.sd.CLIP(PEAClipTarget(encoder, adapter), parameters=parameters, model_options=model_options)
+def adapter_clip(encoder_clip: comfy.sd.CLIP, adapter: PEAAdapter) -> comfy.sd.CLIP:
+    """A ComfyUI CLIP for ``encoder_clip``'s encoder + ``adapter``: a clone of ``encoder_clip``
+    (sharing its patcher's model) whose text model ends in the adapter."""
+    if adapter.shape.head not in TOKEN_KEYS:
+        raise IncompatibleError(
+            f"{adapter.shape.head} adapters are not supported by the PEA nodes yet "
+            f"(supported: {', '.join(TOKEN_KEYS)}).")
+    keys = TOKEN_KEYS[adapter.shape.head]
+    encoder = encoder_clip.cond_stage_model.encoder
+    patcher = encoder_clip.patcher
+    adapter_patcher = comfy.model_patcher.ModelPatcher(
+        use_comfy_ops(adapter), load_device=patcher.load_device, offload_device=patcher.offload_device)
+    clip = encoder_clip.clone()
+    clip.cond_stage_model = PEATextModel(encoder, adapter, adapter_patcher, token_key=keys[0],
+                                         device=patcher.load_device)
+    clip.tokenizer = PEATokenizer(encoder=encoder, keys=keys)
+    return clip

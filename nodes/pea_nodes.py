@@ -5,11 +5,11 @@ import comfy.model_base
 import folder_paths
 import nodes as comfy_nodes
 
-from ..adapters import load_adapter, load_language_encoder
+from ..adapters import load_adapter
 from ..adapters.pairing import check_base_model, check_pairing
 from .folders import PEA_ADAPTERS, find_adapter, find_language_clip, list_language_clips
-from .language_clip import DTYPE_CHOICES, LANGUAGE_CLIP_TYPE, LanguageClip, model_options, weight_dtype
-from .pea_clip import make_pea_clip
+from .language_clip import DTYPE_CHOICES, LANGUAGE_CLIP_TYPE, LanguageClip, load_language_clip
+from .pea_clip import adapter_clip
 
 CATEGORY = "conditioning/PEA"
 
@@ -58,11 +58,8 @@ class PEALoadLanguageCLIP:
         return _found_or_message(find_language_clip, clip_name)
 
     def load(self, clip_name, dtype, device, context_length=0):
-        options = model_options(device, dtype)
-        encoder = load_language_encoder(find_language_clip(clip_name), dtype=options["dtype"],
-                                        context_length=context_length or None,
-                                        weight_dtype=weight_dtype(dtype, options["load_device"]))
-        return (LanguageClip(encoder, clip_name, options),)
+        return (load_language_clip(find_language_clip(clip_name), dtype=dtype, device=device,
+                                   context_length=context_length or None),)
 
 
 def base_model_needs(model) -> tuple[int | None, int | None]:
@@ -109,7 +106,7 @@ class PEAApplyAdapter:
         if model is not None:
             label = f"{type(model.model).__name__} ({type(model.model.model_config).__name__})"
             check_base_model(adapter.shape, adapter_name, label, *base_model_needs(model))
-        return (make_pea_clip(language_clip.encoder, adapter, language_clip.model_options),)
+        return (adapter_clip(language_clip.clip, adapter),)
 
 
 class PEAEncodePrompt:

@@ -229,36 +229,6 @@ def test_pickles_that_cannot_be_streamed_are_refused(tmp_path):
     assert not (tmp_path / "out.safetensors").exists()
 
 
-@pytest.mark.parametrize("storage", ["fp8_e4m3fn", "fp8_e5m2"])
-def test_fp8_weight_storage_halves_the_matrices_and_keeps_the_states(tmp_path, storage):
-    from adapters.encoders import FP8_DTYPES
-    from adapters.encoders.weight_storage import CastLinear, weight_bytes
-
-    folder = make_byt5(tmp_path / "byt5-tiny")
-    full = load_language_encoder(folder, dtype=torch.bfloat16)
-    stored = load_language_encoder(folder, dtype=torch.bfloat16, weight_dtype=FP8_DTYPES[storage])
-    linears = [m for name, m in stored.named_modules() if isinstance(m, torch.nn.Linear) and not name.endswith(".wo")]
-    assert linears and all(type(m) is CastLinear and m.weight.dtype == FP8_DTYPES[storage] for m in linears)
-    kept = [m for name, m in stored.named_modules() if name.endswith(".wo")]  # T5's _keep_in_fp32_modules
-    assert kept and all(m.weight.dtype == torch.bfloat16 for m in kept)
-    assert stored.dtype == torch.bfloat16  # embeddings and norms keep the compute dtype
-    linear_bytes = sum(m.weight.numel() for m in linears)
-    assert weight_bytes(full) - weight_bytes(stored) == linear_bytes  # one byte saved per matrix entry
-    ids = full.tokenize(["红烧狮子头", "a cat"])
-    with torch.no_grad():
-        reference, got = full(ids).float(), stored(ids).float()
-    assert got.dtype == reference.dtype and torch.isfinite(got).all()
-    relative = (got - reference).norm() / reference.norm()
-    assert relative < (0.1 if storage == "fp8_e4m3fn" else 0.2), relative
-    stored.to("cpu")  # a device move keeps the stored dtype
-    assert all(m.weight.dtype == FP8_DTYPES[storage] for m in linears)
-
-
-def test_weight_dtype_must_be_fp8(tmp_path):
-    with pytest.raises(ValueError, match="fp8_e4m3fn"):
-        load_language_encoder(make_byt5(tmp_path / "byt5-tiny"), weight_dtype=torch.float16)
-
-
 @pytest.mark.parametrize("encoder_masks", [True, False], ids=["t5 masked", "byt5 unmasked"])
 def test_pairing_refuses_an_adapter_trained_with_the_other_padding_mask(tmp_path, encoder_dirs, encoder_masks):
     from adapters import EncoderSpec, IncompatibleError, check_pairing, load_adapter

@@ -12,7 +12,7 @@ from .base import LanguageEncoder, SpecialTokens, padding_mask
 from .hf_text import HF_KINDS, hf_model_type, load_hf_encoder
 from .open_clip_text import CONFIG_NAME as OPEN_CLIP_CONFIG, load_open_clip_encoder
 from .single_file import load_packed
-from .weight_storage import FP8_DTYPES, store_linear_weights
+from .weight_storage import FP8_DTYPES
 
 ENCODER_KINDS = tuple(k.kind for k in HF_KINDS) + ("open_clip",)
 
@@ -29,20 +29,17 @@ def is_encoder_folder(folder: Path) -> bool:
 
 def load_language_encoder(path: str | os.PathLike, *, device: torch.device | str = "cpu",
                           dtype: torch.dtype = torch.float32,
-                          context_length: int | None = None,
-                          weight_dtype: torch.dtype | None = None) -> LanguageEncoder:
+                          context_length: int | None = None) -> LanguageEncoder:
     """Load a language encoder from a local folder or a packed single file.
 
-    Frozen, in eval mode, on ``device``, computing in ``dtype``. ``context_length`` overrides the
-    padded length (default: the backend's PEA default). ``weight_dtype`` (an fp8 dtype) stores
-    the Linear weights in 8 bits, cast to ``dtype`` per layer when run. Weights that are NaN or
-    infinite in ``dtype`` are refused.
+    Frozen, in eval mode, on ``device``, in ``dtype``. ``context_length`` overrides the padded
+    length (default: the backend's PEA default). Plain PyTorch modules: the ComfyUI nodes put
+    their layers on ComfyUI's weight casting (and fp8 storage) after loading. Weights that are NaN
+    or infinite in ``dtype`` are refused.
     """
     path = Path(path)
     if not path.exists():
         raise EncoderLoadError(f"Language encoder not found: {path}")
-    if weight_dtype is not None and weight_dtype not in FP8_DTYPES.values():
-        raise ValueError(f"weight_dtype must be one of {', '.join(FP8_DTYPES)}, not {weight_dtype}")
     if path.is_file():
         encoder = load_packed(path, context_length, dtype)
     else:
@@ -50,9 +47,7 @@ def load_language_encoder(path: str | os.PathLike, *, device: torch.device | str
     encoder.to(dtype)  # open_clip towers load in fp32
     check_finite([*encoder.model.named_parameters(), *encoder.model.named_buffers()],
                  f"Language encoder {path}, loaded as {dtype}", EncoderLoadError)
-    if weight_dtype is not None:
-        store_linear_weights(encoder, weight_dtype, dtype)
-    return encoder.to(device=device, dtype=None if weight_dtype else dtype)
+    return encoder.to(device=device)
 
 
 def _load_folder(path: Path, context_length: int | None, dtype: torch.dtype) -> LanguageEncoder:

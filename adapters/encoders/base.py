@@ -75,9 +75,11 @@ class LanguageEncoder(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Token ids ``[B, L]`` -> last-layer states ``[B, L', hidden_size]`` in the encoder's dtype."""
-        input_ids = input_ids.to(self.device)
+    def forward(self, input_ids: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+        """Token ids ``[B, L]`` -> last-layer states ``[B, L', hidden_size]`` in the encoder's dtype,
+        computed on ``device`` (default: where its first parameter is; a host that streams layers
+        from another device passes the one it computes on)."""
+        input_ids = input_ids.to(device or self.device)
         mask = padding_mask(input_ids, self.special_tokens) if self.use_attention_mask else None
         return self.hidden_states(input_ids, mask)
 

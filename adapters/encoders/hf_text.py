@@ -2,20 +2,47 @@
 
 Covers Chinese-CLIP, CLIP-format text towers (English, Japanese, Korean, Italian, Russian
 CLIPs published that way), AltCLIP and the T5 family (T5, mT5, umT5, byT5). The folder may
-hold the full two-tower model or the text tower alone; only the text tower is built.
+hold the full two-tower model or the text tower alone; only the text tower is built, and only
+its tensors are read from the checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import transformers
 
 from ..errors import EncoderLoadError, json_type
 from .base import LanguageEncoder
+from .weights import TensorSource, open_checkpoint, pick
+
+
+@dataclass(frozen=True)
+class TextTower:
+    """Where a checkpoint keeps its text tower, and how transformers builds it."""
+
+    class_name: str
+    """The transformers class built."""
+    prefixes: tuple[str, ...] = ()
+    """Name prefixes of the text tower's tensors in the checkpoint (only these are read); () = all."""
+    attr: str | None = None
+    """For a two-tower class: the attribute holding the text tower. Its vision tower is built one
+    layer of width 8 (nothing of the real one is built or read), so that transformers applies the
+    whole model's key conversions to the text tower's tensors."""
+    text_config: bool = False
+    """Build the class from the config's ``text_config`` (a text class that reads the two-tower
+    checkpoint's tensor names itself, as CLIPTextModel does)."""
+
+
+TINY_VISION = dict(hidden_size=8, intermediate_size=8, num_attention_heads=1, num_hidden_layers=1,
+                   image_size=16, patch_size=16)
+"""The stand-in vision tower config of a two-tower class built for its text tower only."""
 
 
 @dataclass(frozen=True)
@@ -23,20 +50,22 @@ class HFKind:
     """How one family of Hugging Face checkpoints maps onto a text tower."""
 
     kind: str
-    model_types: dict[str, tuple[str, str | None]]
-    """config ``model_type`` -> (transformers class to load, attribute holding the text tower)."""
+    model_types: dict[str, TextTower]
+    """config ``model_type`` -> its text tower."""
     default_context: int | None
     """Padded length used by PEA; None means the model's ``max_position_embeddings``."""
 
 
+_T5_ENCODER = ("shared.", "encoder.")
 HF_KINDS = (
-    HFKind("chinese_clip", {"chinese_clip": ("ChineseCLIPModel", "text_model"),
-                            "chinese_clip_text_model": ("ChineseCLIPTextModel", None)}, 52),
-    HFKind("clip", {"clip": ("CLIPTextModel", None), "clip_text_model": ("CLIPTextModel", None)}, None),
-    HFKind("altclip", {"altclip": ("AltCLIPModel", "text_model"),
-                       "altclip_text_model": ("AltCLIPTextModel", None)}, 77),
-    HFKind("t5", {"t5": ("T5EncoderModel", None), "mt5": ("MT5EncoderModel", None),
-                  "umt5": ("UMT5EncoderModel", None)}, 77),
+    HFKind("chinese_clip", {"chinese_clip": TextTower("ChineseCLIPModel", ("text_model.",), "text_model"),
+                            "chinese_clip_text_model": TextTower("ChineseCLIPTextModel")}, 52),
+    HFKind("clip", {"clip": TextTower("CLIPTextModel", ("text_model.",), text_config=True),
+                    "clip_text_model": TextTower("CLIPTextModel")}, None),
+    HFKind("altclip", {"altclip": TextTower("AltCLIPModel", ("text_model.",), "text_model"),
+                       "altclip_text_model": TextTower("AltCLIPTextModel")}, 77),
+    HFKind("t5", {"t5": TextTower("T5EncoderModel", _T5_ENCODER), "mt5": TextTower("MT5EncoderModel", _T5_ENCODER),
+                  "umt5": TextTower("UMT5EncoderModel", _T5_ENCODER)}, 77),
 )
 _BY_MODEL_TYPE = {mt: k for k in HF_KINDS for mt in k.model_types}
 
@@ -66,13 +95,13 @@ def hf_model_type(folder: Path) -> str | None:
     return None if config is None else config.get("model_type")
 
 
-def hf_kind_for(config: dict, where: str | Path) -> HFKind:
+def hf_kind(config: dict, where: str | Path) -> HFKind:
     """The family of the model a config describes; ``where`` names the config in messages."""
     model_type = config.get("model_type")
     if model_type not in _BY_MODEL_TYPE:
         supported = ", ".join(sorted(_BY_MODEL_TYPE))
         raise EncoderLoadError(
-            f"{where}: config.json has model_type {model_type!r}, which is not a supported "
+            f"{where} has model_type {model_type!r}, which is not a supported "
             f"language encoder (supported: {supported})")
     return _BY_MODEL_TYPE[model_type]
 
@@ -165,31 +194,61 @@ def check_vocabulary(tokenizer, rows: int, where: str | Path) -> None:
                 f"vocabulary has no such token")
 
 
-def _load_text_tower(where: Path, config: dict, class_name: str, attr: str | None, dtype: torch.dtype,
-                     weights: dict | None) -> torch.nn.Module:
-    """``from_pretrained`` (local files, no remote code), keeping only the text tower.
+@contextlib.contextmanager
+def _without_load_report(stand_in: bool) -> Iterator[None]:
+    """Drop transformers' loading warnings while a stand-in vision tower is built: they would list
+    the stand-in's weights as missing. (Missing text-tower weights are raised as errors.)"""
+    logger = logging.getLogger("transformers.modeling_utils")
 
-    Reads the folder ``where``, or, with ``weights`` (a state dict, or lazily read safetensors
-    slices of the file ``where``), builds the model ``config`` describes from them. transformers
-    does the key conversions of its own version; a two-tower folder is loaded whole and its
-    vision tower dropped.
-    """
-    model_class = getattr(transformers, class_name)
-    extra = {"add_pooling_layer": False} if class_name == "ChineseCLIPTextModel" else {}
+    def errors_only(record: logging.LogRecord) -> bool:
+        return record.levelno > logging.WARNING
+
+    if stand_in:
+        logger.addFilter(errors_only)
     try:
-        if weights is not None:
-            extra.update(config=model_class.config_class.from_dict(config), state_dict=weights)
-        model, info = model_class.from_pretrained(
-            None if weights is not None else str(where), local_files_only=True, trust_remote_code=False,
-            output_loading_info=True, dtype=dtype, **extra)
+        yield
+    finally:
+        logger.removeFilter(errors_only)
+
+
+def tower_config(config: dict, where: Path) -> tuple[TextTower, transformers.PretrainedConfig]:
+    """The text tower a ``config.json`` dict describes, and the transformers config it is built from."""
+    tower = hf_kind(config, where).model_types[config["model_type"]]
+    if tower.attr is not None:  # (older configs repeat the vision config as vision_config_dict)
+        config = {**{k: v for k, v in config.items() if k != "vision_config_dict"}, "vision_config": TINY_VISION}
+    try:
+        model_config = transformers.CONFIG_MAPPING[config["model_type"]].from_dict(config)
+    except (ValueError, TypeError, KeyError) as e:
+        raise EncoderLoadError(f"{where}: config.json does not describe a {config['model_type']} model: {e}") from e
+    return tower, model_config.text_config if tower.text_config else model_config
+
+
+def build_text_tower(config: dict, tensors: TensorSource, dtype: torch.dtype, where: Path) -> torch.nn.Module:
+    """The text tower ``config`` describes, with its weights from ``tensors`` (frozen, CPU, ``dtype``).
+
+    Only the tower's tensors are read: a two-tower model's vision tower and an encoder-decoder's
+    decoder stay in the file. ``from_pretrained`` builds the tower from them (no remote code), so
+    transformers' own key conversions of its version apply. ``where``: the source, for messages.
+    """
+    tower, model_config = tower_config(config, where)
+    state = pick(tensors, lambda key: key if not tower.prefixes or key.startswith(tower.prefixes) else None)
+    if not state:
+        raise EncoderLoadError(f"No weights of the {tower.class_name} in {where} (expected tensors named "
+                               f"{' or '.join(p + '*' for p in tower.prefixes)})")
+    extra = {"add_pooling_layer": False} if tower.class_name == "ChineseCLIPTextModel" else {}
+    try:
+        with _without_load_report(tower.attr is not None):
+            model, info = getattr(transformers, tower.class_name).from_pretrained(
+                None, config=model_config, state_dict=state, dtype=dtype, output_loading_info=True, **extra)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
-        raise EncoderLoadError(f"Cannot load the {class_name} in {where}: {e}") from e
-    missing = [k for k in info["missing_keys"] if attr is None or k.startswith(f"{attr}.")]
+        raise EncoderLoadError(f"Cannot load the {tower.class_name} in {where}: {e}") from e
+    missing = sorted(k for k in info["missing_keys"] if tower.attr is None or k.startswith(f"{tower.attr}."))
     if missing:
         raise EncoderLoadError(
             f"Weights in {where} do not fit the model its config.json describes: missing "
             f"{missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    return getattr(model, attr) if attr else model
+    model = getattr(model, tower.attr) if tower.attr else model
+    return model.eval().requires_grad_(False)
 
 
 class HFTextEncoder(LanguageEncoder):
@@ -208,30 +267,37 @@ def _is_byt5(tokenizer) -> bool:
     return type(tokenizer).__name__.startswith("ByT5")
 
 
-def load_hf_encoder(folder: Path, context_length: int | None = None, attention_mask: bool | None = None,
-                    dtype: torch.dtype = torch.float32) -> HFTextEncoder:
-    """Build the text tower described by ``folder/config.json`` and load its weights (CPU, ``dtype``)."""
-    return build_hf_encoder(read_config(folder) or {}, folder, folder, context_length=context_length,
-                            attention_mask=attention_mask, dtype=dtype)
+def hf_encoder_from_parts(config: dict, tokenizer, tensors: TensorSource, *, name: str, path: Path,
+                          context_length: int | None = None, attention_mask: bool | None = None,
+                          dtype: torch.dtype = torch.float32) -> HFTextEncoder:
+    """A language encoder from its parts: the ``config.json`` dict, a loaded tokenizer and the
+    checkpoint's tensors (a folder's files, or a packed file's ``safe_open`` handle).
 
-
-def build_hf_encoder(config: dict, tokenizer_folder: Path, where: Path, *, context_length: int | None = None,
-                     attention_mask: bool | None = None, dtype: torch.dtype = torch.float32,
-                     weights: dict | None = None) -> HFTextEncoder:
-    """The text tower ``config`` describes, behind the tokenizer in ``tokenizer_folder``; its weights
-    read from the folder ``where`` or given as ``weights`` (see :func:`_load_text_tower`)."""
-    kind = hf_kind_for(config, where)
-    tokenizer = load_tokenizer(tokenizer_folder, where)
-    class_name, attr = kind.model_types[config["model_type"]]
-    model = _load_text_tower(where, config, class_name, attr, dtype, weights).eval().requires_grad_(False)
-    check_vocabulary(tokenizer, model.get_input_embeddings().num_embeddings, where)
-    config = model.config
+    ``name``/``path`` name the encoder (and the source in messages); ``context_length`` and
+    ``attention_mask`` default to PEA's choices for the family (byT5: 256 bytes, unmasked).
+    """
+    kind = hf_kind(config, path)
+    model = build_text_tower(config, tensors, dtype, path)
+    check_vocabulary(tokenizer, model.get_input_embeddings().num_embeddings, path)
     byt5 = _is_byt5(tokenizer)
     if context_length is None:
-        context_length = 256 if byt5 else (kind.default_context or config.max_position_embeddings)
+        context_length = 256 if byt5 else (kind.default_context or model.config.max_position_embeddings)
     if attention_mask is None:
         attention_mask = not byt5
-    hidden = getattr(config, "project_dim", None) if kind.kind == "altclip" else None
-    hidden = hidden or getattr(config, "d_model", None) or config.hidden_size
-    return HFTextEncoder(model, tokenizer, kind=kind.kind, name=where.name, path=where, hidden_size=hidden,
+    hidden = getattr(model.config, "project_dim", None) if kind.kind == "altclip" else None
+    hidden = hidden or getattr(model.config, "d_model", None) or model.config.hidden_size
+    return HFTextEncoder(model, tokenizer, kind=kind.kind, name=name, path=path, hidden_size=hidden,
                          context_length=context_length, attention_mask=attention_mask)
+
+
+def load_hf_encoder(folder: Path, context_length: int | None = None, attention_mask: bool | None = None,
+                    dtype: torch.dtype = torch.float32) -> HFTextEncoder:
+    """The text tower of the model in ``folder`` (config.json, tokenizer, weights), CPU, ``dtype``."""
+    config = read_config(folder)
+    if config is None:
+        raise EncoderLoadError(f"{folder} has no config.json")
+    hf_kind(config, folder / "config.json")  # an unsupported model type is named before the tokenizer is read
+    tokenizer = load_tokenizer(folder)
+    with open_checkpoint(folder) as tensors:
+        return hf_encoder_from_parts(config, tokenizer, tensors, name=folder.name, path=folder,
+                                     context_length=context_length, attention_mask=attention_mask, dtype=dtype)

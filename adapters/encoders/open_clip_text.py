@@ -8,7 +8,7 @@ Folder layout (the Hugging Face repos of these models, plus the text tower's own
         xlm-roberta-large/               # config.json + tokenizer files of the text tower
                                          # (no weights needed: they are in the checkpoint)
 
-Only the text tower is built; the vision tower's weights are skipped.
+Only the text tower is built, and only its tensors are read from the checkpoint.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import EncoderLoadError
 from .base import LanguageEncoder
 from .hf_text import check_vocabulary, load_tokenizer, parse_json_object
-from .weights import load_into, read_folder_weights, strip_prefix
+from .weights import load_into, open_checkpoint, pick, under_prefix
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin",
@@ -85,15 +85,16 @@ def load_open_clip_encoder(folder: Path, context_length: int | None = None) -> O
     """Build the text tower of the open_clip model in ``folder`` and load its weights (CPU, fp32)."""
     cfg = read_model_config(folder)
     tower_dir = find_text_tower(folder, cfg["text_cfg"]["hf_model_name"])
-    return build_open_clip_encoder(cfg, tower_dir, read_folder_weights(folder, WEIGHT_NAMES), folder,
-                                   context_length=context_length)
+    with open_checkpoint(folder, WEIGHT_NAMES) as tensors:  # the text tower's tensors only
+        state = pick(tensors, under_prefix(tensors.keys(), "text."))
+    return build_open_clip_encoder(cfg, tower_dir, state, folder, context_length=context_length)
 
 
 def build_open_clip_encoder(cfg: dict, tower_dir: Path, state: dict, where: Path, *,
                             context_length: int | None = None, tower_where: str | Path | None = None
                             ) -> OpenCLIPTextEncoder:
     """The text tower of the open_clip model ``cfg``: its Hugging Face config and tokenizer in
-    ``tower_dir``, its weights (``text.*``) in ``state``. ``where`` names the model and
+    ``tower_dir``, its weights in ``state`` (without the checkpoint's ``text.`` prefix). ``where`` names the model and
     ``tower_where`` the tower's files in messages."""
     tower_where = tower_where or tower_dir
     open_clip = import_open_clip()
@@ -104,7 +105,7 @@ def build_open_clip_encoder(cfg: dict, tower_dir: Path, state: dict, where: Path
             proj_type=text_cfg.hf_proj_type, pretrained=False, output_tokens=True)
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise EncoderLoadError(f"Cannot build the open_clip text tower of {where}: {e}") from e
-    load_into(tower, strip_prefix(state, "text."), where)
+    load_into(tower, state, where)
     tower.eval().requires_grad_(False)
     tokenizer = load_tokenizer(tower_dir, tower_where)
     check_vocabulary(tokenizer, tower.transformer.get_input_embeddings().num_embeddings, tower_where)

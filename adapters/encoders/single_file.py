@@ -35,9 +35,9 @@ import torch
 from ..errors import EncoderLoadError, PEAError, json_type
 from ..file_format import atomic_write
 from .base import LanguageEncoder
-from .hf_text import HF_KINDS, build_hf_encoder, parse_json_object
+from .hf_text import HF_KINDS, hf_encoder_from_parts, hf_kind, load_tokenizer, parse_json_object
 from .open_clip_text import CONFIG_NAME as OPEN_CLIP_CONFIG, build_open_clip_encoder, model_config
-from .weights import read_tensor_file
+from .weights import pick, under_prefix
 
 PACK_KEY = "pea_language_clip"
 PACK_VERSION = 1
@@ -191,17 +191,30 @@ def load_packed(path: Path, context_length: int | None = None, dtype: torch.dtyp
         towers = sorted(n.rsplit("/", 1)[0] for n in pack.files if n.count("/") == 1 and n.endswith("/config.json"))
         if not towers:
             raise EncoderLoadError(f"{path} carries no text tower config (TOWER/config.json) in its header")
-        with pack.folder(towers[0]) as tower_dir:
-            encoder = build_open_clip_encoder(cfg, tower_dir, read_tensor_file(path), path, context_length=context_length,
+        with pack.folder(towers[0]) as tower_dir, _weights(path) as tensors:
+            state = pick(tensors, under_prefix(tensors.keys(), "text."))
+            encoder = build_open_clip_encoder(cfg, tower_dir, state, path, context_length=context_length,
                                               tower_where=f"{path} (its {towers[0]}/)")
     else:
         config = pack.json("config.json")
-        with pack.folder() as folder, safetensors.safe_open(str(path), framework="pt") as f:
-            weights = {k: f.get_slice(k) for k in f.keys()}  # read tensor by tensor, as from a folder
-            encoder = build_hf_encoder(config, folder, path, context_length=context_length, dtype=dtype,
-                                       weights=weights)
+        hf_kind(config, f"{path} (its config.json)")  # an unsupported model type is named before the tokenizer is read
+        with pack.folder() as folder, _weights(path) as tensors:
+            tokenizer = load_tokenizer(folder, path)
+            encoder = hf_encoder_from_parts(config, tokenizer, tensors, name=pack.name, path=path,
+                                            context_length=context_length, dtype=dtype)
     encoder.name = pack.name
     return encoder
+
+
+@contextlib.contextmanager
+def _weights(path: Path) -> Iterator[safetensors.safe_open]:
+    """The packed file's tensors, read one by one where they lie."""
+    try:
+        handle = safetensors.safe_open(str(path), framework="pt")
+    except (safetensors.SafetensorError, OSError) as e:
+        raise EncoderLoadError(f"{path} is not a readable safetensors file (truncated or damaged?): {e}") from e
+    with handle as f:
+        yield f
 
 
 def folder_to_file_cli(argv: list[str] | None, prog: str, doc: str, action) -> int:

@@ -1,12 +1,19 @@
-"""Reading checkpoint tensors from local files: safetensors, sharded indexes, safe pickles."""
+"""Reading checkpoint tensors from local files: safetensors, sharded indexes, safe pickles.
+
+A checkpoint is opened as a :class:`TensorSource` (tensor names, and a reader for one tensor),
+so a loader reads only the tensors it keeps: a two-tower CLIP's text tower without its vision
+tower, an encoder-decoder's encoder without its decoder.
+"""
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import zipfile
 from pathlib import Path
+from typing import Callable, Iterable, Iterator, Protocol
 
-import safetensors.torch
+import safetensors
 import torch
 from torch import nn
 
@@ -17,6 +24,14 @@ WEIGHT_FILES = (
     "pytorch_model.bin", "pytorch_model.bin.index.json",
     "open_clip_model.safetensors", "open_clip_pytorch_model.bin",
 )
+
+
+class TensorSource(Protocol):
+    """A checkpoint's tensor names and a reader for one of them (``safetensors.safe_open`` is one)."""
+
+    def keys(self) -> Iterable[str]: ...
+
+    def get_tensor(self, name: str) -> torch.Tensor: ...
 
 
 def read_pickle(path: Path, mmap: bool = False) -> dict:
@@ -42,30 +57,77 @@ def read_pickle(path: Path, mmap: bool = False) -> dict:
     return obj
 
 
-def read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of one file; pickles only through ``weights_only=True``."""
-    if path.suffix not in (".safetensors", ".sft"):
-        return read_pickle(path)
-    try:
-        return safetensors.torch.load_file(str(path))
-    except Exception as e:
-        raise EncoderLoadError(f"{path} cannot be read (truncated or damaged?): {e}") from e
+class Checkpoint:
+    """The tensors of one or more checkpoint files by name; a tensor is read when asked for."""
+
+    def __init__(self) -> None:
+        self._readers: dict[str, Callable[[str], torch.Tensor]] = {}
+
+    def add(self, names: Iterable[str], read: Callable[[str], torch.Tensor]) -> None:
+        self._readers.update(dict.fromkeys(names, read))
+
+    def keys(self) -> Iterable[str]:
+        return self._readers.keys()
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        return self._readers[name](name)
 
 
-def read_folder_weights(folder: Path, names: tuple[str, ...] = WEIGHT_FILES) -> dict[str, torch.Tensor]:
-    """The tensors of the first weight file found in ``folder`` (sharded indexes followed)."""
+def weight_files(folder: Path, names: tuple[str, ...] = WEIGHT_FILES) -> list[Path]:
+    """The first weight file found in ``folder``, or the shards its ``.index.json`` names."""
     for name in names:
         path = folder / name
         if not path.is_file():
             continue
         if name.endswith(".index.json"):
-            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
-            state: dict[str, torch.Tensor] = {}
-            for shard in shards:
-                state.update(read_tensor_file(folder / shard))
-            return state
-        return read_tensor_file(path)
+            try:
+                shards = json.loads(path.read_text(encoding="utf-8"))["weight_map"].values()
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, AttributeError) as e:
+                raise EncoderLoadError(f"{path} is not a weight index (a JSON object with 'weight_map'): {e}") from e
+            return [folder / shard for shard in sorted(set(shards))]
+        return [path]
     raise EncoderLoadError(f"No weights in {folder}: expected one of {', '.join(names)}")
+
+
+@contextlib.contextmanager
+def open_checkpoint(folder: Path, names: tuple[str, ...] = WEIGHT_FILES) -> Iterator[Checkpoint]:
+    """The checkpoint in ``folder`` as a :class:`TensorSource`, open for the ``with`` block.
+
+    safetensors files are read through ``safe_open`` (one tensor at a time); zip-format pickles are
+    memory-mapped (``weights_only=True``), so tensors nobody asks for are never read either.
+    """
+    checkpoint = Checkpoint()
+    with contextlib.ExitStack() as files:
+        for path in weight_files(folder, names):
+            if not path.is_file():
+                raise EncoderLoadError(f"{path} is missing: the weight index in {folder} names it")
+            if path.suffix in (".safetensors", ".sft"):
+                try:
+                    handle = files.enter_context(safetensors.safe_open(str(path), framework="pt"))
+                except (safetensors.SafetensorError, OSError, ValueError) as e:
+                    raise EncoderLoadError(f"{path} cannot be read (truncated or damaged?): {e}") from e
+                checkpoint.add(handle.keys(), handle.get_tensor)
+            else:
+                state = read_pickle(path, mmap=zipfile.is_zipfile(path))
+                checkpoint.add(state, state.__getitem__)
+        yield checkpoint
+
+
+def pick(tensors: TensorSource, rename: Callable[[str], str | None]) -> dict[str, torch.Tensor]:
+    """Read only the tensors that ``rename`` gives a name (None skips one), under that name."""
+    picked = {}
+    for key in tensors.keys():
+        name = rename(key)
+        if name is not None:
+            picked[name] = tensors.get_tensor(key)
+    return picked
+
+
+def under_prefix(keys: Iterable[str], prefix: str) -> Callable[[str], str | None]:
+    """A ``rename`` for :func:`pick`: keys under ``prefix`` without it, when any exist; else every key."""
+    if not any(k.startswith(prefix) for k in keys):
+        return lambda key: key
+    return lambda key: key[len(prefix):] if key.startswith(prefix) else None
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:
@@ -77,10 +139,3 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], where: Path) -> 
         raise EncoderLoadError(
             f"Weights in {where} do not fit the model its config describes: missing {missing[:5]}"
             f"{' ...' if len(missing) > 5 else ''}")
-
-
-def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """Keep keys under ``prefix`` (without it) when any exist; else return ``state`` as is."""
-    if not any(k.startswith(prefix) for k in state):
-        return state
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

@@ -231,7 +231,7 @@ def build_text_tower(config: dict, tensors: TensorSource, dtype: torch.dtype, wh
     transformers' own key conversions of its version apply. ``where``: the source, for messages.
     """
     tower, model_config = tower_config(config, where)
-    state = pick(tensors, lambda key: key if not tower.prefixes or key.startswith(tower.prefixes) else None)
+    state = pick(tensors, lambda key: key if not tower.prefixes or key.startswith(tower.prefixes) else None, dtype)
     if not state:
         raise EncoderLoadError(f"No weights of the {tower.class_name} in {where} (expected tensors named "
                                f"{' or '.join(p + '*' for p in tower.prefixes)})")

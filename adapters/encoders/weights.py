@@ -113,13 +113,17 @@ def open_checkpoint(folder: Path, names: tuple[str, ...] = WEIGHT_FILES) -> Iter
         yield checkpoint
 
 
-def pick(tensors: TensorSource, rename: Callable[[str], str | None]) -> dict[str, torch.Tensor]:
-    """Read only the tensors that ``rename`` gives a name (None skips one), under that name."""
+def pick(tensors: TensorSource, rename: Callable[[str], str | None],
+         dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Read only the tensors that ``rename`` gives a name (None skips one), under that name;
+    floating tensors cast to ``dtype`` one at a time as they are read (an fp32 file loaded in bf16
+    never holds its whole fp32 copy)."""
     picked = {}
     for key in tensors.keys():
         name = rename(key)
         if name is not None:
-            picked[name] = tensors.get_tensor(key)
+            tensor = tensors.get_tensor(key)
+            picked[name] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
     return picked
 
 

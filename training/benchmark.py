@@ -56,7 +56,7 @@ def build_unet(spec: dict, dtype: torch.dtype, device) -> torch.nn.Module:
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    from training.tiny_base import init_weights
+    from training.miniworld.tiny_base import init_weights
 
     cfg = dict(spec["config"], image_size=32, in_channels=4, out_channels=4, use_spatial_transformer=True,
                legacy=False, transformer_depth_middle=spec["config"]["transformer_depth"][-1] or 1)

@@ -58,30 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_parts(name: str):
-    """MODEL/CLIP/VAE through ComfyUI's own checkpoint loader."""
-    import comfy.sd
-    import folder_paths
-
-    from training.tiny_base import BaseParts
-
-    path = Path(name) if Path(name).is_file() else folder_paths.get_full_path("checkpoints", name)
-    if path is None:
-        searched = ", ".join(folder_paths.get_folder_paths("checkpoints"))
-        raise SystemExit(f"error: checkpoint '{name}' not found (a path, or a name under: {searched})")
-    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
-        str(path), output_vae=True, output_clip=True,
-        embedding_directory=folder_paths.get_folder_paths("embeddings"))
-    if clip is None:
-        raise SystemExit(f"error: {path} has no text encoder; the teacher needs the checkpoint's own CLIP")
-    return BaseParts(model, clip, vae, Path(path).name)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import_comfy(cpu=args.cpu or args.demo or None)
     if args.demo:
-        from training.demo import DEMO_STEPS, run_demo
+        from training.miniworld.demo import DEMO_STEPS, run_demo
 
         run_demo(args.output, steps=args.steps or DEMO_STEPS, seed=args.seed)
         return 0
@@ -95,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     from adapters import load_language_encoder
     from training.data import read_manifest
     from training.objective import LossWeights
-    from training.trainer import DistInfo, TrainConfig, Trainer
+    from training.base import load_base
+    from training.distributed import DistInfo
+    from training.loop import TrainConfig, Trainer
 
     cfg = TrainConfig(
         output=args.output, steps=args.steps or 1000, batch_size=args.batch_size, grad_accum=args.grad_accum,
@@ -108,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         preview_prompts=args.preview_prompt, languages=args.languages)
     records = read_manifest(args.manifest, args.image_root) if args.manifest else None
     shards = [url for pattern in args.shards or [] for url in braceexpand(pattern)]
-    trainer = Trainer(cfg, load_parts(args.checkpoint), load_language_encoder(args.encoder, context_length=args.context_length),
+    trainer = Trainer(cfg, load_base(args.checkpoint), load_language_encoder(args.encoder, context_length=args.context_length),
                       records, DistInfo.from_env(), shards=shards or None)
     final = trainer.run()
     print(f"adapter: {final} ({trainer.skipped.count} images skipped)")

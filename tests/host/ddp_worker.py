@@ -9,9 +9,10 @@ import_comfy(cpu=True)
 
 from adapters import load_language_encoder  # noqa: E402
 from training.data import read_manifest  # noqa: E402
-from training.demo import demo_config  # noqa: E402
-from training.tiny_base import tiny_sd15_parts  # noqa: E402
-from training.trainer import DistInfo, Trainer  # noqa: E402
+from training.distributed import DistInfo  # noqa: E402
+from training.loop import Trainer  # noqa: E402
+from training.miniworld.demo import demo_config  # noqa: E402
+from training.miniworld.tiny_base import tiny_sd15_parts  # noqa: E402
 
 manifest, encoder_dir, out, batch = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
 cfg = replace(demo_config(out, 4, 0), batch_size=batch, progress=False, cache_dir=None, memory_cache=True,

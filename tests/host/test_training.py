@@ -45,7 +45,7 @@ def manual_forward(unet, x, timesteps, context, y=None):
 @pytest.mark.parametrize("shape,names", [("sd15", SD15_TAPS), ("sdxl", SDXL_TAPS)])
 def test_taps_read_the_official_blocks(comfy_path, shape, names):
     from training.taps import FeatureTaps
-    from training.tiny_base import tiny_unet_model
+    from training.miniworld.tiny_base import tiny_unet_model
 
     base = tiny_unet_model(shape)
     unet = base.diffusion_model
@@ -66,8 +66,8 @@ def test_taps_read_the_official_blocks(comfy_path, shape, names):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, comfy_path):
     """The demo world: a manifest of rendered pairs, a tiny student encoder, tiny SD1.5 parts."""
-    from training.demo_world import read_pairs, write_dataset
-    from training.tiny_base import tiny_sd15_parts
+    from training.miniworld.world import read_pairs, write_dataset
+    from training.miniworld.tiny_base import tiny_sd15_parts
 
     root = tmp_path_factory.mktemp("world")
     pairs = [p for p in read_pairs() if not p["held_out"]][:96]
@@ -78,8 +78,8 @@ def world(tmp_path_factory, comfy_path):
 
 def make_trainer(world, out: Path, **overrides):
     from training.data import read_manifest
-    from training.demo import demo_config
-    from training.trainer import Trainer
+    from training.miniworld.demo import demo_config
+    from training.loop import Trainer
 
     cfg = replace(demo_config(out, overrides.pop("steps", 4), 0), batch_size=8, progress=False,
                   cache_dir=None, memory_cache=True, **overrides)
@@ -147,7 +147,7 @@ def test_interrupted_and_resumed_run_reproduces_losses(world, tmp_path):
 
 def test_corrupt_and_missing_images_are_skipped_and_counted(world, tmp_path):
     from training.data import read_manifest
-    from training.trainer import Trainer
+    from training.loop import Trainer
 
     lines = world["manifest"].read_text(encoding="utf-8").splitlines()[:24]
     (tmp_path / "images").mkdir()
@@ -188,7 +188,7 @@ def test_two_process_gloo_run_matches_one_process(world, tmp_path):
 
 
 def test_demo_learns_the_language_mapping(comfy_path, tmp_path):
-    from training.demo import run_demo
+    from training.miniworld.demo import run_demo
 
     results = run_demo(tmp_path, progress=False)
     assert results["ratio"] <= 0.8
@@ -202,7 +202,7 @@ def test_demo_learns_the_language_mapping(comfy_path, tmp_path):
 def test_webdataset_shards_train_and_count_bad_samples(world, tmp_path):
     import webdataset as wds
 
-    from training.trainer import Trainer
+    from training.loop import Trainer
 
     lines = [json.loads(l) for l in world["manifest"].read_text(encoding="utf-8").splitlines()[:32]]
     root = world["manifest"].parent
@@ -225,7 +225,7 @@ def test_webdataset_shards_train_and_count_bad_samples(world, tmp_path):
 
 def test_v_prediction_target_is_v(comfy_path):
     from training.objective import prediction_target
-    from training.tiny_base import tiny_unet_model
+    from training.miniworld.tiny_base import tiny_unet_model
 
     ms = tiny_unet_model("demo", v_prediction=True).model_sampling
     z0, eps = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)

@@ -1,6 +1,6 @@
 """A miniature captioned world: coloured shapes on grey, captioned in English, Chinese and Russian.
 
-``training/demo_data/pairs.jsonl`` ships the caption pairs with their attributes; images are
+``training/miniworld/data/pairs.jsonl`` ships the caption pairs with their attributes; images are
 drawn from the attributes when a demo runs. Some attribute combinations are held out of
 training to measure whether an adapter learned the language mapping or an average.
 
@@ -34,7 +34,7 @@ RU_SHAPES = {"circle": ("круг", "m"), "square": ("квадрат", "m"), "tr
 RU_PLACES = {"on the left": "слева", "on the right": "справа", "at the top": "сверху", "at the bottom": "снизу"}
 RU_SIZES = {"small": ("маленький", "маленькая"), "big": ("большой", "большая")}
 ATTRIBUTES = {"color": list(COLORS), "shape": [*SHAPES, LANTERN[0]], "place": list(PLACES), "size": list(SIZES)}
-PAIRS = Path(__file__).with_name("demo_data") / "pairs.jsonl"
+PAIRS = Path(__file__).with_name("data") / "pairs.jsonl"
 
 
 def russian(color: str, shape: str, place: str, size: str) -> str:

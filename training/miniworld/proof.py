@@ -1,12 +1,12 @@
 """Does PEA distillation work? Measured end to end in the miniature world, on a CPU.
 
-    python -m training.world_proof                  # the whole table, 3 seeds
-    python -m training.world_proof --quick          # one seed, the PEA row only (the CI test)
+    python -m training.miniworld.proof              # the whole table, 3 seeds
+    python -m training.miniworld.proof --quick      # one seed, the PEA row only (the CI test)
 
-The world (``training/demo_world.py``): coloured shapes captioned in English, Chinese and
+The world (``training/miniworld/world.py``): coloured shapes captioned in English, Chinese and
 Russian, plus a lantern (灯笼) captioned in Chinese only. The teacher is a tiny SD1.5-family
 UNet trained from scratch on the English captions behind ComfyUI's SD1 CLIP (shipped, rebuilt by
-``python -m training.demo --write-teacher``). The students are a different language encoder (a
+``python -m training.miniworld.demo --write-teacher``). The students are a different language encoder (a
 Chinese-CLIP-shaped BERT with its own tokenizer and weights, reading Chinese and Russian) plus a
 PEA adapter, distilled from the frozen teacher by this pack's ``Trainer`` on parallel captions,
 the lantern images joining as native samples (``L_SD`` only). A judge trained on drawn images
@@ -24,19 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
 from adapters import LanguageEncoder, load_language_encoder  # noqa: E402
 from adapters.tiny import make_chinese_clip  # noqa: E402
+from training.caching import TeacherText  # noqa: E402
 from training.data import read_manifest  # noqa: E402
-from training.demo import prepare_teacher  # noqa: E402
-from training.demo_world import read_pairs, write_dataset  # noqa: E402
-from training.distill import TeacherText  # noqa: E402
-from training.judge import Judge, accuracy, drawn_images, train_judge  # noqa: E402
+from training.loop import TrainConfig, Trainer  # noqa: E402
+from training.miniworld.demo import prepare_teacher  # noqa: E402
+from training.miniworld.judge import Judge, accuracy, drawn_images, train_judge  # noqa: E402
+from training.miniworld.tiny_base import tiny_sd15_parts  # noqa: E402
+from training.miniworld.world import read_pairs, write_dataset  # noqa: E402
 from training.objective import LossWeights  # noqa: E402
-from training.trainer import TrainConfig, Trainer  # noqa: E402
 
 STUDENTS = {
     "fine-tuning only (L_SD)": LossWeights(1.0, 0.0, 0.0),
@@ -67,8 +68,6 @@ class World:
 
 def build_world(output: Path, progress: bool = True) -> World:
     """Teacher, student encoder, judge and the students' training manifest."""
-    from training.tiny_base import tiny_sd15_parts
-
     pairs = read_pairs()
     data = output / "data"
     parts = tiny_sd15_parts("demo", 0)

@@ -12,9 +12,10 @@ import safetensors.torch
 import torch
 from tqdm import tqdm
 
-from .data import Record, load_image
-from .distill import TeacherText, sample_generator
-from .objective import per_sample_mse, prediction_target
+from ..caching import TeacherText
+from ..data import Record, load_image
+from ..distill import sample_generator
+from ..objective import per_sample_mse, prediction_target
 
 
 def train_teacher(parts, records: list[Record], steps: int, size: int, batch_size: int = 32, lr: float = 1e-3,

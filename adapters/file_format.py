@@ -97,8 +97,8 @@ def infer_shape(state: dict[str, torch.Tensor], where: str = "adapter") -> Adapt
             raise AdapterFileError(
                 f"{where}: the head's 'fc' must be a Linear({width}, N) with bias; found "
                 f"fc.weight {tuple(fc.shape)}")
-        # SDXL widens the trunk into the context (1280 -> 2048); FLUX narrows the token
-        # context into the pooled vector (4096 -> 768).
+        # SDXL widens the trunk (its pooled vector) into the context; FLUX narrows the
+        # token context into the pooled vector (widths: families.FAMILIES).
         if fc.shape[0] < width:
             return AdapterShape("flux", in_dim, hidden, width, width, fc.shape[0])
         return AdapterShape("sdxl", in_dim, hidden, width, fc.shape[0], width)

@@ -73,9 +73,11 @@ def measure(pack, storage: str, device: torch.device) -> dict:
 
     from adapters import AdapterShape, PEAAdapter
     from adapters.encoders.weight_storage import weight_bytes
+    from adapters.families import FAMILIES
 
     encoder = build_encoder(storage, device)
-    adapter = PEAAdapter(AdapterShape("flux", 4672, (4096, 4096), 4096, 4096, 768))
+    flux = FAMILIES["flux"]
+    adapter = PEAAdapter(AdapterShape.for_family(flux, encoder.hidden_size))
     options = pack.nodes.language_clip.model_options("default", "bf16")
     clip = pack.nodes.pea_clip.make_pea_clip(encoder, adapter, options)
     result = {"storage": storage, "encoder_gib": gib(weight_bytes(encoder)),
@@ -89,7 +91,7 @@ def measure(pack, storage: str, device: torch.device) -> dict:
         torch.cuda.synchronize()
         result[run] = round(time.perf_counter() - start, 3)
     tokens, extra = cond[0]
-    assert tokens.shape == (1, 256, 4096) and extra["pooled_output"].shape == (1, 768), (tokens.shape,)
+    assert tokens.shape == (1, 256, flux.context_dim) and extra["pooled_output"].shape == (1, flux.pooled_dim), (tokens.shape,)
     assert torch.isfinite(tokens).all() and torch.isfinite(extra["pooled_output"]).all()
     result["peak_encode_gib"] = gib(torch.cuda.max_memory_allocated(device))
     result["loaded_gib"] = gib(torch.cuda.memory_allocated(device))

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapters import AdapterShape, LanguageEncoder, PEAAdapter
+from adapters.families import FAMILIES, Family, UnsupportedModelError, family_of, model_label
 
 
 @dataclass
@@ -17,9 +18,21 @@ class BaseParts:
     name: str
 
 
+def trainable_family(model, name: str) -> Family:
+    """The family of ``model`` (a ModelPatcher or BaseModel); UnsupportedModelError naming what
+    the trainer supports when it cannot distil adapters for it."""
+    family = family_of(model)
+    if not family.trainable:
+        supported = " and ".join(f.label for f in FAMILIES.values() if f.trainable)
+        raise UnsupportedModelError(
+            f"{name} is a {family.label} model ({model_label(model)}); the trainer distils adapters for "
+            f"{supported} checkpoints. {family.label} adapters load in Apply PEA Adapter but cannot be trained here.")
+    return family
+
+
 def load_base(name: str) -> BaseParts:
     """MODEL/CLIP/VAE through ComfyUI's own checkpoint loader; ``name`` is a path or a name
-    under models/checkpoints."""
+    under models/checkpoints. Refuses families the trainer does not support."""
     import comfy.sd
     import folder_paths
 
@@ -27,27 +40,21 @@ def load_base(name: str) -> BaseParts:
     if path is None:
         searched = ", ".join(folder_paths.get_folder_paths("checkpoints"))
         raise SystemExit(f"error: checkpoint '{name}' not found (a path, or a name under: {searched})")
-    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
-        str(path), output_vae=True, output_clip=True,
-        embedding_directory=folder_paths.get_folder_paths("embeddings"))
+    try:
+        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
+            str(path), output_vae=True, output_clip=True,
+            embedding_directory=folder_paths.get_folder_paths("embeddings"))
+    except RuntimeError as e:
+        raise SystemExit(f"error: ComfyUI cannot load {path} as a checkpoint: {e}") from e
+    try:
+        trainable_family(model, str(path))
+    except UnsupportedModelError as e:
+        raise SystemExit(f"error: {e}") from e
     if clip is None:
         raise SystemExit(f"error: {path} has no text encoder; the teacher needs the checkpoint's own CLIP")
     return BaseParts(model, clip, vae, Path(path).name)
 
 
-def base_family(base_model) -> tuple[str, int, int | None]:
-    """("sd15"|"sdxl", context width, pooled width or None) of a ComfyUI BaseModel."""
-    import comfy.model_base
-
-    context = base_model.model_config.unet_config["context_dim"]
-    if isinstance(base_model, comfy.model_base.SDXL):
-        return "sdxl", context, 1280
-    return "sd15", context, None
-
-
-def new_adapter(base_model, encoder: LanguageEncoder, hidden: tuple[int, ...] | None) -> PEAAdapter:
+def new_adapter(family: Family, encoder: LanguageEncoder, hidden: tuple[int, ...] | None) -> PEAAdapter:
     """An adapter sized for the base family (token and pooled widths) and the encoder (input)."""
-    head, context, pooled = base_family(base_model)
-    hidden = hidden or ((1024, 1024) if head == "sdxl" else (2048, 2048))
-    out_dim = pooled if head == "sdxl" else context
-    return PEAAdapter(AdapterShape(head, encoder.hidden_size, tuple(hidden), out_dim, context, pooled))
+    return PEAAdapter(AdapterShape.for_family(family, encoder.hidden_size, hidden))

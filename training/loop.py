@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from adapters import AdapterInfo, EncoderSpec, LanguageEncoder, load_adapter, save_adapter
-from .base import BaseParts, base_family, new_adapter
+from adapters import AdapterInfo, EncoderSpec, LanguageEncoder, check_pairing, load_adapter, save_adapter
+from adapters.pairing import check_base_model
+from .base import BaseParts, new_adapter, trainable_family
 from .batches import BatchMaker
 from .caching import LatentCache, TeacherText
 from .data import ManifestBatches, Record, ShardBatches, SkipCounter, assign_buckets, make_buckets
@@ -67,15 +68,17 @@ class Trainer:
         self.device = parts.model.load_device
         self.base = parts.model.model
         self.encoder = encoder.to(self.device)
-        family, _, _ = base_family(self.base)
-        self.resolution = cfg.resolution or (1024 if family == "sdxl" else 512)
+        family = trainable_family(parts.model, parts.name)
+        self.resolution = cfg.resolution or family.resolution
         if cfg.init_adapter:
             adapter = load_adapter(cfg.init_adapter)
+            check_pairing(encoder, adapter.info, str(cfg.init_adapter))
+            check_base_model(adapter.shape, str(cfg.init_adapter), parts.name, family)
             adapter.requires_grad_(True).train()
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)
-                adapter = new_adapter(self.base, encoder, cfg.hidden)
+                adapter = new_adapter(family, encoder, cfg.hidden)
         self.adapter = adapter.to(self.device)
         self.trained = self.adapter
         if self.dist.world > 1:

@@ -17,6 +17,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the pack's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from adapters.families import FAMILIES  # noqa: E402
 from training.comfy_runtime import import_comfy  # noqa: E402
 
 
@@ -45,8 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda-feature", type=float, default=0.1)
     p.add_argument("--lambda-text", type=float, default=0.0,
                    help="text-space alignment to the teacher's tokens (a GlueGen-style baseline; PEA uses 0)")
-    p.add_argument("--resolution", type=int, help="bucket area side (default: 512 SD1.5, 1024 SDXL)")
-    p.add_argument("--hidden", type=int, nargs="+", help="adapter hidden widths (default 1024 1024 SDXL, 2048 2048 SD1.5)")
+    p.add_argument("--resolution", type=int, help="bucket area side (default: the family's, "
+                   + ", ".join(f"{f.resolution} {f.label}" for f in FAMILIES.values() if f.trainable) + ")")
+    p.add_argument("--hidden", type=int, nargs="+", help="adapter hidden widths (default: the family's, "
+                   + ", ".join(f"{' '.join(map(str, f.hidden))} {f.label}" for f in FAMILIES.values() if f.trainable) + ")")
     p.add_argument("--cache-dir", type=Path, help="cache VAE latents and teacher encodings here (both frozen)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=500)

@@ -1,5 +1,6 @@
-"""Pure parts of the trainer: manifest parsing, buckets, batch order."""
+"""Pure parts of the trainer: manifest parsing, buckets, batch order, the objective."""
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -37,3 +38,32 @@ def test_sharded_batches_partition_the_global_batches():
     stream = one.iterate(0)
     first = [next(stream) for _ in range(15)]
     assert list(zip(range(5), one.iterate(10))) == list(enumerate(first[10:15]))
+
+
+def test_objective_gives_parallel_samples_kd_and_native_samples_sd():
+    import torch
+
+    from training.objective import LossWeights, distillation_loss
+
+    student = {"output": torch.full((2, 1, 2, 2), 2.0), "t": torch.full((2, 3), 1.0)}
+    teacher = {"output": torch.full((2, 1, 2, 2), 1.0), "t": torch.full((2, 3), 3.0)}
+    target = torch.zeros(2, 1, 2, 2)  # L_SD = 4, L_LKD = 1, L_FKD = 4 for both samples
+    kd = torch.tensor([1.0, 0.0])  # a parallel and a native sample
+    weights = LossWeights(sd=0.5, logit=1.0, feature=0.1, text=2.0)
+    text = torch.tensor([3.0, 3.0])
+    loss, parts = distillation_loss(student, teacher, target, kd, ["t"], weights, text)
+    assert parts["loss"].tolist() == pytest.approx([1.0 + 0.4 + 6.0, 0.5 * 4.0])
+    assert parts["sd_mask"].tolist() == [0.0, 1.0] and loss.item() == pytest.approx((7.4 + 2.0) / 2)
+    _, ablation = distillation_loss(student, teacher, target, kd, ["t"], replace(weights, sd_on_parallel=True), text)
+    assert ablation["loss"].tolist() == pytest.approx([2.0 + 7.4, 2.0]) and ablation["sd_mask"].tolist() == [1.0, 1.0]
+
+
+def test_loss_weights_say_when_nothing_can_train():
+    from training.objective import LossWeights
+
+    pea = LossWeights()
+    assert pea.terms(native=True, parallel=True) == ["L_SD", "logit KD", "feature KD"]
+    no_kd = LossWeights(logit=0.0, feature=0.0)
+    assert no_kd.terms(native=False, parallel=True) == []
+    assert replace(no_kd, sd_on_parallel=True).terms(native=False, parallel=True) == ["L_SD"]
+    assert LossWeights(sd=0.0).terms(native=True, parallel=False) == []

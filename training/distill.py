@@ -41,7 +41,7 @@ class Distiller(nn.Module):
 
     def __init__(self, base_model, encoder: LanguageEncoder, adapter: nn.Module, empty_ids: torch.Tensor,
                  empty_teacher: tuple[torch.Tensor, torch.Tensor | None], weights: LossWeights = LossWeights(),
-                 cfg_dropout: float = 0.1, seed: int = 0):
+                 cfg_dropout: float = 0.1, seed: int = 0, noise_offset: float = 0.0):
         super().__init__()
         self.base = base_model
         self.encoder = encoder
@@ -52,18 +52,22 @@ class Distiller(nn.Module):
         self.weights = weights
         self.cfg_dropout = cfg_dropout
         self.seed = seed
+        self.noise_offset = noise_offset
         self.checked_shapes = False
         base_model.requires_grad_(False)
         encoder.requires_grad_(False)
 
     def draws(self, batch: Batch, step: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-sample timestep, noise and CFG-dropout flag, keyed by (seed, step, sample)."""
+        """Per-sample timestep, noise (plus ``noise_offset`` times a per-channel normal) and
+        CFG-dropout flag, keyed by (seed, step, sample)."""
         ts, noises, drops = [], [], []
         for sid, z in zip(batch.sample_ids, batch.latents):
             g = sample_generator(self.seed, step, sid)
             ts.append(torch.randint(0, TIMESTEPS, (1,), generator=g))
             noises.append(torch.randn(z.shape, generator=g))
             drops.append(torch.rand(1, generator=g) < self.cfg_dropout)
+            if self.noise_offset:  # per-channel offset (official SDXL script), drawn last: off keeps the draws
+                noises[-1] += self.noise_offset * torch.randn(z.shape[0], 1, 1, generator=g)
         return (torch.cat(ts).to(device), torch.stack(noises).to(device), torch.cat(drops).to(device))
 
     def _adm(self, pooled: torch.Tensor | None, size: tuple[int, int]):

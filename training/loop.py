@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,17 +22,23 @@ from .objective import LossWeights
 from .preview import render_previews
 from .run_files import RunLog, load_checkpoint, plot_losses, save_checkpoint, set_rng_state, write_summary
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
+    """Defaults as the authors' official run trains (``METHOD.md``): AdamW at lr 1e-5 with 100
+    warm-up steps, no weight decay, no gradient clipping, no noise offset."""
+
     output: Path
     steps: int = 1000
     batch_size: int = 4
     grad_accum: int = 1
     lr: float = 1e-5
-    weight_decay: float = 0.1
+    weight_decay: float = 0.0
     warmup: int = 100
-    clip_grad: float = 1.0
+    clip_grad: float = 0.0
+    """Clip the adapter's gradient norm to this (0: no clipping)."""
+    noise_offset: float = 0.0
     cfg_dropout: float = 0.1
     weights: LossWeights = field(default_factory=LossWeights)
     resolution: int | None = None
@@ -89,7 +96,8 @@ class Trainer:
         self.make_batch = BatchMaker(latents, self.teacher, self.encoder.tokenize, self.skipped, self.device)
         empty = self.teacher.encode("")
         self.distiller = Distiller(self.base, self.encoder, self.trained, encoder.tokenize([""]),
-                                   (empty["tokens"], empty.get("pooled")), cfg.weights, cfg.cfg_dropout, cfg.seed)
+                                   (empty["tokens"], empty.get("pooled")), cfg.weights, cfg.cfg_dropout, cfg.seed,
+                                   cfg.noise_offset)
         buckets = make_buckets(self.resolution, step=64 if self.resolution >= 256 else 8)
         if shards:
             self.records = []
@@ -97,9 +105,20 @@ class Trainer:
         else:
             self.records, sizes = assign_buckets(records, buckets, self.skipped)
             self.batches = ManifestBatches(self.records, sizes, cfg.batch_size, self.dist.world, self.dist.rank, cfg.seed)
+            self.warn_if_nothing_trains(self.records)
         self.optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_schedule(cfg.warmup))
         self.step = 0
+
+    def warn_if_nothing_trains(self, records: list[Record]) -> None:
+        native = any(r.native for r in records)
+        parallel = any(not r.native for r in records)
+        if not self.cfg.weights.terms(native, parallel):
+            log.warning(
+                "nothing can train: the manifest has %s, and %s. Parallel samples get only the KD terms "
+                "(--lambda-logit, --lambda-feature, --lambda-text; --sd-on-parallel adds L_SD), native samples "
+                "only L_SD (--lambda-sd).", "native and parallel samples" if native and parallel else
+                "only native samples" if native else "only parallel samples", self.cfg.weights)
 
     # ---- state ------------------------------------------------------------------------
     def adapter_info(self) -> AdapterInfo:
@@ -111,7 +130,7 @@ class Trainer:
             training={"teacher": self.parts.name, "steps": self.step, "global_batch":
                       self.cfg.batch_size * self.cfg.grad_accum * self.dist.world, "lr": self.cfg.lr,
                       "loss_weights": asdict(self.cfg.weights), "cfg_dropout": self.cfg.cfg_dropout,
-                      "resolution": self.resolution, "images": len(self.records),
+                      "noise_offset": self.cfg.noise_offset, "resolution": self.resolution, "images": len(self.records),
                       "skipped_images": self.skipped.count})
 
     def state(self) -> dict:
@@ -136,7 +155,7 @@ class Trainer:
 
     def train_step(self, stream) -> dict:
         """One optimiser step over ``grad_accum`` micro-batches; the global mean of each loss part."""
-        sums = torch.zeros(7, dtype=torch.float64)  # loss, sd, lkd*m, fkd*m, samples, kd samples, text*m
+        sums = torch.zeros(8, dtype=torch.float64)  # loss, sd*s, lkd*m, fkd*m, samples, kd samples, text*m, sd samples
         for micro in range(self.cfg.grad_accum):
             batch = None
             while batch is None:
@@ -146,10 +165,11 @@ class Trainer:
             with sync, self.autocast():
                 loss, parts = self.distiller(batch, self.step * self.cfg.grad_accum + micro)
                 (loss / self.cfg.grad_accum).backward()
-            m = parts["kd_mask"]
-            sums += torch.tensor([parts["loss"].sum().item(), parts["sd"].sum().item(),
+            m, sd = parts["kd_mask"], parts["sd_mask"]
+            sums += torch.tensor([parts["loss"].sum().item(), (parts["sd"] * sd).sum().item(),
                                   (parts["lkd"] * m).sum().item(), (parts["fkd"] * m).sum().item(),
-                                  len(m), m.sum().item(), (parts["text"] * m).sum().item()], dtype=torch.float64)
+                                  len(m), m.sum().item(), (parts["text"] * m).sum().item(), sd.sum().item()],
+                                 dtype=torch.float64)
         if self.cfg.clip_grad > 0:
             torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), self.cfg.clip_grad)
         self.optimizer.step()
@@ -157,8 +177,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         s = self.dist.sum(sums.to(self.device)).cpu()
-        kd = max(s[5].item(), 1.0)
-        return {"step": self.step, "loss": s[0].item() / s[4].item(), "sd": s[1].item() / s[4].item(),
+        kd, sd = max(s[5].item(), 1.0), max(s[7].item(), 1.0)
+        return {"step": self.step, "loss": s[0].item() / s[4].item(), "sd": s[1].item() / sd,
                 "lkd": s[2].item() / kd, "fkd": s[3].item() / kd, "text": s[6].item() / kd, "samples": int(s[4].item()),
                 "lr": self.scheduler.get_last_lr()[0]}
 

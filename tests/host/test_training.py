@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -76,15 +77,24 @@ def world(tmp_path_factory, comfy_path):
     return {"root": root, "manifest": manifest, "encoder_dir": encoder_dir, "parts": tiny_sd15_parts("demo")}
 
 
-def make_trainer(world, out: Path, **overrides):
+def make_trainer(world, out: Path, manifest: Path | None = None, parts=None, **overrides):
     from training.data import read_manifest
-    from training.miniworld.demo import demo_config
     from training.loop import Trainer
+    from training.miniworld.demo import demo_config
 
     cfg = replace(demo_config(out, overrides.pop("steps", 4), 0), batch_size=8, progress=False,
                   cache_dir=None, memory_cache=True, **overrides)
     encoder = load_language_encoder(world["encoder_dir"])
-    return Trainer(cfg, world["parts"], encoder, read_manifest(world["manifest"]))
+    return Trainer(cfg, parts or world["parts"], encoder, read_manifest(manifest or world["manifest"]))
+
+
+def write_manifest(world, dest: Path, n: int, kind: str) -> Path:
+    """The world's first ``n`` samples (absolute image paths) as ``kind`` samples."""
+    root = world["manifest"].parent
+    items = [json.loads(line) for line in world["manifest"].read_text(encoding="utf-8").splitlines()[:n]]
+    dest.write_text("".join(json.dumps({**item, "image": str(root / item["image"]), "kind": kind}, ensure_ascii=False)
+                            + "\n" for item in items), encoding="utf-8")
+    return dest
 
 
 def test_kd_loss_equals_independent_computation(world, tmp_path):
@@ -110,9 +120,14 @@ def test_kd_loss_equals_independent_computation(world, tmp_path):
     l_sd = mse(student["output"], noise)
     l_lkd = mse(student["output"], teacher["output"])
     l_fkd = sum(mse(student[n], teacher[n]) for n in trainer.distiller.taps.names)
-    expected = (l_sd + batch.kd_mask * (1.0 * l_lkd + 0.1 * l_fkd)).mean()
+    kd = batch.kd_mask
+    expected = ((1 - kd) * l_sd + kd * (1.0 * l_lkd + 0.1 * l_fkd)).mean()  # PEA: SD on native, KD on parallel
     assert torch.allclose(loss, expected, rtol=1e-4), (loss.item(), expected.item())
     assert torch.allclose(parts["lkd"], l_lkd, rtol=1e-4) and torch.allclose(parts["fkd"], l_fkd, rtol=1e-4)
+    trainer.distiller.weights = replace(trainer.distiller.weights, sd_on_parallel=True)  # Table 2's ablation rows
+    ablation, _ = trainer.distiller(batch, step=3)
+    expected = (l_sd + kd * (1.0 * l_lkd + 0.1 * l_fkd)).mean()
+    assert torch.allclose(ablation, expected, rtol=1e-4), (ablation.item(), expected.item())
 
 
 def test_only_adapter_parameters_receive_gradients(world, tmp_path):
@@ -143,6 +158,27 @@ def test_interrupted_and_resumed_run_reproduces_losses(world, tmp_path):
     a, b = (load_adapter(d / "pea_demo_zh.safetensors") for d in (tmp_path / "full", tmp_path / "cut"))
     for k, v in a.state_dict().items():
         assert torch.allclose(v, b.state_dict()[k], atol=1e-6)
+
+
+def test_without_kd_weights_parallel_samples_keep_the_adapter_and_native_ones_move_it(world, tmp_path, caplog):
+    from adapters import save_adapter
+    from training.objective import LossWeights
+
+    start = make_trainer(world, tmp_path / "start", steps=1)
+    init = save_adapter(start.adapter, start.adapter_info(), tmp_path / "init.safetensors")
+    initial = load_adapter(init).state_dict()
+    trained = {}
+    for kind in ("parallel", "native"):
+        manifest = write_manifest(world, tmp_path / f"{kind}.jsonl", 16, kind)
+        with caplog.at_level(logging.WARNING, logger="training.loop"):
+            trainer = make_trainer(world, tmp_path / kind, manifest, steps=3, save_every=0, init_adapter=init,
+                                   weight_decay=0.0, weights=LossWeights(sd=1.0, logit=0.0, feature=0.0))
+        trainer.run()
+        trained[kind] = load_adapter(tmp_path / kind / "pea_demo_zh.safetensors").state_dict()
+    assert all(torch.equal(trained["parallel"][k], v) for k, v in initial.items())  # bit-identical: no L_SD on them
+    assert any(not torch.equal(trained["native"][k], v) for k, v in initial.items())
+    warnings = [r.getMessage() for r in caplog.records if "nothing can train" in r.getMessage()]
+    assert len(warnings) == 1 and "only parallel samples" in warnings[0], warnings
 
 
 def test_corrupt_and_missing_images_are_skipped_and_counted(world, tmp_path):

@@ -1,6 +1,12 @@
 """Caches of what frozen models compute: VAE latents of the images and the teacher's English
 conditioning. Both are keyed by the checkpoint's name, kept in a cache folder (``--cache-dir``)
-and optionally in memory (small datasets: the demo, tests)."""
+and optionally in memory (small datasets: the demo, tests).
+
+Reading (``lookup``) is safe on the batch-prefetch thread; computing runs ComfyUI's models and
+belongs on the main thread. Entries are written atomically under unique temp names, so processes
+that happen to write the same entry (DDP ranks meeting one caption) never see a torn file; entries
+every rank needs at start-up are written by rank 0 first (``Trainer``).
+"""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +15,8 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from .data import Record, load_image
+from adapters.file_format import atomic_write
+from .data import Record
 
 
 def cache_key(*parts: object) -> str:
@@ -24,28 +31,33 @@ class LatentCache:
         self.cache_dir, self.cache_key = cache_dir, cache_key
         self.memo: dict | None = {} if memory else None
 
-    def __call__(self, record: Record, bucket: tuple[int, int]) -> torch.Tensor:
-        if self.memo is None:
-            return self._cached(record, bucket)
-        key = (record.image, bucket)
-        if key not in self.memo:
-            self.memo[key] = self._cached(record, bucket)
-        return self.memo[key]
+    def _path(self, record: Record, bucket: tuple[int, int]) -> Path | None:
+        if not self.cache_dir:
+            return None
+        key = cache_key(self.cache_key, record.image, bucket)
+        return self.cache_dir / "latents" / key[:2] / f"{key}.pt"
+
+    def lookup(self, record: Record, bucket: tuple[int, int]) -> torch.Tensor | None:
+        """The cached latent, or None when it must be encoded."""
+        if self.memo is not None and (record.image, bucket) in self.memo:
+            return self.memo[(record.image, bucket)]
+        path = self._path(record, bucket)
+        if path is not None and path.is_file():
+            latent = torch.load(path, weights_only=True)
+            if self.memo is not None:
+                self.memo[(record.image, bucket)] = latent
+            return latent
+        return None
 
     @torch.no_grad()
-    def _cached(self, record: Record, bucket: tuple[int, int]) -> torch.Tensor:
-        path = None
-        if self.cache_dir:
-            key = cache_key(self.cache_key, record.image, bucket)
-            path = self.cache_dir / "latents" / key[:2] / f"{key}.pt"
-            if path.is_file():
-                return torch.load(path, weights_only=True)
-        pixels = load_image(record, bucket)[None]
-        latent = self.base.process_latent_in(self.vae.encode(pixels).float())[0].cpu()
+    def encode(self, record: Record, bucket: tuple[int, int], pixels: torch.Tensor) -> torch.Tensor:
+        """Encode ``pixels`` ([H, W, 3] in [0, 1]) with the VAE and cache the latent."""
+        latent = self.base.process_latent_in(self.vae.encode(pixels[None]).float())[0].cpu()
+        if self.memo is not None:
+            self.memo[(record.image, bucket)] = latent
+        path = self._path(record, bucket)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(latent, path.with_suffix(".tmp"))
-            path.with_suffix(".tmp").replace(path)
+            atomic_write(path, lambda tmp: torch.save(latent, tmp))
         return latent
 
 
@@ -58,42 +70,53 @@ class TeacherText:
         self.cache_key = cache_key
         self.memo: dict[str, dict[str, torch.Tensor]] | None = {} if memory else None
 
+    def _path(self, text: str) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        key = cache_key(self.cache_key, text)
+        return self.cache_dir / "teacher" / key[:2] / f"{key}.safetensors"
+
+    def lookup(self, text: str) -> dict[str, torch.Tensor] | None:
+        """The cached encoding of ``text``, or None when it must be computed."""
+        if self.memo is not None and text in self.memo:
+            return self.memo[text]
+        path = self._path(text)
+        if path is not None and path.is_file():
+            out = safetensors.torch.load_file(str(path))
+            if self.memo is not None:
+                self.memo[text] = out
+            return out
+        return None
+
     @torch.no_grad()
-    def _compute(self, text: str) -> dict[str, torch.Tensor]:
+    def encode(self, text: str) -> dict[str, torch.Tensor]:
+        """``{"tokens": [1, L, C], "pooled": [1, P]}`` (pooled where the model has one), cached."""
+        out = self.lookup(text)
+        if out is not None:
+            return out
         cond, extra = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))[0]
         out = {"tokens": cond.float().cpu()}
         if extra.get("pooled_output") is not None:
             out["pooled"] = extra["pooled_output"].float().cpu()
-        return out
-
-    def encode(self, text: str) -> dict[str, torch.Tensor]:
-        if self.memo is None:
-            return self._cached(text)
-        if text not in self.memo:
-            self.memo[text] = self._cached(text)
-        return self.memo[text]
-
-    def _cached(self, text: str) -> dict[str, torch.Tensor]:
-        if self.cache_dir is None:
-            return self._compute(text)
-        key = cache_key(self.cache_key, text)
-        path = self.cache_dir / "teacher" / key[:2] / f"{key}.safetensors"
-        if path.is_file():
-            return safetensors.torch.load_file(str(path))
-        out = self._compute(text)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        safetensors.torch.save_file(out, str(tmp))
-        tmp.replace(path)
+        if self.memo is not None:
+            self.memo[text] = out
+        path = self._path(text)
+        if path is not None:
+            atomic_write(path, lambda tmp: safetensors.torch.save_file(out, tmp))
         return out
 
     def encode_batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Stacked conditioning; captions of different lengths are repeated to a common
         length, as ComfyUI does when it batches conds (repetition leaves attention unchanged)."""
-        import comfy.conds
+        return stack_conditioning([self.encode(t) for t in texts])
 
-        encs = [self.encode(t) for t in texts]
-        first, rest = comfy.conds.CONDCrossAttn(encs[0]["tokens"]), encs[1:]
-        tokens = first.concat([comfy.conds.CONDCrossAttn(e["tokens"]) for e in rest])
-        pooled = torch.cat([e["pooled"] for e in encs]) if "pooled" in encs[0] else None
-        return tokens, pooled
+
+def stack_conditioning(encs: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Teacher encodings of a batch as ``(tokens [B, L, C], pooled [B, P] or None)``; token
+    sequences of different lengths are repeated to a common length, as ComfyUI batches conds."""
+    import comfy.conds
+
+    first, rest = comfy.conds.CONDCrossAttn(encs[0]["tokens"]), encs[1:]
+    tokens = first.concat([comfy.conds.CONDCrossAttn(e["tokens"]) for e in rest])
+    pooled = torch.cat([e["pooled"] for e in encs]) if "pooled" in encs[0] else None
+    return tokens, pooled

@@ -22,8 +22,8 @@ class RunLog:
         kept = []
         if path.is_file() and resume_step:
             kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(line + "\n" for line in kept))
+        text = "".join(line + "\n" for line in kept)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     def write(self, entry: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
@@ -41,26 +41,28 @@ def plot_losses(entries: list[dict], dest: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    steps = [e["step"] for e in entries]
     for part in PARTS:
-        if any(part in e for e in entries):
-            ax.plot(steps, [e.get(part) for e in entries], label=part)
+        points = [(e["step"], e[part]) for e in entries if part in e]
+        if points:
+            ax.plot(*zip(*points), label=part)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.legend()
+    if ax.lines:
+        ax.set_yscale("log")
+        ax.legend()
+    else:  # every logged step was skipped
+        ax.text(0.5, 0.5, "no step logged a loss", ha="center", transform=ax.transAxes)
     ax.set_title("PEA adapter distillation")
     fig.tight_layout()
-    tmp = dest.with_name(f".{dest.name}.tmp.png")
-    fig.savefig(tmp)
+    atomic_write(dest, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
-    tmp.replace(dest)
     return dest
 
 
 def write_summary(dest: Path, summary: dict) -> None:
-    """``summary.json``: the adapter written, steps, skipped images."""
-    dest.write_text(json.dumps(summary, ensure_ascii=False, indent=2))
+    """``summary.json``: the adapter written, steps, skipped steps and images, why a run stopped."""
+    text = json.dumps(summary, ensure_ascii=False, indent=2)
+    atomic_write(dest, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def rng_state() -> dict:

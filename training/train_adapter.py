@@ -15,6 +15,8 @@ gives parallel samples L_SD too (the ablation rows of the paper's Table 2).
 CFG dropout replaces a sample's caption by the empty prompt on both sides: the student's
 language tokens, the teacher's English tokens and its pooled vector (SDXL), as inference CFG
 does (the official SDXL script keeps the conditional pooled vector).
+A step whose loss or adapter gradients are not finite is skipped (optimiser and schedule
+untouched) and counted; --max-bad-steps in a row stop the run.
 
 ComfyUI is imported from the folder the pack sits in, or from COMFYUI_PATH.
 """
@@ -67,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(a GlueGen-style baseline; PEA uses 0)")
     p.add_argument("--sd-on-parallel", action="store_true",
                    help="give parallel samples L_SD too (the paper's ablation rows, not PEA)")
+    p.add_argument("--max-bad-steps", type=int, default=20,
+                   help="stop after this many steps in a row with a non-finite loss or gradients (0: never)")
     p.add_argument("--resolution", type=int, help="bucket area side (default: the family's, "
                    + ", ".join(f"{f.resolution} {f.label}" for f in FAMILIES.values() if f.trainable) + ")")
     p.add_argument("--hidden", type=int, nargs="+", help="adapter hidden widths (default: the family's, "
@@ -102,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.data import read_manifest
     from training.distributed import DistInfo
     from training.loop import TrainConfig, Trainer
+    from training.nonfinite import NonFiniteError
     from training.objective import LossWeights
 
     cfg = TrainConfig(
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         noise_offset=args.noise_offset, cfg_dropout=args.cfg_dropout,
         weights=LossWeights(args.lambda_sd, args.lambda_logit, args.lambda_feature, args.lambda_text,
                             sd_on_parallel=args.sd_on_parallel),
-        resolution=args.resolution,
+        max_bad_steps=args.max_bad_steps, resolution=args.resolution,
         hidden=tuple(args.hidden) if args.hidden else None,
         init_adapter=args.init_adapter, resume=args.resume, cache_dir=args.cache_dir, seed=args.seed,
         save_every=args.save_every, log_every=args.log_every, preview_every=args.preview_every,
@@ -122,10 +127,10 @@ def main(argv: list[str] | None = None) -> int:
                           load_language_encoder(args.encoder, context_length=args.context_length),
                           records, DistInfo.from_env(), shards=shards or None)
         final = trainer.run()
-    except PEAError as e:
+    except (PEAError, NonFiniteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"adapter: {final} ({trainer.skipped.count} images skipped)")
+    print(f"adapter: {final} ({trainer.skipped.count} images, {trainer.guard.skipped} steps skipped)")
     return 0
 
 

@@ -181,6 +181,31 @@ def test_without_kd_weights_parallel_samples_keep_the_adapter_and_native_ones_mo
     assert len(warnings) == 1 and "only parallel samples" in warnings[0], warnings
 
 
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run(world, tmp_path):
+    from training.miniworld.tiny_base import tiny_sd15_parts
+    from training.nonfinite import NonFiniteError
+
+    parts = tiny_sd15_parts("demo")
+    parts.vae.first_stage_model.vae_shift.data.fill_(float("nan"))  # a broken VAE: every latent is NaN
+    trainer = make_trainer(world, tmp_path, parts=parts, steps=10, max_bad_steps=3, save_every=2, log_every=1)
+    initial = {k: v.clone() for k, v in trainer.adapter.state_dict().items()}
+    with pytest.raises(NonFiniteError, match=r"stopped at step 3: 3 steps in a row were skipped .*not finite .*"
+                                             r"fp16 overflow.*broken VAE.*Last good checkpoint: .*step_0000002.pt"):
+        trainer.run()
+    lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [line["skipped_steps"] for line in lines if "skipped" in line] == [1, 2, 3]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["skipped_steps"] == 3 and summary["adapter"] is None and "stopped at step 3" in summary["stopped"]
+    assert not (tmp_path / "pea_demo_zh.safetensors").exists()
+    ckpt = torch.load(tmp_path / "checkpoints" / "step_0000002.pt", weights_only=True)
+    assert ckpt["scheduler"]["last_epoch"] == 0 and ckpt["optimizer"]["state"] == {}  # never stepped
+    assert all(torch.equal(ckpt["adapter"][k], v) for k, v in initial.items())
+    trainer.adapter.projector[0].weight.data[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"not writing the checkpoint of step 3: the adapter's 'projector.0.weight'"):
+        trainer.save_checkpoint()
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_0000002.pt"]
+
+
 def test_corrupt_and_missing_images_are_skipped_and_counted(world, tmp_path):
     from training.data import read_manifest
     from training.loop import Trainer
@@ -208,12 +233,14 @@ def test_two_process_gloo_run_matches_one_process(world, tmp_path):
                                                         os.environ.get("PYTHONPATH", "")]))
     runs = {}
     for nproc, batch in ((1, 8), (2, 4)):
-        out = tmp_path / f"p{nproc}"
+        out, cache = tmp_path / f"p{nproc}", tmp_path / f"cache{nproc}"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(worker),
-               str(world["manifest"]), str(world["encoder_dir"]), str(out), str(batch)]
+               str(world["manifest"]), str(world["encoder_dir"]), str(out), str(batch), str(cache)]
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         runs[nproc] = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+        assert list((cache / "latents").rglob("*.pt")) and list((cache / "teacher").rglob("*.safetensors"))
+        assert [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")] == []
     assert len(runs[1]) == len(runs[2]) == 4
     for one, two in zip(runs[1], runs[2]):
         assert one["samples"] == two["samples"] == 8

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from adapters import load_language_encoder
+from adapters.file_format import atomic_write
 from adapters.tiny import make_chinese_clip
 
 from ..data import Record, load_image, read_manifest
@@ -101,7 +102,8 @@ def run_demo(output: Path, steps: int = DEMO_STEPS, seed: int = 0, progress: boo
         results[run] = {"adapter": str(adapter_path), **held_out_losses(trainer, read_manifest(held_manifest))}
     ratio = results["matched"]["kd"] / results["shuffled"]["kd"]
     results["ratio"] = ratio
-    (output / "demo_result.json").write_text(json.dumps(results, indent=2))
+    text = json.dumps(results, indent=2)
+    atomic_write(output / "demo_result.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     print(f"\nheld-out KD loss ({len(held_out)} pairs never seen in training):")
     print(f"  trained on true pairs:     {results['matched']['kd']:.5f}")
     print(f"  trained on shuffled pairs: {results['shuffled']['kd']:.5f}")

@@ -12,6 +12,8 @@ import safetensors.torch
 import torch
 from tqdm import tqdm
 
+from adapters.file_format import atomic_write
+
 from ..caching import TeacherText
 from ..data import Record, load_image
 from ..distill import sample_generator
@@ -58,8 +60,7 @@ def train_teacher(parts, records: list[Record], steps: int, size: int, batch_siz
 
 def save_unet(parts, path: Path, dtype: torch.dtype = torch.float32) -> None:
     state = {k: v.to(dtype).contiguous() for k, v in parts.model.model.diffusion_model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file(state, str(path))
+    atomic_write(path, lambda tmp: safetensors.torch.save_file(state, tmp))
 
 
 def load_unet(parts, path: Path) -> None:

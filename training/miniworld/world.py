@@ -18,6 +18,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from adapters.file_format import atomic_write
+
 COLORS = {"red": ("红色", (220, 40, 40)), "blue": ("蓝色", (40, 80, 220)), "green": ("绿色", (40, 170, 60)),
           "yellow": ("黄色", (235, 210, 40)), "purple": ("紫色", (140, 60, 180)), "orange": ("橙色", (245, 140, 30)),
           "white": ("白色", (250, 250, 250)), "black": ("黑色", (20, 20, 20))}
@@ -134,8 +136,7 @@ def write_dataset(folder: Path, pairs: list[dict], languages: tuple[str, ...] = 
     for pair in pairs:
         image = folder / "images" / f"{pair['id']:04d}.png"
         if not image.is_file():
-            image.parent.mkdir(exist_ok=True)
-            render(pair, size).save(image)
+            atomic_write(image, lambda tmp: render(pair, size).save(tmp, format="PNG"))
         rows += [(image, *caption) for language in languages for caption in captions(pair, language)]
     texts = [row[1] for row in rows]
     if shuffle_text_seed is not None:
@@ -143,11 +144,11 @@ def write_dataset(folder: Path, pairs: list[dict], languages: tuple[str, ...] = 
     lines = [json.dumps({"image": f"images/{image.name}", "text": text, "en": en, "kind": kind}, ensure_ascii=False)
              for (image, _, en, kind), text in zip(rows, texts)]
     manifest = folder / f"{name}.jsonl"
-    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write(manifest, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8"))
     return manifest
 
 
 if __name__ == "__main__":  # regenerate the shipped pairs file
-    PAIRS.parent.mkdir(exist_ok=True)
-    PAIRS.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in all_pairs()), encoding="utf-8")
+    text = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in all_pairs())
+    atomic_write(PAIRS, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     print(f"wrote {PAIRS}")

@@ -258,7 +258,8 @@ class Trainer:
                 else:
                     self.guard.good()
                     window.add(sums)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps or self.step == 1:
+                due = self.step % cfg.log_every == 0 or self.step == cfg.steps or self.step == 1
+                if due and window.steps:  # skipped steps have their own lines
                     entry = self.log_entry(window, time.perf_counter() - started)
                     started = time.perf_counter()
                     if log_file:
@@ -275,7 +276,7 @@ class Trainer:
     def log_entry(self, window: LossWindow, seconds: float) -> dict:
         steps = window.steps
         entry = {"step": self.step, **window.means(), "lr": self.scheduler.get_last_lr()[0]}
-        entry["samples_per_s"] = entry["samples"] * steps / seconds if steps else 0.0
+        entry["samples_per_s"] = entry["samples"] * steps / seconds
         entry["skipped_images"] = self.skipped.count
         entry["skipped_steps"] = self.guard.skipped
         return entry

@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
+import secrets
 from pathlib import Path
+from typing import Callable
 
 import safetensors
 import safetensors.torch
@@ -98,8 +99,8 @@ def infer_shape(state: dict[str, torch.Tensor], where: str = "adapter") -> Adapt
             raise AdapterFileError(
                 f"{where}: the head's 'fc' must be a Linear({width}, N) with bias; found "
                 f"fc.weight {tuple(fc.shape)}")
-        # SDXL widens the trunk into the context (1280 -> 2048); FLUX narrows the token
-        # context into the pooled vector (4096 -> 768).
+        # SDXL widens the trunk (its pooled vector) into the context; FLUX narrows the
+        # token context into the pooled vector (widths: families.FAMILIES).
         if fc.shape[0] < width:
             return AdapterShape("flux", in_dim, hidden, width, width, fc.shape[0])
         return AdapterShape("sdxl", in_dim, hidden, width, fc.shape[0], width)
@@ -146,18 +147,28 @@ def load_adapter(path: str | os.PathLike, device: torch.device | str = "cpu",
     return adapter.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
-def atomic_write(path: Path, write) -> None:
-    """Run ``write(temp_name)`` beside ``path``, then rename: no half-written file is ever seen."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
+    """Run ``write(temp_name)`` beside ``path``, then rename: no half-written file is ever seen.
+
+    The temp name is unique to this call (process id and random letters), so processes and
+    threads writing the same file never share one; it is created with mode 0o666 less the
+    umask, as an ordinary file would be. On any error the temp file is removed."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
-        write(tmp)
+        write(str(tmp))
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        tmp.unlink(missing_ok=True)
         raise
+    return path
 
 
 def save_adapter(state: dict[str, torch.Tensor] | PEAAdapter, info: AdapterInfo,

@@ -3,10 +3,12 @@
 Layout (official key names): ``layernorm`` -> ``projector`` (bias-free Linears with GELU
 between, any depth) -> a head. Heads:
 
-- ``sd15``: the projector's output *is* the 768-d token context; no pooled vector.
-- ``sdxl``: ``pooled = mean over tokens of x`` (1280-d) and ``tokens = fc(GELU(x))`` (2048-d).
-- ``flux``: ``tokens = GELU(x)`` (4096-d, FLUX's T5 context) and ``pooled = mean over tokens of
-  fc(tokens)`` (768-d, FLUX's CLIP-L pooled vector), as in OPPO's multilingual FLUX adapter.
+- ``sd15``: the projector's output *is* the token context; no pooled vector.
+- ``sdxl``: ``pooled = mean over tokens of x`` (the pooled width) and ``tokens = fc(GELU(x))``.
+- ``flux``: ``tokens = GELU(x)`` (FLUX's T5 context) and ``pooled = mean over tokens of
+  fc(tokens)`` (FLUX's CLIP-L pooled vector), as in OPPO's multilingual FLUX adapter.
+
+The widths of each family are in ``families.FAMILIES``.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-HEADS = ("sd15", "sdxl", "flux")
+from .families import FAMILIES, HEADS, Family
 
 
 @dataclass(frozen=True)
@@ -52,16 +54,18 @@ class AdapterShape:
         )
 
     @classmethod
+    def for_family(cls, family: Family, in_dim: int, hidden_dims: tuple[int, ...] | None = None) -> "AdapterShape":
+        """The shape that conditions ``family`` from ``in_dim``-d encoder states (default hidden
+        widths: the family's)."""
+        hidden = tuple(hidden_dims) if hidden_dims else family.hidden
+        return cls(family.head, in_dim, hidden, family.trunk_dim, family.context_dim, family.pooled_dim)
+
+    @classmethod
     def for_head(cls, head: str, in_dim: int, hidden_dims: tuple[int, ...]) -> "AdapterShape":
-        """The standard shape of a head: SD1.5 tokens 768; SDXL trunk 1280, tokens 2048; FLUX
-        tokens 4096, pooled 768."""
-        if head == "sd15":
-            return cls("sd15", in_dim, tuple(hidden_dims), 768, 768, None)
-        if head == "sdxl":
-            return cls("sdxl", in_dim, tuple(hidden_dims), 1280, 2048, 1280)
-        if head == "flux":
-            return cls("flux", in_dim, tuple(hidden_dims), 4096, 4096, 768)
-        raise ValueError(f"unknown adapter head {head!r}; expected one of {HEADS}")
+        """The standard shape of a head (``families.FAMILIES``' widths)."""
+        if head not in FAMILIES:
+            raise ValueError(f"unknown adapter head {head!r}; expected one of {HEADS}")
+        return cls.for_family(FAMILIES[head], in_dim, hidden_dims)
 
 
 class PEAAdapter(nn.Module):

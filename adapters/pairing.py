@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from .encoders import LanguageEncoder
 from .errors import IncompatibleError
+from .families import FAMILIES, Family
 from .metadata import AdapterInfo
 from .module import AdapterShape
-
-FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL", "flux": "FLUX.1"}
 
 
 def describe_shape(shape: AdapterShape) -> str:
     pooled = f"a {shape.pooled_dim}-d pooled vector" if shape.pooled_dim else "no pooled vector"
-    return f"{FAMILY_NAMES.get(shape.head, shape.head)} ({shape.token_dim}-d tokens, {pooled})"
+    family = FAMILIES.get(shape.head)
+    return f"{family.label if family else shape.head} ({shape.token_dim}-d tokens, {pooled})"
 
 
 def check_pairing(encoder: LanguageEncoder, info: AdapterInfo, adapter_name: str) -> None:
@@ -47,16 +47,13 @@ def _masking(masked: bool) -> str:
     return "masked" if masked else "attended (not masked)"
 
 
-def check_base_model(shape: AdapterShape, adapter_name: str, model_name: str,
-                     context_dim: int | None, pooled_dim: int | None) -> None:
-    """Refuse an adapter whose outputs the base model cannot take.
-
-    ``context_dim``: the model's cross-attention width; ``pooled_dim``: the pooled text width
-    it needs (None where it needs none).
-    """
-    wants = f"{context_dim}-d context" + (f" and a {pooled_dim}-d pooled vector" if pooled_dim else "")
-    fits = context_dim in (None, shape.token_dim) and (pooled_dim is None or pooled_dim == shape.pooled_dim)
+def check_base_model(shape: AdapterShape, adapter_name: str, model_name: str, family: Family) -> None:
+    """Refuse an adapter whose head or widths are not the ones the base model's ``family``
+    (``families.family_of(model)``) reads."""
+    wants = f"{family.context_dim}-d context" + (f" and a {family.pooled_dim}-d pooled vector" if family.pooled_dim else "")
+    fits = (shape.head == family.head and shape.token_dim == family.context_dim
+            and shape.pooled_dim == family.pooled_dim)
     if not fits:
         raise IncompatibleError(
             f"Adapter '{adapter_name}' is made for {describe_shape(shape)}, but the model "
-            f"'{model_name}' needs {wants}. Pick an adapter made for this model's family.")
+            f"'{model_name}' is {family.label} and needs {wants}. Pick an adapter made for this model's family.")

@@ -83,13 +83,15 @@ def measure(pack, storage: str, config: dict, device: torch.device, vram_gib: fl
 
     from adapters import AdapterShape, PEAAdapter
     from adapters.encoders.weight_storage import weight_bytes
+    from adapters.families import FAMILIES
 
     cuda = device.type == "cuda"
+    flux = FAMILIES["flux"]
     language_clip = pack.nodes.language_clip
     options = language_clip.model_options("default", storage)
     encoder = build_encoder(config, options["dtype"], device)
     managed = language_clip.manage(encoder, options, language_clip.weight_dtype(storage, options["load_device"]))
-    adapter = PEAAdapter(AdapterShape("flux", config["d_model"], (4096, 4096), 4096, 4096, 768)).to(options["dtype"])
+    adapter = PEAAdapter(AdapterShape.for_family(flux, config["d_model"])).to(options["dtype"])
     clip = pack.nodes.pea_clip.adapter_clip(managed.clip, adapter)
     result = {"storage": storage, "encoder_gib": gib(weight_bytes(encoder)),
               "adapter_params": sum(p.numel() for p in adapter.parameters())}
@@ -105,7 +107,7 @@ def measure(pack, storage: str, config: dict, device: torch.device, vram_gib: fl
             torch.cuda.synchronize()
         result[run] = round(time.perf_counter() - start, 3)
     tokens, extra = cond[0]
-    assert tokens.shape == (1, 256, 4096) and extra["pooled_output"].shape == (1, 768), (tokens.shape,)
+    assert tokens.shape == (1, 256, flux.context_dim) and extra["pooled_output"].shape == (1, flux.pooled_dim), (tokens.shape,)
     assert torch.isfinite(tokens).all() and torch.isfinite(extra["pooled_output"]).all()
     result["encoder_loaded_gib"] = gib(managed.patcher.loaded_size())
     result["partially_loaded"] = bool(managed.patcher.model.model_lowvram)

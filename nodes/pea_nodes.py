@@ -1,11 +1,11 @@
 """The three PEA nodes: Load Language CLIP, Apply PEA Adapter, PEA Encode Prompt."""
 from __future__ import annotations
 
-import comfy.model_base
 import folder_paths
 import nodes as comfy_nodes
 
 from ..adapters import load_adapter
+from ..adapters.families import family_of, model_label
 from ..adapters.pairing import check_base_model, check_pairing
 from .folders import PEA_ADAPTERS, find_adapter, find_language_clip, list_language_clips
 from .language_clip import DTYPE_CHOICES, LANGUAGE_CLIP_TYPE, LanguageClip, load_language_clip
@@ -62,16 +62,6 @@ class PEALoadLanguageCLIP:
                                    context_length=context_length or None),)
 
 
-def base_model_needs(model) -> tuple[int | None, int | None]:
-    """(cross-attention width, pooled text width or None) of a ComfyUI MODEL."""
-    base = model.model
-    config = base.model_config.unet_config
-    if isinstance(base, comfy.model_base.Flux):
-        return config.get("context_in_dim"), config.get("vec_in_dim")
-    pooled_dim = 1280 if isinstance(base, (comfy.model_base.SDXL, comfy.model_base.SDXLRefiner)) else None
-    return config.get("context_dim"), pooled_dim
-
-
 class PEAApplyAdapter:
     @classmethod
     def INPUT_TYPES(cls):
@@ -104,8 +94,7 @@ class PEAApplyAdapter:
         adapter = load_adapter(find_adapter(adapter_name), dtype=language_clip.model_options["dtype"])
         check_pairing(language_clip.encoder, adapter.info, adapter_name)
         if model is not None:
-            label = f"{type(model.model).__name__} ({type(model.model.model_config).__name__})"
-            check_base_model(adapter.shape, adapter_name, label, *base_model_needs(model))
+            check_base_model(adapter.shape, adapter_name, model_label(model), family_of(model))
         return (adapter_clip(language_clip.clip, adapter),)
 
 

@@ -24,6 +24,7 @@ import copy
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -32,19 +33,23 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from adapters.families import FAMILIES  # noqa: E402
 from training.comfy_runtime import import_comfy  # noqa: E402
+
+SD15, SDXL = FAMILIES["sd15"], FAMILIES["sdxl"]
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 MODELS = {
     "sd15": dict(config=dict(model_channels=320, num_res_blocks=[2] * 4, channel_mult=[1, 2, 4, 4],
                              transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_output=[1] * 9 + [0] * 3,
-                             context_dim=768, num_heads=8, num_head_channels=-1, use_linear_in_transformer=False),
-                 latent=64, tokens=77, in_dim=1024, hidden=(2048, 2048), head="sd15"),
+                             context_dim=SD15.context_dim, num_heads=8, num_head_channels=-1,
+                             use_linear_in_transformer=False),
+                 latent=64, tokens=77, in_dim=1024, hidden=SD15.hidden, head="sd15"),
     "sdxl": dict(config=dict(model_channels=320, num_res_blocks=[2] * 3, channel_mult=[1, 2, 4],
                              transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
-                             context_dim=2048, num_heads=-1, num_head_channels=64, use_linear_in_transformer=True,
+                             context_dim=SDXL.context_dim, num_heads=-1, num_head_channels=64, use_linear_in_transformer=True,
                              adm_in_channels=2816, num_classes="sequential"),
-                 latent=128, tokens=77, in_dim=1024, hidden=(1024, 1024), head="sdxl"),
+                 latent=128, tokens=77, in_dim=1024, hidden=SDXL.hidden, head="sdxl"),
     "tiny": dict(config=dict(model_channels=32, num_res_blocks=[1, 1], channel_mult=[1, 2], transformer_depth=[1, 1],
                              transformer_depth_output=[1, 1, 1, 1], context_dim=64, num_heads=4, num_head_channels=-1,
                              use_linear_in_transformer=False),
@@ -56,7 +61,7 @@ def build_unet(spec: dict, dtype: torch.dtype, device) -> torch.nn.Module:
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    from training.tiny_base import init_weights
+    from training.miniworld.tiny_base import init_weights
 
     cfg = dict(spec["config"], image_size=32, in_channels=4, out_channels=4, use_spatial_transformer=True,
                legacy=False, transformer_depth_middle=spec["config"]["transformer_depth"][-1] or 1)
@@ -70,13 +75,9 @@ def build_unet(spec: dict, dtype: torch.dtype, device) -> torch.nn.Module:
 def build_adapter(spec: dict, device):
     from adapters import AdapterShape, PEAAdapter
 
-    ctx = spec["config"]["context_dim"]
+    family = replace(FAMILIES[spec["head"]], context_dim=spec["config"]["context_dim"])
     torch.manual_seed(0)  # the same adapter on both sides and in the compiled-gradient check
-    if spec["head"] == "sdxl":
-        shape = AdapterShape("sdxl", spec["in_dim"], spec["hidden"], 1280, ctx, 1280)
-    else:
-        shape = AdapterShape("sd15", spec["in_dim"], spec["hidden"], ctx, ctx, None)
-    return PEAAdapter(shape).to(device)
+    return PEAAdapter(AdapterShape.for_family(family, spec["in_dim"], spec["hidden"])).to(device)
 
 
 def inputs(spec: dict, batch: int, device, dtype):
@@ -91,7 +92,7 @@ def inputs(spec: dict, batch: int, device, dtype):
 
 
 def adm(spec, pooled):
-    """SDXL's label input: pooled text (1280) + six size embeddings (random stand-in, 1536)."""
+    """SDXL's label input: the pooled text vector + six size embeddings (random stand-in, 1536)."""
     if spec["head"] != "sdxl":
         return None
     return torch.cat([pooled, torch.zeros(pooled.shape[0], 1536, device=pooled.device, dtype=pooled.dtype)], dim=1)

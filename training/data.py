@@ -10,6 +10,7 @@ import io
 import json
 import math
 import random
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -94,16 +95,19 @@ def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> t
 
 
 class SkipCounter:
-    """Images that could not be read: how many, and the first few reasons."""
+    """Images that could not be read: how many, and the first few reasons (thread-safe: the
+    batch-prefetch thread counts too)."""
 
     def __init__(self):
         self.count = 0
         self.examples: list[str] = []
+        self._lock = threading.Lock()
 
     def add(self, path: Path, error: Exception) -> None:
-        self.count += 1
-        if len(self.examples) < 5:
-            self.examples.append(f"{path}: {error}")
+        with self._lock:
+            self.count += 1
+            if len(self.examples) < 5:
+                self.examples.append(f"{path}: {error}")
 
 
 def assign_buckets(records: list[Record], buckets: list[tuple[int, int]],

@@ -6,11 +6,8 @@ the same noised latents, timesteps and (SDXL) size ids. Gradients reach the adap
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
-import safetensors.torch
 import torch
 from torch import nn
 
@@ -39,62 +36,12 @@ class Batch:
     sample_ids: list[int]          # global positions in the step, for the per-sample draws
 
 
-class TeacherText:
-    """The base checkpoint's English conditioning, exactly as CLIPTextEncode makes it."""
-
-    def __init__(self, clip, cache_dir: Path | None = None, cache_key: str = "", memory: bool = False):
-        self.clip = clip
-        self.cache_dir = cache_dir
-        self.cache_key = cache_key
-        self.memo: dict[str, dict[str, torch.Tensor]] | None = {} if memory else None
-
-    @torch.no_grad()
-    def _compute(self, text: str) -> dict[str, torch.Tensor]:
-        cond, extra = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))[0]
-        out = {"tokens": cond.float().cpu()}
-        if extra.get("pooled_output") is not None:
-            out["pooled"] = extra["pooled_output"].float().cpu()
-        return out
-
-    def encode(self, text: str) -> dict[str, torch.Tensor]:
-        if self.memo is None:
-            return self._cached(text)
-        if text not in self.memo:
-            self.memo[text] = self._cached(text)
-        return self.memo[text]
-
-    def _cached(self, text: str) -> dict[str, torch.Tensor]:
-        if self.cache_dir is None:
-            return self._compute(text)
-        key = hashlib.sha1(f"{self.cache_key}\0{text}".encode()).hexdigest()
-        path = self.cache_dir / "teacher" / key[:2] / f"{key}.safetensors"
-        if path.is_file():
-            return safetensors.torch.load_file(str(path))
-        out = self._compute(text)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        safetensors.torch.save_file(out, str(tmp))
-        tmp.replace(path)
-        return out
-
-    def encode_batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Stacked conditioning; captions of different lengths are repeated to a common
-        length, as ComfyUI does when it batches conds (repetition leaves attention unchanged)."""
-        import comfy.conds
-
-        encs = [self.encode(t) for t in texts]
-        first, rest = comfy.conds.CONDCrossAttn(encs[0]["tokens"]), encs[1:]
-        tokens = first.concat([comfy.conds.CONDCrossAttn(e["tokens"]) for e in rest])
-        pooled = torch.cat([e["pooled"] for e in encs]) if "pooled" in encs[0] else None
-        return tokens, pooled
-
-
 class Distiller(nn.Module):
     """Computes the PEA loss of a batch; ``adapter`` is the only module with trainable weights."""
 
     def __init__(self, base_model, encoder: LanguageEncoder, adapter: nn.Module, empty_ids: torch.Tensor,
                  empty_teacher: tuple[torch.Tensor, torch.Tensor | None], weights: LossWeights = LossWeights(),
-                 cfg_dropout: float = 0.1, seed: int = 0):
+                 cfg_dropout: float = 0.1, seed: int = 0, noise_offset: float = 0.0):
         super().__init__()
         self.base = base_model
         self.encoder = encoder
@@ -105,18 +52,22 @@ class Distiller(nn.Module):
         self.weights = weights
         self.cfg_dropout = cfg_dropout
         self.seed = seed
+        self.noise_offset = noise_offset
         self.checked_shapes = False
         base_model.requires_grad_(False)
         encoder.requires_grad_(False)
 
     def draws(self, batch: Batch, step: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-sample timestep, noise and CFG-dropout flag, keyed by (seed, step, sample)."""
+        """Per-sample timestep, noise (plus ``noise_offset`` times a per-channel normal) and
+        CFG-dropout flag, keyed by (seed, step, sample)."""
         ts, noises, drops = [], [], []
         for sid, z in zip(batch.sample_ids, batch.latents):
             g = sample_generator(self.seed, step, sid)
             ts.append(torch.randint(0, TIMESTEPS, (1,), generator=g))
             noises.append(torch.randn(z.shape, generator=g))
             drops.append(torch.rand(1, generator=g) < self.cfg_dropout)
+            if self.noise_offset:  # per-channel offset (official SDXL script), drawn last: off keeps the draws
+                noises[-1] += self.noise_offset * torch.randn(z.shape[0], 1, 1, generator=g)
         return (torch.cat(ts).to(device), torch.stack(noises).to(device), torch.cat(drops).to(device))
 
     def _adm(self, pooled: torch.Tensor | None, size: tuple[int, int]):

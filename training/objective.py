@@ -1,10 +1,14 @@
-"""The PEA distillation objective: ``L_SD + lambda_L * L_LKD + lambda_F * L_FKD`` per sample.
+"""The PEA distillation objective, as the authors' code trains (hybrid mode), per sample:
 
-Samples marked native (culture-specific captions without a trustworthy English twin) get only
-``L_SD``; the batch loss is the mean of the per-sample losses, so it is the same whatever the
-split of a global batch over processes. A text-space alignment term (GlueGen-style: the
-adapter's tokens against the teacher's English tokens, no UNet) exists as a baseline to compare
-against; PEA itself leaves its weight at 0.
+    (1 - kd) * λ_SD * L_SD  +  kd * (λ_L * L_LKD + λ_F * L_FKD + λ_T * L_text)
+
+``kd`` is 1 for a parallel sample (a caption with a trustworthy English twin) and 0 for a native
+one (culture-specific, no English twin): parallel samples learn from the teacher only (logit and
+feature KD), native samples from their image only (the denoising loss). ``sd_on_parallel`` adds
+``λ_SD * L_SD`` to parallel samples too: the "fine-tuning + KD" rows of the paper's ablation
+(Table 2), not the method. The batch loss is the mean of the per-sample losses, so it is the same
+whatever the split of a global batch over processes. ``L_text`` (the adapter's tokens against the
+teacher's English tokens, no UNet: a GlueGen-style baseline) has weight 0 in PEA.
 """
 from __future__ import annotations
 
@@ -19,11 +23,20 @@ class LossWeights:
     logit: float = 1.0
     feature: float = 0.1
     text: float = 0.0
+    sd_on_parallel: bool = False
+    """Also give parallel samples ``λ_SD * L_SD`` (ablation rows; PEA leaves it off)."""
 
     @property
     def needs_unet(self) -> bool:
         """False for text-space alignment alone, which never runs the UNet."""
         return bool(self.sd or self.logit or self.feature)
+
+    def terms(self, native: bool, parallel: bool) -> list[str]:
+        """The terms with a non-zero weight that some sample gets, given whether the data has
+        native and parallel samples; empty when nothing can train."""
+        sd = self.sd and (native or (parallel and self.sd_on_parallel))
+        kd = {"logit KD": self.logit, "feature KD": self.feature, "text alignment": self.text}
+        return (["L_SD"] if sd else []) + [name for name, w in kd.items() if w and parallel]
 
 
 def per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -60,7 +73,8 @@ def distillation_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch
                       weights: LossWeights = LossWeights(),
                       text: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total loss and its parts (each ``[B]``) from captured student/teacher passes (empty when
-    ``weights`` need no UNet) and the text-alignment term ``text``."""
+    ``weights`` need no UNet) and the text-alignment term ``text``. ``parts["sd_mask"]`` marks
+    the samples that get ``L_SD``, ``parts["kd_mask"]`` those that get the KD terms."""
     kd = kd_mask.float()
     zeros = torch.zeros_like(kd)
     if weights.needs_unet:
@@ -70,5 +84,8 @@ def distillation_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch
     else:
         sd = logit = feature = zeros
     text = zeros if text is None else text
-    per_sample = weights.sd * sd + kd * (weights.logit * logit + weights.feature * feature + weights.text * text)
-    return per_sample.mean(), {"loss": per_sample, "sd": sd, "lkd": logit, "fkd": feature, "text": text, "kd_mask": kd}
+    sd_mask = torch.ones_like(kd) if weights.sd_on_parallel else 1 - kd
+    per_sample = (sd_mask * weights.sd * sd
+                  + kd * (weights.logit * logit + weights.feature * feature + weights.text * text))
+    return per_sample.mean(), {"loss": per_sample, "sd": sd, "lkd": logit, "fkd": feature, "text": text,
+                               "kd_mask": kd, "sd_mask": sd_mask}

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from adapters import LanguageEncoder
+from adapters.file_format import atomic_write
 
 
 @torch.no_grad()
@@ -46,8 +47,5 @@ def render_previews(parts, encoder: LanguageEncoder, adapter, prompts: list[str]
     grid = Image.new("RGB", (size[0] * len(images), size[1]))
     for i, im in enumerate(images):
         grid.paste(im, (i * size[0], 0))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp.png")
-    grid.save(tmp)
-    tmp.replace(dest)
+    atomic_write(dest, lambda tmp: grid.save(tmp, format="PNG"))
     return dest

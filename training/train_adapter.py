@@ -6,6 +6,18 @@
         --manifest data/train.jsonl --output runs/zh_sdxl --steps 70000 --batch-size 4
     torchrun --nproc_per_node 8 training/train_adapter.py ...   (DDP; rank 0 writes files)
 
+Objective (PEA as published; the authors' hybrid training), per sample:
+    (1 - kd) * λ_SD * L_SD + kd * (λ_L * L_LKD + λ_F * L_FKD + λ_T * L_text)
+kd = 1 for a parallel sample (manifest kind "parallel": a caption with its English twin): it
+learns from the teacher only (logit and feature KD); kd = 0 for a native sample (kind "native",
+no English twin): it learns from its image only (the denoising loss L_SD). --sd-on-parallel
+gives parallel samples L_SD too (the ablation rows of the paper's Table 2).
+CFG dropout replaces a sample's caption by the empty prompt on both sides: the student's
+language tokens, the teacher's English tokens and its pooled vector (SDXL), as inference CFG
+does (the official SDXL script keeps the conditional pooled vector).
+A step whose loss or adapter gradients are not finite is skipped (optimiser and schedule
+untouched) and counted; --max-bad-steps in a row stop the run.
+
 ComfyUI is imported from the folder the pack sits in, or from COMFYUI_PATH.
 """
 from __future__ import annotations
@@ -17,6 +29,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the pack's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from adapters.families import FAMILIES  # noqa: E402
 from training.comfy_runtime import import_comfy  # noqa: E402
 
 
@@ -35,18 +48,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int, default=4, help="per process")
     p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--clip-grad", type=float, default=1.0)
-    p.add_argument("--cfg-dropout", type=float, default=0.1)
-    p.add_argument("--lambda-sd", type=float, default=1.0)
-    p.add_argument("--lambda-logit", type=float, default=1.0)
-    p.add_argument("--lambda-feature", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (default 1e-5, official)")
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="AdamW weight decay (default 0: the official run's effective value)")
+    p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps, then constant (default 100)")
+    p.add_argument("--clip-grad", type=float, default=0.0,
+                   help="clip the adapter's gradient norm to this (default 0: no clipping, as the official run)")
+    p.add_argument("--noise-offset", type=float, default=0.0,
+                   help="per-channel noise offset (the official SDXL script uses 0.5; default 0: off)")
+    p.add_argument("--cfg-dropout", type=float, default=0.1,
+                   help="probability that a sample's caption becomes the empty prompt, for the student and "
+                        "the teacher (tokens and pooled vector)")
+    p.add_argument("--lambda-sd", type=float, default=1.0,
+                   help="weight of the denoising loss L_SD, on native samples (all samples with --sd-on-parallel)")
+    p.add_argument("--lambda-logit", type=float, default=1.0, help="weight of logit KD, on parallel samples")
+    p.add_argument("--lambda-feature", type=float, default=0.1,
+                   help="weight of feature KD (every down, mid and up block), on parallel samples")
     p.add_argument("--lambda-text", type=float, default=0.0,
-                   help="text-space alignment to the teacher's tokens (a GlueGen-style baseline; PEA uses 0)")
-    p.add_argument("--resolution", type=int, help="bucket area side (default: 512 SD1.5, 1024 SDXL)")
-    p.add_argument("--hidden", type=int, nargs="+", help="adapter hidden widths (default 1024 1024 SDXL, 2048 2048 SD1.5)")
+                   help="weight of text-space alignment to the teacher's tokens, on parallel samples "
+                        "(a GlueGen-style baseline; PEA uses 0)")
+    p.add_argument("--sd-on-parallel", action="store_true",
+                   help="give parallel samples L_SD too (the paper's ablation rows, not PEA)")
+    p.add_argument("--max-bad-steps", type=int, default=20,
+                   help="stop after this many steps in a row with a non-finite loss or gradients (0: never)")
+    p.add_argument("--resolution", type=int, help="bucket area side (default: the family's, "
+                   + ", ".join(f"{f.resolution} {f.label}" for f in FAMILIES.values() if f.trainable) + ")")
+    p.add_argument("--hidden", type=int, nargs="+", help="adapter hidden widths (default: the family's, "
+                   + ", ".join(f"{' '.join(map(str, f.hidden))} {f.label}" for f in FAMILIES.values() if f.trainable) + ")")
     p.add_argument("--cache-dir", type=Path, help="cache VAE latents and teacher encodings here (both frozen)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=500)
@@ -58,30 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_parts(name: str):
-    """MODEL/CLIP/VAE through ComfyUI's own checkpoint loader."""
-    import comfy.sd
-    import folder_paths
-
-    from training.tiny_base import BaseParts
-
-    path = Path(name) if Path(name).is_file() else folder_paths.get_full_path("checkpoints", name)
-    if path is None:
-        searched = ", ".join(folder_paths.get_folder_paths("checkpoints"))
-        raise SystemExit(f"error: checkpoint '{name}' not found (a path, or a name under: {searched})")
-    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
-        str(path), output_vae=True, output_clip=True,
-        embedding_directory=folder_paths.get_folder_paths("embeddings"))
-    if clip is None:
-        raise SystemExit(f"error: {path} has no text encoder; the teacher needs the checkpoint's own CLIP")
-    return BaseParts(model, clip, vae, Path(path).name)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import_comfy(cpu=args.cpu or args.demo or None)
     if args.demo:
-        from training.demo import DEMO_STEPS, run_demo
+        from training.miniworld.demo import DEMO_STEPS, run_demo
 
         run_demo(args.output, steps=args.steps or DEMO_STEPS, seed=args.seed)
         return 0
@@ -92,26 +101,36 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error(f"{', '.join(missing)} required (or --demo)")
     from braceexpand import braceexpand
 
-    from adapters import load_language_encoder
+    from adapters import PEAError, load_language_encoder
+    from training.base import load_base
     from training.data import read_manifest
+    from training.distributed import DistInfo
+    from training.loop import TrainConfig, Trainer
+    from training.nonfinite import NonFiniteError
     from training.objective import LossWeights
-    from training.trainer import DistInfo, TrainConfig, Trainer
 
     cfg = TrainConfig(
         output=args.output, steps=args.steps or 1000, batch_size=args.batch_size, grad_accum=args.grad_accum,
         lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, clip_grad=args.clip_grad,
-        cfg_dropout=args.cfg_dropout,
-        weights=LossWeights(args.lambda_sd, args.lambda_logit, args.lambda_feature, args.lambda_text),
-        resolution=args.resolution, hidden=tuple(args.hidden) if args.hidden else None,
+        noise_offset=args.noise_offset, cfg_dropout=args.cfg_dropout,
+        weights=LossWeights(args.lambda_sd, args.lambda_logit, args.lambda_feature, args.lambda_text,
+                            sd_on_parallel=args.sd_on_parallel),
+        max_bad_steps=args.max_bad_steps, resolution=args.resolution,
+        hidden=tuple(args.hidden) if args.hidden else None,
         init_adapter=args.init_adapter, resume=args.resume, cache_dir=args.cache_dir, seed=args.seed,
         save_every=args.save_every, log_every=args.log_every, preview_every=args.preview_every,
         preview_prompts=args.preview_prompt, languages=args.languages)
     records = read_manifest(args.manifest, args.image_root) if args.manifest else None
     shards = [url for pattern in args.shards or [] for url in braceexpand(pattern)]
-    trainer = Trainer(cfg, load_parts(args.checkpoint), load_language_encoder(args.encoder, context_length=args.context_length),
-                      records, DistInfo.from_env(), shards=shards or None)
-    final = trainer.run()
-    print(f"adapter: {final} ({trainer.skipped.count} images skipped)")
+    try:
+        trainer = Trainer(cfg, load_base(args.checkpoint),
+                          load_language_encoder(args.encoder, context_length=args.context_length),
+                          records, DistInfo.from_env(), shards=shards or None)
+        final = trainer.run()
+    except (PEAError, NonFiniteError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"adapter: {final} ({trainer.skipped.count} images, {trainer.guard.skipped} steps skipped)")
     return 0
 
 

@@ -25,7 +25,7 @@ def write_checkpoint(path: Path, family: str, with_clip: bool = False, in_channe
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
     import safetensors.torch
 
-    from training.tiny_base import pooling_taesd
+    from training.miniworld.tiny_base import pooling_taesd
 
     common = dict(image_size=32, in_channels=in_channels, model_channels=320, out_channels=4, dtype=torch.float32,
                   operations=comfy.ops.disable_weight_init, use_spatial_transformer=True, legacy=False,
@@ -48,7 +48,7 @@ def write_checkpoint(path: Path, family: str, with_clip: bool = False, in_channe
         import comfy.sd
         import comfy.supported_models as sm
 
-        from training.tiny_base import init_weights
+        from training.miniworld.tiny_base import init_weights
 
         clip = comfy.sd.CLIP(sm.SD15({}).clip_target())
         init_weights(clip.cond_stage_model, 1)
@@ -100,7 +100,7 @@ def write_flux_vae(path: Path) -> Path:
     scale and shift), weights set by hand so decoded images show the latents' first 3 channels."""
     import safetensors.torch
 
-    from training.tiny_base import pooling_taesd
+    from training.miniworld.tiny_base import pooling_taesd
 
     sd = dict(pooling_taesd(latent_channels=16).state_dict())
     sd.update(vae_scale=torch.tensor(0.3611), vae_shift=torch.tensor(0.1159))
@@ -116,7 +116,7 @@ def write_controlnet(path: Path, checkpoint: Path) -> Path:
     import comfy.ops
     import safetensors.torch
 
-    from training.tiny_base import init_weights
+    from training.miniworld.tiny_base import init_weights
 
     config = dict(comfy.model_detection.model_config_from_unet(
         safetensors.torch.load_file(str(checkpoint)), "model.diffusion_model.").unet_config)

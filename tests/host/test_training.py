@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -45,7 +46,7 @@ def manual_forward(unet, x, timesteps, context, y=None):
 @pytest.mark.parametrize("shape,names", [("sd15", SD15_TAPS), ("sdxl", SDXL_TAPS)])
 def test_taps_read_the_official_blocks(comfy_path, shape, names):
     from training.taps import FeatureTaps
-    from training.tiny_base import tiny_unet_model
+    from training.miniworld.tiny_base import tiny_unet_model
 
     base = tiny_unet_model(shape)
     unet = base.diffusion_model
@@ -66,8 +67,8 @@ def test_taps_read_the_official_blocks(comfy_path, shape, names):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, comfy_path):
     """The demo world: a manifest of rendered pairs, a tiny student encoder, tiny SD1.5 parts."""
-    from training.demo_world import read_pairs, write_dataset
-    from training.tiny_base import tiny_sd15_parts
+    from training.miniworld.world import read_pairs, write_dataset
+    from training.miniworld.tiny_base import tiny_sd15_parts
 
     root = tmp_path_factory.mktemp("world")
     pairs = [p for p in read_pairs() if not p["held_out"]][:96]
@@ -76,15 +77,24 @@ def world(tmp_path_factory, comfy_path):
     return {"root": root, "manifest": manifest, "encoder_dir": encoder_dir, "parts": tiny_sd15_parts("demo")}
 
 
-def make_trainer(world, out: Path, **overrides):
+def make_trainer(world, out: Path, manifest: Path | None = None, parts=None, **overrides):
     from training.data import read_manifest
-    from training.demo import demo_config
-    from training.trainer import Trainer
+    from training.loop import Trainer
+    from training.miniworld.demo import demo_config
 
     cfg = replace(demo_config(out, overrides.pop("steps", 4), 0), batch_size=8, progress=False,
                   cache_dir=None, memory_cache=True, **overrides)
     encoder = load_language_encoder(world["encoder_dir"])
-    return Trainer(cfg, world["parts"], encoder, read_manifest(world["manifest"]))
+    return Trainer(cfg, parts or world["parts"], encoder, read_manifest(manifest or world["manifest"]))
+
+
+def write_manifest(world, dest: Path, n: int, kind: str) -> Path:
+    """The world's first ``n`` samples (absolute image paths) as ``kind`` samples."""
+    root = world["manifest"].parent
+    items = [json.loads(line) for line in world["manifest"].read_text(encoding="utf-8").splitlines()[:n]]
+    dest.write_text("".join(json.dumps({**item, "image": str(root / item["image"]), "kind": kind}, ensure_ascii=False)
+                            + "\n" for item in items), encoding="utf-8")
+    return dest
 
 
 def test_kd_loss_equals_independent_computation(world, tmp_path):
@@ -110,9 +120,14 @@ def test_kd_loss_equals_independent_computation(world, tmp_path):
     l_sd = mse(student["output"], noise)
     l_lkd = mse(student["output"], teacher["output"])
     l_fkd = sum(mse(student[n], teacher[n]) for n in trainer.distiller.taps.names)
-    expected = (l_sd + batch.kd_mask * (1.0 * l_lkd + 0.1 * l_fkd)).mean()
+    kd = batch.kd_mask
+    expected = ((1 - kd) * l_sd + kd * (1.0 * l_lkd + 0.1 * l_fkd)).mean()  # PEA: SD on native, KD on parallel
     assert torch.allclose(loss, expected, rtol=1e-4), (loss.item(), expected.item())
     assert torch.allclose(parts["lkd"], l_lkd, rtol=1e-4) and torch.allclose(parts["fkd"], l_fkd, rtol=1e-4)
+    trainer.distiller.weights = replace(trainer.distiller.weights, sd_on_parallel=True)  # Table 2's ablation rows
+    ablation, _ = trainer.distiller(batch, step=3)
+    expected = (l_sd + kd * (1.0 * l_lkd + 0.1 * l_fkd)).mean()
+    assert torch.allclose(ablation, expected, rtol=1e-4), (ablation.item(), expected.item())
 
 
 def test_only_adapter_parameters_receive_gradients(world, tmp_path):
@@ -145,9 +160,55 @@ def test_interrupted_and_resumed_run_reproduces_losses(world, tmp_path):
         assert torch.allclose(v, b.state_dict()[k], atol=1e-6)
 
 
+def test_without_kd_weights_parallel_samples_keep_the_adapter_and_native_ones_move_it(world, tmp_path, caplog):
+    from adapters import save_adapter
+    from training.objective import LossWeights
+
+    start = make_trainer(world, tmp_path / "start", steps=1)
+    init = save_adapter(start.adapter, start.adapter_info(), tmp_path / "init.safetensors")
+    initial = load_adapter(init).state_dict()
+    trained = {}
+    for kind in ("parallel", "native"):
+        manifest = write_manifest(world, tmp_path / f"{kind}.jsonl", 16, kind)
+        with caplog.at_level(logging.WARNING, logger="training.loop"):
+            trainer = make_trainer(world, tmp_path / kind, manifest, steps=3, save_every=0, init_adapter=init,
+                                   weight_decay=0.0, weights=LossWeights(sd=1.0, logit=0.0, feature=0.0))
+        trainer.run()
+        trained[kind] = load_adapter(tmp_path / kind / "pea_demo_zh.safetensors").state_dict()
+    assert all(torch.equal(trained["parallel"][k], v) for k, v in initial.items())  # bit-identical: no L_SD on them
+    assert any(not torch.equal(trained["native"][k], v) for k, v in initial.items())
+    warnings = [r.getMessage() for r in caplog.records if "nothing can train" in r.getMessage()]
+    assert len(warnings) == 1 and "only parallel samples" in warnings[0], warnings
+
+
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run(world, tmp_path):
+    from training.miniworld.tiny_base import tiny_sd15_parts
+    from training.nonfinite import NonFiniteError
+
+    parts = tiny_sd15_parts("demo")
+    parts.vae.first_stage_model.vae_shift.data.fill_(float("nan"))  # a broken VAE: every latent is NaN
+    trainer = make_trainer(world, tmp_path, parts=parts, steps=10, max_bad_steps=3, save_every=2, log_every=1)
+    initial = {k: v.clone() for k, v in trainer.adapter.state_dict().items()}
+    with pytest.raises(NonFiniteError, match=r"stopped at step 3: 3 steps in a row were skipped .*not finite .*"
+                                             r"fp16 overflow.*broken VAE.*Last good checkpoint: .*step_0000002.pt"):
+        trainer.run()
+    lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [line["skipped_steps"] for line in lines if "skipped" in line] == [1, 2, 3]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["skipped_steps"] == 3 and summary["adapter"] is None and "stopped at step 3" in summary["stopped"]
+    assert not (tmp_path / "pea_demo_zh.safetensors").exists()
+    ckpt = torch.load(tmp_path / "checkpoints" / "step_0000002.pt", weights_only=True)
+    assert ckpt["scheduler"]["last_epoch"] == 0 and ckpt["optimizer"]["state"] == {}  # never stepped
+    assert all(torch.equal(ckpt["adapter"][k], v) for k, v in initial.items())
+    trainer.adapter.projector[0].weight.data[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"not writing the checkpoint of step 3: the adapter's 'projector.0.weight'"):
+        trainer.save_checkpoint()
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_0000002.pt"]
+
+
 def test_corrupt_and_missing_images_are_skipped_and_counted(world, tmp_path):
     from training.data import read_manifest
-    from training.trainer import Trainer
+    from training.loop import Trainer
 
     lines = world["manifest"].read_text(encoding="utf-8").splitlines()[:24]
     (tmp_path / "images").mkdir()
@@ -172,12 +233,14 @@ def test_two_process_gloo_run_matches_one_process(world, tmp_path):
                                                         os.environ.get("PYTHONPATH", "")]))
     runs = {}
     for nproc, batch in ((1, 8), (2, 4)):
-        out = tmp_path / f"p{nproc}"
+        out, cache = tmp_path / f"p{nproc}", tmp_path / f"cache{nproc}"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(worker),
-               str(world["manifest"]), str(world["encoder_dir"]), str(out), str(batch)]
+               str(world["manifest"]), str(world["encoder_dir"]), str(out), str(batch), str(cache)]
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         runs[nproc] = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+        assert list((cache / "latents").rglob("*.pt")) and list((cache / "teacher").rglob("*.safetensors"))
+        assert [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")] == []
     assert len(runs[1]) == len(runs[2]) == 4
     for one, two in zip(runs[1], runs[2]):
         assert one["samples"] == two["samples"] == 8
@@ -188,7 +251,7 @@ def test_two_process_gloo_run_matches_one_process(world, tmp_path):
 
 
 def test_demo_learns_the_language_mapping(comfy_path, tmp_path):
-    from training.demo import run_demo
+    from training.miniworld.demo import run_demo
 
     results = run_demo(tmp_path, progress=False)
     assert results["ratio"] <= 0.8
@@ -202,7 +265,7 @@ def test_demo_learns_the_language_mapping(comfy_path, tmp_path):
 def test_webdataset_shards_train_and_count_bad_samples(world, tmp_path):
     import webdataset as wds
 
-    from training.trainer import Trainer
+    from training.loop import Trainer
 
     lines = [json.loads(l) for l in world["manifest"].read_text(encoding="utf-8").splitlines()[:32]]
     root = world["manifest"].parent
@@ -225,7 +288,7 @@ def test_webdataset_shards_train_and_count_bad_samples(world, tmp_path):
 
 def test_v_prediction_target_is_v(comfy_path):
     from training.objective import prediction_target
-    from training.tiny_base import tiny_unet_model
+    from training.miniworld.tiny_base import tiny_unet_model
 
     ms = tiny_unet_model("demo", v_prediction=True).model_sampling
     z0, eps = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
@@ -246,6 +309,19 @@ def test_cli_refuses_a_checkpoint_without_text_encoder(comfy_path, base_dir, tmp
                             env=dict(os.environ, COMFYUI_PATH=str(comfy_path)))
     assert result.returncode != 0
     assert "has no text encoder; the teacher needs the checkpoint's own CLIP" in result.stderr
+
+
+def test_cli_refuses_a_flux_model_naming_what_it_trains(comfy_path, base_dir, tmp_path):
+    cmd = [sys.executable, str(Path(__file__).resolve().parents[2] / "training" / "train_adapter.py"),
+           "--checkpoint", str(base_dir / "models" / "diffusion_models" / "flux_schnell_standin.safetensors"),
+           "--encoder", str(base_dir / "models" / "language_clip" / "chinese-clip-tiny"),
+           "--manifest", str(tmp_path / "m.jsonl"), "--cpu", "--output", str(tmp_path / "out")]
+    (tmp_path / "m.jsonl").write_text('{"image": "a.png", "text": "猫", "en": "cat"}\n')
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, COMFYUI_PATH=str(comfy_path)))
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert ("flux_schnell_standin.safetensors is a FLUX.1 model (Flux (FluxSchnell)); the trainer distils "
+            "adapters for SD1.5 and SDXL checkpoints") in result.stderr, result.stderr[-3000:]
 
 
 def test_benchmark_cpu_configuration_prints_ratios(comfy_path, tmp_path, capsys):

@@ -1,5 +1,5 @@
 """The miniature-world proof, reduced: one seed, the PEA row, fewer steps (the full table is
-``python -m training.world_proof``; README, "Does it work?")."""
+``python -m training.miniworld.proof``; README, "Does it work?")."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ taking the training elsewhere (on an H100 seed 0 gave 0.96 and 0.93)."""
 
 
 def test_reduced_world_proof_keeps_the_pea_student_near_the_teacher(comfy_path, tmp_path):
-    from training.world_proof import OURS, STUDENT_STEPS, run_proof
+    from training.miniworld.proof import OURS, STUDENT_STEPS, run_proof
 
     results = run_proof(tmp_path / "proof", seeds=1, rows=(OURS,), steps=STUDENT_STEPS, progress=False)
     judge = results["judge_on_drawn_images"]

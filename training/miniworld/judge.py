@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .demo_world import ATTRIBUTES, render
+from .world import ATTRIBUTES, render
 
 BLOCK = 8
 BACKGROUND = 128 / 255

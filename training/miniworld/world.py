@@ -1,6 +1,6 @@
 """A miniature captioned world: coloured shapes on grey, captioned in English, Chinese and Russian.
 
-``training/demo_data/pairs.jsonl`` ships the caption pairs with their attributes; images are
+``training/miniworld/data/pairs.jsonl`` ships the caption pairs with their attributes; images are
 drawn from the attributes when a demo runs. Some attribute combinations are held out of
 training to measure whether an adapter learned the language mapping or an average.
 
@@ -18,6 +18,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from adapters.file_format import atomic_write
+
 COLORS = {"red": ("红色", (220, 40, 40)), "blue": ("蓝色", (40, 80, 220)), "green": ("绿色", (40, 170, 60)),
           "yellow": ("黄色", (235, 210, 40)), "purple": ("紫色", (140, 60, 180)), "orange": ("橙色", (245, 140, 30)),
           "white": ("白色", (250, 250, 250)), "black": ("黑色", (20, 20, 20))}
@@ -34,7 +36,7 @@ RU_SHAPES = {"circle": ("круг", "m"), "square": ("квадрат", "m"), "tr
 RU_PLACES = {"on the left": "слева", "on the right": "справа", "at the top": "сверху", "at the bottom": "снизу"}
 RU_SIZES = {"small": ("маленький", "маленькая"), "big": ("большой", "большая")}
 ATTRIBUTES = {"color": list(COLORS), "shape": [*SHAPES, LANTERN[0]], "place": list(PLACES), "size": list(SIZES)}
-PAIRS = Path(__file__).with_name("demo_data") / "pairs.jsonl"
+PAIRS = Path(__file__).with_name("data") / "pairs.jsonl"
 
 
 def russian(color: str, shape: str, place: str, size: str) -> str:
@@ -134,8 +136,7 @@ def write_dataset(folder: Path, pairs: list[dict], languages: tuple[str, ...] = 
     for pair in pairs:
         image = folder / "images" / f"{pair['id']:04d}.png"
         if not image.is_file():
-            image.parent.mkdir(exist_ok=True)
-            render(pair, size).save(image)
+            atomic_write(image, lambda tmp: render(pair, size).save(tmp, format="PNG"))
         rows += [(image, *caption) for language in languages for caption in captions(pair, language)]
     texts = [row[1] for row in rows]
     if shuffle_text_seed is not None:
@@ -143,11 +144,11 @@ def write_dataset(folder: Path, pairs: list[dict], languages: tuple[str, ...] = 
     lines = [json.dumps({"image": f"images/{image.name}", "text": text, "en": en, "kind": kind}, ensure_ascii=False)
              for (image, _, en, kind), text in zip(rows, texts)]
     manifest = folder / f"{name}.jsonl"
-    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write(manifest, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8"))
     return manifest
 
 
 if __name__ == "__main__":  # regenerate the shipped pairs file
-    PAIRS.parent.mkdir(exist_ok=True)
-    PAIRS.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in all_pairs()), encoding="utf-8")
+    text = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in all_pairs())
+    atomic_write(PAIRS, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     print(f"wrote {PAIRS}")

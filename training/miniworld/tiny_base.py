@@ -5,11 +5,11 @@ model code, the same conditioning path, at widths a CPU trains in seconds.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
+
+from ..base import BaseParts
 
 TINY_CLIP = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
              "num_hidden_layers": 2, "projection_dim": 64}
@@ -113,16 +113,6 @@ def pooling_taesd(latent_channels: int = 4):
             if layer.out_channels == latent_channels and latent_channels > 3:
                 layer.weight[3, :3, 1, 1] = 1.0 / 3.0
     return taesd
-
-
-@dataclass
-class BaseParts:
-    """What a checkpoint loader gives: MODEL (ModelPatcher), CLIP, VAE."""
-
-    model: object
-    clip: object
-    vae: object
-    name: str
 
 
 @torch.no_grad()

@@ -12,9 +12,12 @@ import safetensors.torch
 import torch
 from tqdm import tqdm
 
-from .data import Record, load_image
-from .distill import TeacherText, sample_generator
-from .objective import per_sample_mse, prediction_target
+from adapters.file_format import atomic_write
+
+from ..caching import TeacherText
+from ..data import Record, load_image
+from ..distill import sample_generator
+from ..objective import per_sample_mse, prediction_target
 
 
 def train_teacher(parts, records: list[Record], steps: int, size: int, batch_size: int = 32, lr: float = 1e-3,
@@ -57,8 +60,7 @@ def train_teacher(parts, records: list[Record], steps: int, size: int, batch_siz
 
 def save_unet(parts, path: Path, dtype: torch.dtype = torch.float32) -> None:
     state = {k: v.to(dtype).contiguous() for k, v in parts.model.model.diffusion_model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file(state, str(path))
+    atomic_write(path, lambda tmp: safetensors.torch.save_file(state, tmp))
 
 
 def load_unet(parts, path: Path) -> None:

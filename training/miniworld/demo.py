@@ -2,7 +2,7 @@
 
 Tiny models are built in code from ComfyUI's own classes (an SD1.5-family UNet, ComfyUI's SD1
 CLIP at 64-d with its real tokenizer, a TAESD VAE) and a tiny Chinese-CLIP-shaped student
-encoder. The shipped corpus (training/demo_data/pairs.jsonl) is drawn into images. Two runs
+encoder. The shipped corpus (training/miniworld/data/pairs.jsonl) is drawn into images. Two runs
 are made: one on the true pairs and a control on shuffled (mismatched) pairs; their KD loss on
 held-out pairs — attribute combinations never seen in training — shows whether the adapter
 learned the language mapping (matched well below the control) or only an average.
@@ -13,20 +13,22 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from adapters import load_language_encoder
-from adapters.tiny import make_chinese_clip
 import torch
 
-from .data import load_image, read_manifest
-from .demo_world import read_pairs, write_dataset
-from .objective import LossWeights
+from adapters import load_language_encoder
+from adapters.file_format import atomic_write
+from adapters.tiny import make_chinese_clip
+
+from ..data import Record, load_image, read_manifest
+from ..loop import TrainConfig, Trainer
+from ..objective import LossWeights
 from .teacher import load_unet, save_unet, train_teacher
 from .tiny_base import calibrate_vae, tiny_sd15_parts
-from .trainer import TrainConfig, Trainer
+from .world import read_pairs, write_dataset
 
 DEMO_STEPS = 250
 TEACHER_STEPS, TEACHER_LR = 1200, 2e-3
-SHIPPED_TEACHER = Path(__file__).with_name("demo_data") / "teacher_unet.safetensors"
+SHIPPED_TEACHER = Path(__file__).with_name("data") / "teacher_unet.safetensors"
 
 
 def demo_config(output: Path, steps: int, seed: int) -> TrainConfig:
@@ -36,6 +38,30 @@ def demo_config(output: Path, steps: int, seed: int) -> TrainConfig:
                        preview_steps=8, adapter_name="pea_demo_zh.safetensors", memory_cache=True)
 
 
+@torch.no_grad()
+def held_out_losses(trainer: Trainer, records: list[Record], draws_key: int = 10**9) -> dict:
+    """Mean loss parts of ``trainer``'s adapter over ``records`` with fixed draws and no CFG
+    dropout; ``kd`` is the weighted KD loss the demo compares between its two runs."""
+    distiller = trainer.distiller
+    dropout, distiller.cfg_dropout = distiller.cfg_dropout, 0.0
+    sums = torch.zeros(4, dtype=torch.float64)
+    bucket = (trainer.resolution, trainer.resolution)
+    size = trainer.cfg.batch_size
+    for lo in range(0, len(records), size):
+        ids = list(range(lo, min(lo + size, len(records))))
+        batch = trainer.make_batch(bucket, [records[i] for i in ids], ids)
+        if batch is None:
+            continue
+        _, parts = distiller(batch, draws_key)
+        sums += torch.tensor([parts["lkd"].sum().item(), parts["fkd"].sum().item(),
+                              parts["sd"].sum().item(), len(parts["sd"])], dtype=torch.float64)
+    distiller.cfg_dropout = dropout
+    n = max(sums[3].item(), 1)
+    w = trainer.cfg.weights
+    return {"lkd": sums[0].item() / n, "fkd": sums[1].item() / n, "sd": sums[2].item() / n,
+            "kd": (w.logit * sums[0].item() + w.feature * sums[1].item()) / n}
+
+
 def teacher_records(folder: Path) -> list:
     """The English teacher's training set: every training pair under its English captions."""
     return read_manifest(write_dataset(folder, [p for p in read_pairs() if not p["held_out"]], ("en",), name="teacher"))
@@ -43,7 +69,7 @@ def teacher_records(folder: Path) -> list:
 
 def prepare_teacher(parts, folder: Path, cache: Path, seed: int = 0, progress: bool = True) -> None:
     """Give the tiny UNet its English teacher weights: the shipped file (trained by
-    ``python -m training.demo --write-teacher``), else a cached or freshly trained one."""
+    ``python -m training.miniworld.demo --write-teacher``), else a cached or freshly trained one."""
     records = teacher_records(folder)
     calibrate_vae(parts.vae, torch.stack([load_image(r.image, (64, 64)) for r in records]))
     for path in (SHIPPED_TEACHER, cache):
@@ -73,10 +99,11 @@ def run_demo(output: Path, steps: int = DEMO_STEPS, seed: int = 0, progress: boo
                       preview_prompts=[p["zh"] for p in held_out[::9]] if run == "matched" else [])
         trainer = Trainer(cfg, parts, encoder, read_manifest(manifest))
         adapter_path = trainer.run()
-        results[run] = {"adapter": str(adapter_path), **trainer.evaluate(read_manifest(held_manifest))}
+        results[run] = {"adapter": str(adapter_path), **held_out_losses(trainer, read_manifest(held_manifest))}
     ratio = results["matched"]["kd"] / results["shuffled"]["kd"]
     results["ratio"] = ratio
-    (output / "demo_result.json").write_text(json.dumps(results, indent=2))
+    text = json.dumps(results, indent=2)
+    atomic_write(output / "demo_result.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     print(f"\nheld-out KD loss ({len(held_out)} pairs never seen in training):")
     print(f"  trained on true pairs:     {results['matched']['kd']:.5f}")
     print(f"  trained on shuffled pairs: {results['shuffled']['kd']:.5f}")
@@ -90,7 +117,7 @@ if __name__ == "__main__":
     import argparse
     import tempfile
 
-    from .comfy_runtime import import_comfy
+    from ..comfy_runtime import import_comfy
 
     parser = argparse.ArgumentParser(description="Rebuild the shipped demo teacher (a few minutes on a CPU).")
     parser.add_argument("--write-teacher", action="store_true", required=True)

@@ -1,6 +1,9 @@
-"""Pure parts of the trainer: manifest parsing, buckets, batch order."""
+"""Pure parts of the trainer: manifest parsing, image checks, buckets, batch order, run folders."""
+import io
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from training.data import BucketBatches, ManifestError, make_buckets, nearest_bucket, read_manifest
@@ -37,3 +40,128 @@ def test_sharded_batches_partition_the_global_batches():
     stream = one.iterate(0)
     first = [next(stream) for _ in range(15)]
     assert list(zip(range(5), one.iterate(10))) == list(enumerate(first[10:15]))
+
+
+# ---- manifests: every fault at once, by file and line ------------------------------------
+
+def test_manifest_lists_every_fault_with_file_and_line(tmp_path):
+    good = json.dumps({"image": "a.png", "text": "猫", "en": "cat"}, ensure_ascii=False).encode()
+    lines = [
+        good,                                                                     # 1 fine
+        b'{"image": "b.png", "text": "\xff\xfe", "en": "dog"}',                   # 2 not UTF-8
+        b'{"image": "c.png", "text": "x", "en": ',                                # 3 bad JSON
+        b'["d.png", "x", "y"]',                                                   # 4 a list
+        json.dumps({"image": "e.png", "en": "e"}).encode(),                      # 5 no text
+        json.dumps({"image": "", "text": "f", "en": "f"}).encode(),              # 6 empty image
+        json.dumps({"image": "g.png", "text": "g", "en": "g", "kind": "x"}).encode(),  # 7 wrong kind
+        json.dumps({"image": "h.png", "text": "h"}).encode(),                    # 8 parallel without en
+        b"",                                                                      # 9 blank: fine
+        json.dumps({"image": "i.png", "text": "i", "en": 3, "kind": "native"}).encode(),  # 10 en not text
+    ]
+    m = tmp_path / "m.jsonl"
+    m.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(ManifestError) as info:
+        read_manifest(m)
+    message = str(info.value)
+    assert message.startswith(f"{m}: 8 faulty lines, nothing was trained")
+    expected = {2: "not UTF-8 text (byte 0xff at column 29)", 3: "not valid JSON", 4: "a JSON list where an object",
+                5: "field 'text' must be a non-empty string", 6: "field 'image' must be a non-empty string",
+                7: "field 'kind' is 'x'", 8: "a parallel sample needs an English caption", 10: "field 'en' must be a string"}
+    for n, words in expected.items():
+        assert f"{m}:{n}: {words}" in message, (n, message)
+    assert f"{m}:1:" not in message and f"{m}:9:" not in message
+
+
+def test_manifest_faults_are_listed_up_to_a_limit_and_a_bom_is_accepted(tmp_path):
+    m = tmp_path / "m.jsonl"
+    m.write_text("\ufeff" + json.dumps({"image": "a.png", "text": "猫", "en": "cat"}, ensure_ascii=False) + "\n"
+                 + "not json\n" * 25, encoding="utf-8")
+    with pytest.raises(ManifestError) as info:
+        read_manifest(m)
+    assert "25 faulty lines" in str(info.value) and str(info.value).count("not valid JSON") == 20
+    assert str(info.value).endswith("... and 5 more") and f"{m}:1:" not in str(info.value)
+
+
+# ---- images: strict decoding, limits from the header, each bad image counted once ------------
+
+def test_a_jpeg_corrupted_in_the_middle_is_refused(tmp_path):
+    from PIL import Image
+
+    from tests.broken_images import corrupt_middle, jpeg_bytes, photo
+    from training.images import IMAGE_ERRORS, decode_image
+
+    good = jpeg_bytes(photo())
+    decoded = decode_image(good)
+    assert np.array_equal(np.asarray(decoded), np.asarray(Image.open(io.BytesIO(good)).convert("RGB")))
+    bad = corrupt_middle(good)
+    with Image.open(io.BytesIO(bad)) as im:  # why the strict decoder: Pillow decodes it without complaint
+        im.load()
+    with pytest.raises(IMAGE_ERRORS, match="Corrupt JPEG data"):
+        decode_image(bad)
+    with pytest.raises(IMAGE_ERRORS):
+        decode_image(good[: len(good) * 2 // 3])  # truncated
+
+
+def test_a_png_corrupted_in_the_middle_or_truncated_is_refused():
+    from tests.broken_images import corrupt_middle, photo
+    from training.images import IMAGE_ERRORS, decode_image
+
+    buf = io.BytesIO()
+    photo().save(buf, "PNG")
+    good = buf.getvalue()
+    assert decode_image(good).size == (320, 240)
+    for bad in (corrupt_middle(good, length=16), good[: len(good) // 2]):
+        with pytest.raises(IMAGE_ERRORS):
+            decode_image(bad)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_extreme_images_are_refused_from_the_header(tmp_path):
+    """The files hold a header and no pixels: decoding them would fail as truncated, so a refusal
+    that names the size shows it came from the header, before any decoding."""
+    from tests.broken_images import header_only_png
+    from training.data import Record, SkipCounter, assign_buckets
+    from training.images import ImageRefused, decode_image, size_problem
+
+    wide = header_only_png(tmp_path / "wide.png", 10000, 10)
+    huge = header_only_png(tmp_path / "huge.png", 10000, 9000)
+    fine = header_only_png(tmp_path / "fine.png", 300, 200)
+    records = [Record(p, "t", "t", False, where=f"m.jsonl:{n}") for n, p in enumerate((wide, huge, fine), 1)]
+    skipped = SkipCounter()
+    kept, _ = assign_buckets(records, make_buckets(64, step=8), skipped)
+    assert kept == records[2:]
+    assert skipped.reasons == {str(wide): "size 10000x10: aspect ratio 1000.0:1 is beyond 4:1 (m.jsonl:1)",
+                               str(huge): "size 10000x9000 (90 MP) is beyond 89 MP (m.jsonl:2)"}
+    with pytest.raises(ImageRefused, match="aspect ratio"):
+        decode_image(wide.read_bytes())
+    with pytest.raises(OSError, match="truncated"):  # what decoding the same kind of file does
+        decode_image(fine.read_bytes())
+    assert size_problem(400, 100) is None and size_problem(401, 100) is not None
+
+
+def test_skipped_images_are_counted_once_each():
+    from training.data import Record, SkipCounter
+
+    skipped = SkipCounter()
+    a, b = Record(Path("a.jpg"), "t", "t", False, where="m.jsonl:3"), Record(Path("b.jpg"), "t", "t", False)
+    for _ in range(3):  # three epochs
+        skipped.add(a, "Corrupt JPEG data")
+        skipped.add(b, OSError("broken"))
+    skipped.merge([{"a.jpg": "other rank's words", "c.jpg": "file not found"}])
+    assert skipped.count == 3 and a in skipped
+    assert skipped.reasons == {"a.jpg": "Corrupt JPEG data (m.jsonl:3)", "b.jpg": "broken", "c.jpg": "file not found"}
+
+
+def test_captions_over_the_window_are_counted_with_tokens_cut():
+    from adapters.tiny import bert_tokenizer
+    from training.captions import CaptionWindow
+    from training.data import Record
+
+    window = CaptionWindow(bert_tokenizer(), 12)
+    texts = ["猫", "一只猫" * 5, "狗" * 30]  # 3, 17 and 32 tokens with [CLS] and [SEP]
+    window.measure([Record(Path(f"{i}.png"), t, None, True, where=f"m.jsonl:{i}") for i, t in enumerate(texts, 1)])
+    assert window.summary() == {"window": 12, "checked": 3, "over_window": 2, "tokens_cut": 5 + 20,
+                                "most_tokens_cut": 20, "examples": ["m.jsonl:2: 17 tokens", "m.jsonl:3: 32 tokens"]}
+    assert window.message().startswith("2 of 3 captions are longer than the language encoder's window of 12 tokens")
+    window.merge([{"checked": 10, "over_window": 1, "tokens_cut": 40, "most_tokens_cut": 40, "examples": ["x: 52"]}])
+    assert (window.checked, window.over, window.tokens_cut, window.most_cut) == (13, 3, 65, 40)

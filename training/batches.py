@@ -1,13 +1,14 @@
 """From sampled records to the step's ``Batch``: cached latents, cached teacher encodings and the
 language encoder's token ids, on the training device. Images that fail to load are skipped and
-counted."""
+counted once (and not tried again)."""
 from __future__ import annotations
 
 import torch
 
 from .caching import LatentCache, TeacherText
-from .data import IMAGE_ERRORS, Record, SkipCounter
+from .data import Record, SkipCounter
 from .distill import Batch
+from .images import IMAGE_ERRORS
 
 
 class BatchMaker:
@@ -19,10 +20,12 @@ class BatchMaker:
         """The batch of the records whose image loads; None when none does."""
         kept, latents, recs = [], [], []
         for record, sid in zip(records, sample_ids):
+            if record in self.skipped:
+                continue
             try:
                 latents.append(self.latents(record, bucket))
             except IMAGE_ERRORS as e:
-                self.skipped.add(record.image, e)
+                self.skipped.add(record, e)
                 continue
             kept.append(sid)
             recs.append(record)

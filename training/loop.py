@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,12 +14,17 @@ from adapters import AdapterInfo, EncoderSpec, LanguageEncoder, load_adapter, sa
 from .base import BaseParts, base_family, new_adapter
 from .batches import BatchMaker
 from .caching import LatentCache, TeacherText
-from .data import ManifestBatches, Record, ShardBatches, SkipCounter, assign_buckets, make_buckets
+from .captions import CaptionWindow
+from .data import ManifestBatches, ManifestError, Record, ShardBatches, SkipCounter, assign_buckets, make_buckets
 from .distill import Distiller
 from .distributed import DistInfo
 from .objective import LossWeights
 from .preview import render_previews
-from .run_files import RunLog, load_checkpoint, plot_losses, save_checkpoint, set_rng_state, write_summary
+from .run_files import (RunLog, load_checkpoint, plot_losses, prune_checkpoints, save_checkpoint, set_rng_state,
+                        write_summary)
+from .run_folder import check_later_checkpoints, prepare_run_folder
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,6 +55,10 @@ class TrainConfig:
     progress: bool = True
     memory_cache: bool = False
     """Keep latents and teacher encodings in memory too (small datasets: the demo, tests)."""
+    overwrite: bool = False
+    """Start over a previous run in ``output``: its files are deleted first (a new run refuses otherwise)."""
+    keep_checkpoints: int = 3
+    """How many of the newest checkpoints to keep; 0 keeps every one."""
 
 
 def warmup_schedule(warmup: int):
@@ -63,6 +73,9 @@ class Trainer:
         import comfy.model_management as mm
 
         self.cfg, self.parts, self.dist = cfg, parts, dist_info or DistInfo()
+        if self.dist.main:  # before any process writes a file
+            prepare_run_folder(cfg.output, cfg.adapter_name, cfg.resume, cfg.overwrite, cfg.cache_dir)
+        self.dist.barrier()
         mm.load_models_gpu([parts.model], force_full_load=True)
         self.device = parts.model.load_device
         self.base = parts.model.model
@@ -88,15 +101,30 @@ class Trainer:
         self.distiller = Distiller(self.base, self.encoder, self.trained, encoder.tokenize([""]),
                                    (empty["tokens"], empty.get("pooled")), cfg.weights, cfg.cfg_dropout, cfg.seed)
         buckets = make_buckets(self.resolution, step=64 if self.resolution >= 256 else 8)
+        self.captions = CaptionWindow(encoder.tokenizer, encoder.context_length)
         if shards:
             self.records = []
-            self.batches = ShardBatches(shards, buckets, cfg.batch_size, self.skipped, self.dist.world, self.dist.rank)
+            self.batches = ShardBatches(shards, buckets, cfg.batch_size, self.skipped, self.dist.world, self.dist.rank,
+                                        self.captions)
         else:
             self.records, sizes = assign_buckets(records, buckets, self.skipped)
+            if not self.records:
+                raise ManifestError(f"none of the {len(records)} images can be used: {'; '.join(self.skipped.examples(3))}")
+            if self.dist.main:
+                self.captions.measure(self.records)
+                self.report_data(len(records))
             self.batches = ManifestBatches(self.records, sizes, cfg.batch_size, self.dist.world, self.dist.rank, cfg.seed)
         self.optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_schedule(cfg.warmup))
         self.step = 0
+
+    def report_data(self, total: int) -> None:
+        """Warn about skipped images and captions cut to the encoder's window."""
+        if self.skipped.count:
+            log.warning("%d of %d images are skipped (see summary.json at the end): %s", self.skipped.count, total,
+                        "; ".join(self.skipped.examples(5)))
+        if self.captions.message():
+            log.warning("%s", self.captions.message())
 
     # ---- state ------------------------------------------------------------------------
     def adapter_info(self) -> AdapterInfo:
@@ -114,7 +142,7 @@ class Trainer:
     def state(self) -> dict:
         return {"adapter": self.adapter.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "data": self.batches.position(self.step * self.cfg.grad_accum),
-                "skipped": self.skipped.count, "adapter_info": self.adapter_info().to_json()}
+                "skipped": dict(self.skipped.reasons), "adapter_info": self.adapter_info().to_json()}
 
     def restore(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
@@ -122,7 +150,8 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.step = int(ckpt["step"])
-        self.skipped.count = int(ckpt["skipped"])
+        if isinstance(ckpt["skipped"], dict):  # checkpoints before per-image counting kept only a number
+            self.skipped.merge([ckpt["skipped"]])
         set_rng_state(ckpt["rng"])
 
     # ---- loop -------------------------------------------------------------------------
@@ -163,7 +192,9 @@ class Trainer:
         cfg, out = self.cfg, self.cfg.output
         if cfg.resume:
             self.restore(cfg.resume)
-        log = RunLog(out / "log.jsonl", self.step) if self.dist.main else None
+            if self.dist.main:
+                check_later_checkpoints(out / "checkpoints", self.step, cfg.overwrite)
+        run_log = RunLog(out / "log.jsonl", self.step) if self.dist.main else None
         stream = self.batches.iterate(self.step * cfg.grad_accum)
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and self.dist.main),
                    desc="PEA distillation", dynamic_ncols=True)
@@ -176,22 +207,29 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{entry['loss']:.4f}", sd=f"{entry['sd']:.4f}", lkd=f"{entry['lkd']:.4f}",
                             fkd=f"{entry['fkd']:.4f}", sps=f"{entry['samples_per_s']:.1f}")
-            if log and (self.step % cfg.log_every == 0 or self.step == cfg.steps or self.step == 1):
-                log.write(entry)
+            if run_log and (self.step % cfg.log_every == 0 or self.step == cfg.steps or self.step == 1):
+                run_log.write(entry)
+            if cfg.save_every and (self.step % cfg.save_every == 0 or self.step == cfg.steps):
+                self.skipped.merge(self.dist.gather(self.skipped.reasons))
             if self.dist.main and cfg.save_every and (self.step % cfg.save_every == 0 or self.step == cfg.steps):
                 save_checkpoint(out / "checkpoints", self.step, self.state())
-                plot_losses(log.entries(), out / "loss.png")
+                prune_checkpoints(out / "checkpoints", cfg.keep_checkpoints)
+                plot_losses(run_log.entries(), out / "loss.png")
             if self.dist.main and cfg.preview_every and self.step % cfg.preview_every == 0:
                 self.preview(out / "previews" / f"step_{self.step:07d}.png")
         bar.close()
         final = out / cfg.adapter_name
+        self.skipped.merge(self.dist.gather(self.skipped.reasons))
+        if isinstance(self.batches, ShardBatches):  # each process measured its own shards' captions
+            self.captions.merge(self.dist.gather(self.captions.summary())[1:])
         if self.dist.main:
             save_adapter(self.adapter, self.adapter_info(), final)
-            plot_losses(log.entries(), out / "loss.png")
+            plot_losses(run_log.entries(), out / "loss.png")
             if cfg.preview_prompts:
                 self.preview(out / "previews" / "final.png")
-            write_summary(out / "summary.json", {"adapter": str(final), "steps": self.step, "skipped_images":
-                                                 self.skipped.count, "skipped_examples": self.skipped.examples})
+            write_summary(out / "summary.json", {"adapter": str(final), "steps": self.step,
+                                                 "skipped_images": self.skipped.count, "skipped": self.skipped.reasons,
+                                                 "captions": self.captions.summary()})
         self.dist.barrier()
         return final
 

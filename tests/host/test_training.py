@@ -128,42 +128,93 @@ def test_only_adapter_parameters_receive_gradients(world, tmp_path):
     assert others == []
 
 
-def test_interrupted_and_resumed_run_reproduces_losses(world, tmp_path):
+def test_interrupted_and_resumed_run_reproduces_losses(world, tmp_path, caplog):
+    """A run cut at step 3 by a power failure (a torn log line, a checkpoint write left as its temp
+    file) resumes to the uninterrupted run's losses; a new run may not start over it; older
+    checkpoints are pruned; --overwrite starts afresh and leaves the user's own files alone."""
+    from tests.broken_training_files import interrupted_writes
+    from training.run_folder import RunFolderError
+
     full = make_trainer(world, tmp_path / "full", steps=6, save_every=3, log_every=1)
     full.run()
-    first = make_trainer(world, tmp_path / "cut", steps=3, save_every=3, log_every=1)
-    first.run()
-    resumed = make_trainer(world, tmp_path / "cut", steps=6, save_every=3, log_every=1, resume=tmp_path / "cut")
-    resumed.run()
+    cut = tmp_path / "cut"
+    make_trainer(world, cut, steps=3, save_every=3, log_every=1).run()
+    with open(cut / "log.jsonl", "ab") as f:
+        f.write(b'{"step": 4, "loss": 0.0')
+    interrupted_writes(cut / "checkpoints" / "step_0000004.pt")
+    with pytest.raises(RunFolderError, match="holds a previous run"):
+        make_trainer(world, cut, steps=6)
+    with caplog.at_level("WARNING"):
+        resumed = make_trainer(world, cut, steps=6, save_every=1, keep_checkpoints=2, log_every=1, resume=cut)
+        assert "removed 1 temp file(s) left by interrupted writes" in caplog.text
+        resumed.run()
+    assert "log.jsonl: dropping 1 unreadable line(s) (4)" in caplog.text
     losses = lambda d: [(e["step"], e["loss"]) for e in map(json.loads, (d / "log.jsonl").read_text().splitlines())]  # noqa: E731
-    full_log, cut_log = losses(tmp_path / "full"), losses(tmp_path / "cut")
+    full_log, cut_log = losses(tmp_path / "full"), losses(cut)
     assert [s for s, _ in cut_log] == [1, 2, 3, 4, 5, 6]
     for (s1, l1), (s2, l2) in zip(full_log, cut_log):
         assert s1 == s2 and l1 == pytest.approx(l2, rel=1e-6)
-    a, b = (load_adapter(d / "pea_demo_zh.safetensors") for d in (tmp_path / "full", tmp_path / "cut"))
+    a, b = (load_adapter(d / "pea_demo_zh.safetensors") for d in (tmp_path / "full", cut))
     for k, v in a.state_dict().items():
         assert torch.allclose(v, b.state_dict()[k], atol=1e-6)
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["step_0000005.pt", "step_0000006.pt"]
+
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    make_trainer(world, tmp_path / "full", steps=1, save_every=1, overwrite=True).run()
+    assert (tmp_path / "full" / "notes.txt").read_text() == "mine"
+    assert [p.name for p in (tmp_path / "full" / "checkpoints").iterdir()] == ["step_0000001.pt"]
+    assert [s for s, _ in losses(tmp_path / "full")] == [1]
 
 
-def test_corrupt_and_missing_images_are_skipped_and_counted(world, tmp_path):
+def bad_samples(folder: Path) -> dict[str, Path]:
+    """Images as they turn up in scraped data: a JPEG corrupted in its middle (its header and end
+    intact; Pillow would decode garbage), a file that is not an image, a missing file, and a
+    10000x10 header (no pixel data: decoding it would fail differently than its refusal)."""
+    from tests.broken_training_files import corrupt_middle, header_only_png, jpeg_bytes, photo
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "corrupt.jpg").write_bytes(corrupt_middle(jpeg_bytes(photo(256, 256))))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    header_only_png(folder / "wide.png", 10000, 10)
+    return {name: folder / name for name in ("corrupt.jpg", "broken.png", "missing.png", "wide.png")}
+
+
+SKIP_REASONS = {"corrupt.jpg": "Corrupt JPEG data", "broken.png": "Truncated File Read",
+                "missing.png": "file not found", "wide.png": "size 10000x10: aspect ratio 1000.0:1 is beyond 4:1"}
+LONG_CAPTION = "一只红色的圆形在草地上" * 8  # 88 characters: beyond the tiny encoder's window
+
+
+def test_bad_images_are_skipped_and_counted_once_and_long_captions_reported(world, tmp_path, caplog):
+    """One global batch per epoch (7 good images + the corrupt JPEG, whose header is fine), three
+    epochs: every bad image is counted once, with its reason and manifest line."""
     from training.data import read_manifest
     from training.loop import Trainer
 
-    lines = world["manifest"].read_text(encoding="utf-8").splitlines()[:24]
-    (tmp_path / "images").mkdir()
-    (tmp_path / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    broken = json.dumps({"image": "images/broken.png", "text": "坏的", "en": "broken"}, ensure_ascii=False)
-    missing = json.dumps({"image": "images/missing.png", "text": "没有", "en": "missing"}, ensure_ascii=False)
     root = world["manifest"].parent
+    good = [json.loads(line) for line in world["manifest"].read_text(encoding="utf-8").splitlines()[:7]]
+    rows = [{**item, "image": str(root / item["image"])} for item in good]
+    rows[0]["text"] = LONG_CAPTION
+    rows += [{"image": f"bad/{name}", "text": "坏的", "en": "bad"} for name in bad_samples(tmp_path / "bad")]
     manifest = tmp_path / "m.jsonl"
-    fixed = [json.dumps({**json.loads(l), "image": str(root / json.loads(l)["image"])}, ensure_ascii=False) for l in lines]
-    manifest.write_text("\n".join(fixed + [broken, missing]) + "\n", encoding="utf-8")
-    trainer = make_trainer(world, tmp_path / "out", steps=2)
-    trainer = Trainer(trainer.cfg, world["parts"], trainer.encoder, read_manifest(manifest))
-    assert trainer.skipped.count == 2 and len(trainer.records) == 24
+    manifest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    base = make_trainer(world, tmp_path / "unused")
+    cfg = replace(base.cfg, output=tmp_path / "out", steps=3, log_every=1)
+    with caplog.at_level("WARNING"):
+        trainer = Trainer(cfg, world["parts"], base.encoder, read_manifest(manifest))
+    assert "3 of 11 images are skipped" in caplog.text  # the header check: broken, missing, wide
+    assert "1 of 8 captions are longer than the language encoder's window" in caplog.text
+    assert len(trainer.records) == 8
     trainer.run()
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["skipped_images"] == 2 and any("broken.png" in e for e in summary["skipped_examples"])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["skipped_images"] == 4 and len(summary["skipped"]) == 4
+    for n, (name, words) in enumerate(SKIP_REASONS.items(), 8):
+        reason = summary["skipped"][str(tmp_path / "bad" / name)]
+        assert words in reason and reason.endswith(f"({manifest}:{n})"), reason
+    window = trainer.encoder.context_length
+    assert summary["captions"]["over_window"] == 1 and summary["captions"]["window"] == window
+    assert summary["captions"]["tokens_cut"] == len(LONG_CAPTION) + 2 - window  # a character a token, [CLS] [SEP]
+    log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert [e["samples"] for e in log] == [7, 7, 7] and log[-1]["skipped_images"] == 4
 
 
 def test_two_process_gloo_run_matches_one_process(world, tmp_path):
@@ -200,12 +251,16 @@ def test_demo_learns_the_language_mapping(comfy_path, tmp_path):
 
 
 def test_webdataset_shards_train_and_count_bad_samples(world, tmp_path):
+    """Shards get the manifest's per-sample checks (bad JSON, a list, not UTF-8, no image, extreme
+    size, corrupt data); each bad sample is counted once over three passes."""
     import webdataset as wds
 
     from training.loop import Trainer
 
-    lines = [json.loads(l) for l in world["manifest"].read_text(encoding="utf-8").splitlines()[:32]]
+    lines = [json.loads(l) for l in world["manifest"].read_text(encoding="utf-8").splitlines()[:8]]
+    lines[0]["text"] = LONG_CAPTION
     root = world["manifest"].parent
+    bad = bad_samples(tmp_path / "bad")
     urls = []
     for shard in range(2):
         url = str(tmp_path / f"train-{shard:03d}.tar")
@@ -215,11 +270,28 @@ def test_webdataset_shards_train_and_count_bad_samples(world, tmp_path):
                             "json": json.dumps({"text": item["text"], "en": item["en"]}).encode()})
             sink.write({"__key__": f"s{shard}_broken", "png": b"not an image", "json": b'{"text": "x", "en": "x"}'})
         urls.append(url)
-    base = make_trainer(world, tmp_path / "out", steps=3, log_every=1)
-    trainer = Trainer(base.cfg, world["parts"], base.encoder, shards=urls)
+    with wds.TarWriter(str(tmp_path / "bad.tar")) as sink:
+        sink.write({"__key__": "corrupt", "jpg": bad["corrupt.jpg"].read_bytes(), "json": b'{"text": "x", "en": "x"}'})
+        sink.write({"__key__": "wide", "png": bad["wide.png"].read_bytes(), "json": b'{"text": "x", "en": "x"}'})
+        sink.write({"__key__": "a_list", "png": (root / lines[0]["image"]).read_bytes(), "json": b'["x", "x"]'})
+        sink.write({"__key__": "not_utf8", "png": (root / lines[0]["image"]).read_bytes(), "json": b'{"text": "\xff"}'})
+        sink.write({"__key__": "no_image", "json": b'{"text": "x", "en": "x"}'})
+    base = make_trainer(world, tmp_path / "unused")
+    cfg = replace(base.cfg, output=tmp_path / "out", steps=3, log_every=1)
+    trainer = Trainer(cfg, world["parts"], base.encoder, shards=urls + [str(tmp_path / "bad.tar")])
     trainer.run()
-    assert trainer.skipped.count >= 1
-    assert [json.loads(l)["samples"] for l in (tmp_path / "out" / "log.jsonl").read_text().splitlines()] == [8, 8, 8]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
+    shard_bad = tmp_path / "bad.tar"
+    assert set(summary["skipped"]) == {f"{urls[0]}:s0_broken", f"{urls[1]}:s1_broken", f"{shard_bad}:corrupt",
+                                       f"{shard_bad}:wide", f"{shard_bad}:a_list", f"{shard_bad}:not_utf8",
+                                       f"{shard_bad}:no_image"}
+    assert summary["skipped_images"] == 7
+    assert "Corrupt JPEG data" in summary["skipped"][f"{shard_bad}:corrupt"]
+    assert "aspect ratio 1000.0:1" in summary["skipped"][f"{shard_bad}:wide"]
+    assert "a JSON list where an object" in summary["skipped"][f"{shard_bad}:a_list"]
+    assert summary["captions"]["over_window"] == 1 and summary["captions"]["checked"] == 9
+    # pass 1: the 8 good samples; the corrupt JPEG (its header is fine) is in the next two batches
+    assert [json.loads(l)["samples"] for l in (tmp_path / "out" / "log.jsonl").read_text().splitlines()] == [8, 7, 7]
     assert load_adapter(tmp_path / "out" / "pea_demo_zh.safetensors").shape.head == "sd15"
 
 

@@ -21,6 +21,7 @@ from adapters.tiny import make_chinese_clip
 from ..data import Record, load_image, read_manifest
 from ..loop import TrainConfig, Trainer
 from ..objective import LossWeights
+from ..run_folder import check_run_folder
 from .teacher import load_unet, save_unet, train_teacher
 from .tiny_base import calibrate_vae, tiny_sd15_parts
 from .world import read_pairs, write_dataset
@@ -79,8 +80,11 @@ def prepare_teacher(parts, folder: Path, cache: Path, seed: int = 0, progress: b
     save_unet(parts, cache)
 
 
-def run_demo(output: Path, steps: int = DEMO_STEPS, seed: int = 0, progress: bool = True) -> dict:
-    """Train the matched and the shuffled-pairs adapters; return and print their held-out KD losses."""
+def run_demo(output: Path, steps: int = DEMO_STEPS, seed: int = 0, progress: bool = True, overwrite: bool = False) -> dict:
+    """Train the matched and the shuffled-pairs adapters; return and print their held-out KD losses.
+    A previous demo's runs in ``output`` are refused (RunFolderError) unless ``overwrite``."""
+    for run in ("matched", "shuffled"):
+        check_run_folder(output / run, demo_config(output / run, steps, seed).adapter_name, overwrite=overwrite)
     pairs = [p for p in read_pairs() if not p["native"]]
     train = [p for p in pairs if not p["held_out"]]
     held_out = [p for p in pairs if p["held_out"]]
@@ -94,7 +98,7 @@ def run_demo(output: Path, steps: int = DEMO_STEPS, seed: int = 0, progress: boo
     prepare_teacher(parts, data, output / "teacher_unet.safetensors", seed, progress)
     results = {}
     for run, manifest in manifests.items():
-        cfg = replace(demo_config(output / run, steps, seed), progress=progress,
+        cfg = replace(demo_config(output / run, steps, seed), progress=progress, overwrite=overwrite,
                       preview_prompts=[p["zh"] for p in held_out[::9]] if run == "matched" else [])
         trainer = Trainer(cfg, parts, encoder, read_manifest(manifest))
         adapter_path = trainer.run()

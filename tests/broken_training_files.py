@@ -1,9 +1,11 @@
-"""Real image files, damaged the way disks, downloads and scrapers damage them."""
+"""Training files damaged the way disks, downloads, scrapers and power cuts damage them."""
 from __future__ import annotations
 
 import io
 import random
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -43,3 +45,27 @@ def header_only_png(path: Path, width: int, height: int) -> Path:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", b"") + png_chunk(b"IEND", b""))
     return path
+
+
+INTERRUPTED_WRITES = """
+import os, sys, threading
+from pathlib import Path
+from adapters.file_format import atomic_write
+written = threading.Semaphore(0)
+def write(tmp):
+    Path(tmp).write_bytes(b"half")
+    written.release()
+    threading.Event().wait()
+for target in sys.argv[1:]:
+    threading.Thread(target=atomic_write, args=(Path(target), write), daemon=True).start()
+for _ in sys.argv[1:]:
+    written.acquire()
+os._exit(9)
+"""
+
+
+def interrupted_writes(*paths: Path) -> None:
+    """Leave the temp files of ``atomic_write`` calls killed mid-write (a real process, really cut)."""
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", INTERRUPTED_WRITES, *map(str, paths)], cwd=root, timeout=120)
+    assert result.returncode == 9 and not any(p.exists() for p in paths)

@@ -43,7 +43,8 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
 def header_only_png(path: Path, width: int, height: int) -> Path:
     """A PNG whose header declares ``width`` x ``height`` RGB pixels and whose pixel data is empty."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", b"") + png_chunk(b"IEND", b""))
+    chunks = png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", b"") + png_chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
     return path
 
 

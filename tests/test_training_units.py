@@ -66,7 +66,8 @@ def test_manifest_lists_every_fault_with_file_and_line(tmp_path):
     assert message.startswith(f"{m}: 8 faulty lines, nothing was trained")
     expected = {2: "not UTF-8 text (byte 0xff at column 29)", 3: "not valid JSON", 4: "a JSON list where an object",
                 5: "field 'text' must be a non-empty string", 6: "field 'image' must be a non-empty string",
-                7: "field 'kind' is 'x'", 8: "a parallel sample needs an English caption", 10: "field 'en' must be a string"}
+                7: "field 'kind' is 'x'", 8: "a parallel sample needs an English caption",
+                10: "field 'en' must be a string"}
     for n, words in expected.items():
         assert f"{m}:{n}: {words}" in message, (n, message)
     assert f"{m}:1:" not in message and f"{m}:9:" not in message

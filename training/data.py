@@ -89,8 +89,8 @@ def caption_fields(item: object, where: str) -> tuple[str, str | None, bool]:
 def manifest_faults_message(path: Path, faults: list[str]) -> str:
     listed = faults[:MAX_LISTED_FAULTS]
     more = f"\n  ... and {len(faults) - len(listed)} more" if len(faults) > len(listed) else ""
-    return (f"{path}: {len(faults)} faulty line{'s' * (len(faults) > 1)}, nothing was trained; fix them and start again:\n  "
-            + "\n  ".join(listed) + more)
+    lines = f"{len(faults)} faulty line{'s' * (len(faults) > 1)}"
+    return f"{path}: {lines}, nothing was trained; fix them and start again:\n  " + "\n  ".join(listed) + more
 
 
 def read_manifest(path: str | Path, image_root: str | Path | None = None) -> list[Record]:

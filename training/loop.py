@@ -24,7 +24,7 @@ from .run_files import (RunLog, load_checkpoint, plot_losses, prune_checkpoints,
                         write_summary)
 from .run_folder import check_later_checkpoints, prepare_run_folder
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -109,7 +109,8 @@ class Trainer:
         else:
             self.records, sizes = assign_buckets(records, buckets, self.skipped)
             if not self.records:
-                raise ManifestError(f"none of the {len(records)} images can be used: {'; '.join(self.skipped.examples(3))}")
+                raise ManifestError(f"none of the {len(records)} images can be used: "
+                                    f"{'; '.join(self.skipped.examples(3))}")
             if self.dist.main:
                 self.captions.measure(self.records)
                 self.report_data(len(records))
@@ -121,10 +122,10 @@ class Trainer:
     def report_data(self, total: int) -> None:
         """Warn about skipped images and captions cut to the encoder's window."""
         if self.skipped.count:
-            log.warning("%d of %d images are skipped (see summary.json at the end): %s", self.skipped.count, total,
+            logger.warning("%d of %d images are skipped (see summary.json at the end): %s", self.skipped.count, total,
                         "; ".join(self.skipped.examples(5)))
         if self.captions.message():
-            log.warning("%s", self.captions.message())
+            logger.warning("%s", self.captions.message())
 
     # ---- state ------------------------------------------------------------------------
     def adapter_info(self) -> AdapterInfo:
@@ -194,7 +195,7 @@ class Trainer:
             self.restore(cfg.resume)
             if self.dist.main:
                 check_later_checkpoints(out / "checkpoints", self.step, cfg.overwrite)
-        run_log = RunLog(out / "log.jsonl", self.step) if self.dist.main else None
+        log = RunLog(out / "log.jsonl", self.step) if self.dist.main else None
         stream = self.batches.iterate(self.step * cfg.grad_accum)
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and self.dist.main),
                    desc="PEA distillation", dynamic_ncols=True)
@@ -207,14 +208,15 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{entry['loss']:.4f}", sd=f"{entry['sd']:.4f}", lkd=f"{entry['lkd']:.4f}",
                             fkd=f"{entry['fkd']:.4f}", sps=f"{entry['samples_per_s']:.1f}")
-            if run_log and (self.step % cfg.log_every == 0 or self.step == cfg.steps or self.step == 1):
-                run_log.write(entry)
-            if cfg.save_every and (self.step % cfg.save_every == 0 or self.step == cfg.steps):
+            if log and (self.step % cfg.log_every == 0 or self.step == cfg.steps or self.step == 1):
+                log.write(entry)
+            saving = cfg.save_every and (self.step % cfg.save_every == 0 or self.step == cfg.steps)
+            if saving:  # every process: the checkpoint holds the images any of them skipped
                 self.skipped.merge(self.dist.gather(self.skipped.reasons))
-            if self.dist.main and cfg.save_every and (self.step % cfg.save_every == 0 or self.step == cfg.steps):
+            if self.dist.main and saving:
                 save_checkpoint(out / "checkpoints", self.step, self.state())
                 prune_checkpoints(out / "checkpoints", cfg.keep_checkpoints)
-                plot_losses(run_log.entries(), out / "loss.png")
+                plot_losses(log.entries(), out / "loss.png")
             if self.dist.main and cfg.preview_every and self.step % cfg.preview_every == 0:
                 self.preview(out / "previews" / f"step_{self.step:07d}.png")
         bar.close()
@@ -224,7 +226,7 @@ class Trainer:
             self.captions.merge(self.dist.gather(self.captions.summary())[1:])
         if self.dist.main:
             save_adapter(self.adapter, self.adapter_info(), final)
-            plot_losses(run_log.entries(), out / "loss.png")
+            plot_losses(log.entries(), out / "loss.png")
             if cfg.preview_prompts:
                 self.preview(out / "previews" / "final.png")
             write_summary(out / "summary.json", {"adapter": str(final), "steps": self.step,

@@ -45,7 +45,8 @@ class RunLog:
             entries, bad = read_log_lines(path)
             if bad:
                 log.warning("%s: dropping %d unreadable line(s) (%s), e.g. the last one torn by an interrupted "
-                            "write; the checkpoint holds the run's state", path, len(bad), ", ".join(map(str, bad[:10])))
+                            "write; the checkpoint holds the run's state", path, len(bad),
+                            ", ".join(map(str, bad[:10])))
             kept = [line for step, line in entries if step <= resume_step]
         atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept), encoding="utf-8"))
 

@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    import_comfy(cpu=args.cpu or args.demo or None)
     if args.demo:
+        import_comfy(cpu=True)
         from training.miniworld.demo import DEMO_STEPS, run_demo
 
         run_demo(args.output, steps=args.steps or DEMO_STEPS, seed=args.seed, overwrite=args.overwrite)
@@ -127,6 +127,7 @@ def train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     check_run_folder(cfg.output, cfg.adapter_name, cfg.resume, cfg.overwrite)  # before minutes of loading
     records = read_manifest(args.manifest, args.image_root) if args.manifest else None
     shards = [url for pattern in args.shards or [] for url in braceexpand(pattern)]
+    import_comfy(cpu=args.cpu or None)
     trainer = Trainer(cfg, load_base(args.checkpoint), load_language_encoder(args.encoder, context_length=args.context_length),
                       records, DistInfo.from_env(), shards=shards or None)
     final = trainer.run()

@@ -320,6 +320,26 @@ def test_cli_refuses_a_checkpoint_without_text_encoder(comfy_path, base_dir, tmp
     assert "has no text encoder; the teacher needs the checkpoint's own CLIP" in result.stderr
 
 
+def test_cli_refuses_a_reused_run_folder_and_a_faulty_manifest_before_loading(comfy_path, base_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "log.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_bytes(b'{"image": "a.png", "text": "\xff", "en": "cat"}\n["a.png"]\n')
+    cmd = [sys.executable, str(Path(__file__).resolve().parents[2] / "training" / "train_adapter.py"),
+           "--checkpoint", "not_loaded.safetensors", "--encoder", str(tmp_path / "not_loaded"),
+           "--manifest", str(manifest), "--cpu", "--output", str(out)]
+    env = dict(os.environ, COMFYUI_PATH=str(comfy_path))
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"error: {out} holds a previous run (log.jsonl). Continue it with --resume {out}" in result.stderr
+    result = subprocess.run(cmd + ["--overwrite"], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"error: {manifest}: 2 faulty lines, nothing was trained" in result.stderr
+    assert f"{manifest}:1: not UTF-8 text" in result.stderr and f"{manifest}:2: a JSON list" in result.stderr
+    assert (out / "log.jsonl").is_file()  # --overwrite deletes nothing before the run can start
+
+
 def test_benchmark_cpu_configuration_prints_ratios(comfy_path, tmp_path, capsys):
     from training.benchmark import main
 

@@ -81,6 +81,8 @@ def test_manifest_faults_are_listed_up_to_a_limit_and_a_bom_is_accepted(tmp_path
         read_manifest(m)
     assert "25 faulty lines" in str(info.value) and str(info.value).count("not valid JSON") == 20
     assert str(info.value).endswith("... and 5 more") and f"{m}:1:" not in str(info.value)
+    with pytest.raises(ManifestError, match=r"cannot read the manifest .*absent.jsonl: No such file"):
+        read_manifest(tmp_path / "absent.jsonl")
 
 
 # ---- images: strict decoding, limits from the header, each bad image counted once ------------

@@ -99,7 +99,11 @@ def read_manifest(path: str | Path, image_root: str | Path | None = None) -> lis
     path = Path(path)
     root = Path(image_root) if image_root else path.parent
     records, faults = [], []
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise ManifestError(f"cannot read the manifest {path}: {e.strerror or e}") from e
+    with f:
         for n, raw in enumerate(f, 1):
             where = f"{path}:{n}"
             try:

@@ -93,9 +93,10 @@ def test_a_jpeg_corrupted_in_the_middle_is_refused(tmp_path):
     from tests.broken_training_files import corrupt_middle, jpeg_bytes, photo
     from training.images import IMAGE_ERRORS, decode_image
 
-    good = jpeg_bytes(photo())
-    decoded = decode_image(good)
-    assert np.array_equal(np.asarray(decoded), np.asarray(Image.open(io.BytesIO(good)).convert("RGB")))
+    for mode in ("L", "CMYK", "RGB"):  # the strict decoder gives Pillow's pixels
+        good = jpeg_bytes(photo().convert(mode))
+        decoded = decode_image(good)
+        assert np.array_equal(np.asarray(decoded), np.asarray(Image.open(io.BytesIO(good)).convert("RGB"))), mode
     bad = corrupt_middle(good)
     with Image.open(io.BytesIO(bad)) as im:  # why the strict decoder: Pillow decodes it without complaint
         im.load()

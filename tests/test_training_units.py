@@ -1,8 +1,11 @@
-"""Pure parts of the trainer: manifest parsing, buckets, batch order, the objective, the loss log,
-the non-finite guard, batch prefetching, atomic writes."""
+"""Pure parts of the trainer: manifest parsing, image checks, buckets, batch order, the objective,
+the loss log, the non-finite guard, batch prefetching, atomic writes, run folders."""
+import io
 import json
 from dataclasses import replace
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from training.data import BucketBatches, ManifestError, make_buckets, nearest_bucket, read_manifest
@@ -157,3 +160,267 @@ def test_atomic_write_uses_unique_temp_names_and_the_umask(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_write(path, lambda tmp: (_ for _ in ()).throw(RuntimeError("disk full")))
     assert os.listdir(path.parent) == ["f.json"] and path.read_text() == "2"
+
+
+# ---- manifests: every fault at once, by file and line ------------------------------------
+
+def test_manifest_lists_every_fault_with_file_and_line(tmp_path):
+    good = json.dumps({"image": "a.png", "text": "猫", "en": "cat"}, ensure_ascii=False).encode()
+    lines = [
+        good,                                                                     # 1 fine
+        b'{"image": "b.png", "text": "\xff\xfe", "en": "dog"}',                   # 2 not UTF-8
+        b'{"image": "c.png", "text": "x", "en": ',                                # 3 bad JSON
+        b'["d.png", "x", "y"]',                                                   # 4 a list
+        json.dumps({"image": "e.png", "en": "e"}).encode(),                      # 5 no text
+        json.dumps({"image": "", "text": "f", "en": "f"}).encode(),              # 6 empty image
+        json.dumps({"image": "g.png", "text": "g", "en": "g", "kind": "x"}).encode(),  # 7 wrong kind
+        json.dumps({"image": "h.png", "text": "h"}).encode(),                    # 8 parallel without en
+        b"",                                                                      # 9 blank: fine
+        json.dumps({"image": "i.png", "text": "i", "en": 3, "kind": "native"}).encode(),  # 10 en not text
+    ]
+    m = tmp_path / "m.jsonl"
+    m.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(ManifestError) as info:
+        read_manifest(m)
+    message = str(info.value)
+    assert message.startswith(f"{m}: 8 faulty lines, nothing was trained")
+    expected = {2: "not UTF-8 text (byte 0xff at column 29)", 3: "not valid JSON", 4: "a JSON list where an object",
+                5: "field 'text' must be a non-empty string", 6: "field 'image' must be a non-empty string",
+                7: "field 'kind' is 'x'", 8: "a parallel sample needs an English caption",
+                10: "field 'en' must be a string"}
+    for n, words in expected.items():
+        assert f"{m}:{n}: {words}" in message, (n, message)
+    assert f"{m}:1:" not in message and f"{m}:9:" not in message
+
+
+def test_manifest_faults_are_listed_up_to_a_limit_and_a_bom_is_accepted(tmp_path):
+    m = tmp_path / "m.jsonl"
+    m.write_text("\ufeff" + json.dumps({"image": "a.png", "text": "猫", "en": "cat"}, ensure_ascii=False) + "\n"
+                 + "not json\n" * 25, encoding="utf-8")
+    with pytest.raises(ManifestError) as info:
+        read_manifest(m)
+    assert "25 faulty lines" in str(info.value) and str(info.value).count("not valid JSON") == 20
+    assert str(info.value).endswith("... and 5 more") and f"{m}:1:" not in str(info.value)
+    with pytest.raises(ManifestError, match=r"cannot read the manifest .*absent.jsonl: No such file"):
+        read_manifest(tmp_path / "absent.jsonl")
+
+
+# ---- images: strict decoding, limits from the header, each bad image counted once ------------
+
+def test_a_jpeg_corrupted_in_the_middle_is_refused(tmp_path):
+    from PIL import Image
+
+    from tests.broken_training_files import corrupt_middle, jpeg_bytes, photo
+    from training.images import IMAGE_ERRORS, decode_image
+
+    for mode in ("L", "CMYK", "RGB"):  # the strict decoder gives Pillow's pixels
+        good = jpeg_bytes(photo().convert(mode))
+        decoded = decode_image(good)
+        assert np.array_equal(np.asarray(decoded), np.asarray(Image.open(io.BytesIO(good)).convert("RGB"))), mode
+    bad = corrupt_middle(good)
+    with Image.open(io.BytesIO(bad)) as im:  # why the strict decoder: Pillow decodes it without complaint
+        im.load()
+    with pytest.raises(IMAGE_ERRORS, match="Corrupt JPEG data"):
+        decode_image(bad)
+    with pytest.raises(IMAGE_ERRORS):
+        decode_image(good[: len(good) * 2 // 3])  # truncated
+
+
+def test_a_png_corrupted_in_the_middle_or_truncated_is_refused():
+    from tests.broken_training_files import corrupt_middle, photo
+    from training.images import IMAGE_ERRORS, decode_image
+
+    buf = io.BytesIO()
+    photo().save(buf, "PNG")
+    good = buf.getvalue()
+    assert decode_image(good).size == (320, 240)
+    for bad in (corrupt_middle(good, length=16), good[: len(good) // 2]):
+        with pytest.raises(IMAGE_ERRORS):
+            decode_image(bad)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_extreme_images_are_refused_from_the_header(tmp_path):
+    """The files hold a header and no pixels: decoding them would fail as truncated, so a refusal
+    that names the size shows it came from the header, before any decoding."""
+    from tests.broken_training_files import header_only_png
+    from training.data import Record, SkipCounter, assign_buckets
+    from training.images import ImageRefused, decode_image, size_problem
+
+    wide = header_only_png(tmp_path / "wide.png", 10000, 10)
+    huge = header_only_png(tmp_path / "huge.png", 10000, 9000)
+    fine = header_only_png(tmp_path / "fine.png", 300, 200)
+    records = [Record(p, "t", "t", False, where=f"m.jsonl:{n}") for n, p in enumerate((wide, huge, fine), 1)]
+    skipped = SkipCounter()
+    kept, _ = assign_buckets(records, make_buckets(64, step=8), skipped)
+    assert kept == records[2:]
+    assert skipped.reasons == {str(wide): "size 10000x10: aspect ratio 1000.0:1 is beyond 4:1 (m.jsonl:1)",
+                               str(huge): "size 10000x9000 (90 MP) is beyond 89 MP (m.jsonl:2)"}
+    with pytest.raises(ImageRefused, match="aspect ratio"):
+        decode_image(wide.read_bytes())
+    with pytest.raises(OSError, match="truncated"):  # what decoding the same kind of file does
+        decode_image(fine.read_bytes())
+    assert size_problem(400, 100) is None and size_problem(401, 100) is not None
+
+
+def test_skipped_images_are_counted_once_each():
+    from training.data import Record, SkipCounter
+
+    skipped = SkipCounter()
+    a, b = Record(Path("a.jpg"), "t", "t", False, where="m.jsonl:3"), Record(Path("b.jpg"), "t", "t", False)
+    for _ in range(3):  # three epochs
+        skipped.add(a, "Corrupt JPEG data")
+        skipped.add(b, OSError("broken"))
+    skipped.merge([{"a.jpg": "other rank's words", "c.jpg": "file not found"}])
+    assert skipped.count == 3 and a in skipped
+    assert skipped.reasons == {"a.jpg": "Corrupt JPEG data (m.jsonl:3)", "b.jpg": "broken", "c.jpg": "file not found"}
+
+
+def test_captions_over_the_window_are_counted_with_tokens_cut():
+    from adapters.tiny import bert_tokenizer
+    from training.captions import CaptionWindow
+    from training.data import Record
+
+    window = CaptionWindow(bert_tokenizer(), 12)
+    texts = ["猫", "一只猫" * 5, "狗" * 30]  # 3, 17 and 32 tokens with [CLS] and [SEP]
+    window.measure([Record(Path(f"{i}.png"), t, None, True, where=f"m.jsonl:{i}") for i, t in enumerate(texts, 1)])
+    assert window.summary() == {"window": 12, "checked": 3, "over_window": 2, "tokens_cut": 5 + 20,
+                                "most_tokens_cut": 20, "examples": ["m.jsonl:2: 17 tokens", "m.jsonl:3: 32 tokens"]}
+    assert window.message().startswith("2 of 3 captions are longer than the language encoder's window of 12 tokens")
+    window.merge([{"checked": 10, "over_window": 1, "tokens_cut": 40, "most_tokens_cut": 40, "examples": ["x: 52"]}])
+    assert (window.checked, window.over, window.tokens_cut, window.most_cut) == (13, 3, 65, 40)
+
+
+# ---- run folders: never mix two runs, clean interrupted writes, keep a few checkpoints -------
+
+def previous_run(folder: Path) -> None:
+    """The files a finished run leaves, plus files of the user's own."""
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "previews").mkdir()
+    for name in ("adapter.safetensors", "log.jsonl", "loss.png", "checkpoints/step_0000010.pt",
+                 "checkpoints/step_0000020.pt", "previews/step_0000010.png", "previews/final.png"):
+        (folder / name).write_bytes(b"old run")
+    (folder / "summary.json").write_text(json.dumps({"adapter": str(folder / "adapter.safetensors")}))
+    (folder / "notes.txt").write_text("mine")
+    (folder / "previews" / "my_sketch.png").write_bytes(b"mine")
+    (folder / "checkpoints" / "keep_me.pt").write_bytes(b"mine")
+
+
+def test_a_new_run_refuses_a_folder_holding_a_previous_run(tmp_path):
+    from training.run_folder import RunFolderError, check_run_folder, prepare_run_folder
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    check_run_folder(out, "adapter.safetensors")  # the user's own files are no previous run
+    previous_run(tmp_path / "other")
+    previous_run(out := tmp_path / "run2")
+    with pytest.raises(RunFolderError, match=r"holds a previous run \(adapter.safetensors, log.jsonl, loss.png, "
+                                             r"summary.json \.\.\.\).*--resume .*--overwrite"):
+        check_run_folder(out, "adapter.safetensors")
+    with pytest.raises(RunFolderError, match="is not a checkpoint of this folder"):
+        check_run_folder(out, "adapter.safetensors", resume=tmp_path / "other")
+    check_run_folder(out, "adapter.safetensors", resume=out)  # continuing it is fine
+    check_run_folder(out, "adapter.safetensors", resume=out / "checkpoints" / "step_0000010.pt")
+    prepare_run_folder(out, "adapter.safetensors", overwrite=True)
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert left == ["checkpoints", "checkpoints/keep_me.pt", "notes.txt", "previews", "previews/my_sketch.png"]
+    check_run_folder(out, "adapter.safetensors")
+
+
+def test_overwrite_finds_an_adapter_written_under_another_name(tmp_path):
+    from training.run_folder import previous_run_files, prepare_run_folder
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "pea_zh.safetensors").write_bytes(b"old")
+    (out / "summary.json").write_text(json.dumps({"adapter": str(out / "pea_zh.safetensors")}))
+    (out / "other.safetensors").write_bytes(b"the user's")
+    assert previous_run_files(out, "adapter.safetensors") == [out / "pea_zh.safetensors", out / "summary.json"]
+    prepare_run_folder(out, "adapter.safetensors", overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["other.safetensors"]
+
+
+def test_temp_files_of_interrupted_writes_are_cleaned_at_start(tmp_path, caplog):
+    import os
+    import time
+
+    from tests.broken_training_files import interrupted_writes
+    from training.run_folder import STALE_AFTER_S, prepare_run_folder
+
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    interrupted_writes(out / "adapter.safetensors", out / "checkpoints" / "step_0000100.pt",
+                       cache / "latents" / "ab" / "abcdef.pt", cache / "teacher" / "cd" / "cdef.safetensors")
+    old = time.time() - STALE_AFTER_S - 60
+    os.utime(next((cache / "latents" / "ab").iterdir()), (old, old))
+    (out / ".hidden.tmp").write_text("not ours: no unique part")
+    (out / "notes.tmp").write_text("not ours: not hidden")
+    with caplog.at_level("WARNING"):
+        prepare_run_folder(out, "adapter.safetensors", cache_dir=cache)
+    assert "removed 3 temp file(s) left by interrupted writes" in caplog.text
+    assert sorted(p.name for p in out.iterdir()) == [".hidden.tmp", "checkpoints", "notes.tmp"]
+    assert list((out / "checkpoints").iterdir()) == [] and list((cache / "latents" / "ab").iterdir()) == []
+    fresh = list((cache / "teacher" / "cd").iterdir())  # another run sharing the cache may be writing it
+    assert len(fresh) == 1 and fresh[0].name.startswith(".cdef.safetensors.")
+
+
+def test_torn_log_line_is_dropped_on_resume_and_the_log_rewritten(tmp_path, caplog):
+    from training.run_files import RunLog
+
+    path = tmp_path / "log.jsonl"
+    lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2, 3, 4)]
+    path.write_bytes(("\n".join(lines) + "\n").encode() + b'{"step": 5, "loss": 0.2')
+    with caplog.at_level("WARNING"):
+        log = RunLog(path, resume_step=3)
+    assert "dropping 1 unreadable line(s) (5)" in caplog.text
+    assert path.read_text() == "\n".join(lines[:3]) + "\n"
+    log.write({"step": 4, "loss": 0.5})
+    assert [e["step"] for e in log.entries()] == [1, 2, 3, 4]
+    path.write_bytes(b'{"step": 1}\n\x00\x00\x00\x00\n[1, 2]\n{"step": 2}\n')  # a zero-filled block, a list
+    assert [e["step"] for e in RunLog(path, resume_step=2).entries()] == [1, 2]
+
+
+def test_older_checkpoints_are_pruned_never_the_newest(tmp_path):
+    from training.run_files import checkpoints, find_checkpoint, prune_checkpoints
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for step in (500, 1000, 1500, 9_999_999, 10_000_000):
+        (folder / f"step_{step:07d}.pt").write_bytes(b"x")
+    (folder / "step_final.pt").write_bytes(b"not a step")
+    assert prune_checkpoints(folder, 0) == []
+    assert [p.name for p in prune_checkpoints(folder, 2)] == ["step_0000500.pt", "step_0001000.pt", "step_0001500.pt"]
+    assert [s for s, _ in checkpoints(folder)] == [9_999_999, 10_000_000]
+    assert find_checkpoint(tmp_path) == folder / "step_10000000.pt"
+    prune_checkpoints(folder, 1)
+    assert sorted(p.name for p in folder.iterdir()) == ["step_10000000.pt", "step_final.pt"]
+
+
+def test_resuming_before_later_checkpoints_is_refused_unless_overwrite(tmp_path):
+    from training.run_folder import RunFolderError, check_later_checkpoints
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for step in (3, 6, 9):
+        (folder / f"step_{step:07d}.pt").write_bytes(b"x")
+    check_later_checkpoints(folder, 9, overwrite=False)
+    with pytest.raises(RunFolderError, match=r"resuming at step 3, but .* holds later checkpoints "
+                                             r"\(step_0000006.pt, step_0000009.pt\)"):
+        check_later_checkpoints(folder, 3, overwrite=False)
+    check_later_checkpoints(folder, 3, overwrite=True)
+    assert [p.name for p in folder.iterdir()] == ["step_0000003.pt"]
+
+
+@pytest.mark.parametrize("flags,refused", [(["--resume", "runs/x"], "--resume"),
+                                           (["--save-every", "5", "--manifest", "m.jsonl"], "--manifest, --save-every"),
+                                           (["--checkpoint", "sd.safetensors", "--keep-checkpoints", "1"],
+                                            "--checkpoint, --keep-checkpoints")])
+def test_demo_refuses_flags_it_cannot_honour(flags, refused, capsys):
+    from training.train_adapter import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--demo", "--steps", "3", "--output", "o", "--overwrite", *flags])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--demo trains its own miniature world and cannot honour {refused};" in err
+    assert "it takes only --output, --steps, --seed, --overwrite, --cpu" in err

@@ -4,7 +4,8 @@
 encodings are read and the other images decoded there, while the loop trains on the previous
 batch. ``BatchMaker.finish`` runs on the main thread: what is not cached goes through ComfyUI's
 VAE and CLIP (whose model management is not thread-safe), and the batch moves to the device.
-Images that fail to load are skipped and counted when their batch is used.
+Images that fail to load are skipped and counted once, when their batch is used, and not
+tried again.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from typing import Callable, Iterator
 import torch
 
 from .caching import LatentCache, TeacherText, stack_conditioning
-from .data import IMAGE_ERRORS, Record, SkipCounter, load_image
+from .data import Record, SkipCounter, load_image
 from .distill import Batch
+from .images import IMAGE_ERRORS
 
 
 @dataclass
@@ -48,6 +50,8 @@ class BatchMaker:
         """Cache reads and image decoding (no ComfyUI model runs): safe on a worker thread."""
         out = Prepared(bucket, [], [], [], [], [], [])
         for record, sid in zip(records, sample_ids):
+            if record in self.skipped:
+                continue
             latent, pixels = self.latents.lookup(record, bucket), None
             if latent is None:
                 try:
@@ -65,7 +69,7 @@ class BatchMaker:
     def finish(self, prepared: Prepared) -> Batch | None:
         """Encode what was not cached, stack, move to the device; None when no image loaded."""
         for record, error in prepared.failed:
-            self.skipped.add(record.image, error)
+            self.skipped.add(record, error)
         recs = prepared.records
         if not recs:
             return None

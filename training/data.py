@@ -1,12 +1,14 @@
 """Training data: a JSONL manifest over an image folder, aspect-ratio buckets, a deterministic
-sharded batch order, and images that fail to load skipped and counted (never fatal).
+sharded batch order, and images that fail to load skipped and counted once each (never fatal).
 
 Manifest lines: ``{"image": "rel/or/abs.png", "text": "目标语言的描述", "en": "English caption",
-"kind": "parallel" | "native"}``; ``en`` may be absent for native samples.
+"kind": "parallel" | "native"}``; ``en`` may be absent for native samples. Every fault of a
+manifest is reported at once, by file and line, before anything is trained.
 """
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import random
@@ -17,10 +19,13 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from .captions import CaptionWindow
+from .images import IMAGE_ERRORS, check_size, decode_image
 
 KINDS = ("parallel", "native")
-IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
+MAX_LISTED_FAULTS = 20
 
 
 @dataclass(frozen=True)
@@ -32,45 +37,98 @@ class Record:
     native: bool
     data: bytes | None = None
     """Encoded image bytes, for samples streamed from tar shards."""
+    where: str = ""
+    """Where the sample is described: ``manifest:line`` or ``shard:key``."""
+
+    @property
+    def key(self) -> str:
+        """Names the image once, whichever epoch or batch it turns up in."""
+        return str(self.image)
 
     def open_image(self) -> Image.Image:
+        """The image opened lazily: its header is read, its pixels are not."""
         return Image.open(io.BytesIO(self.data)) if self.data is not None else Image.open(self.image)
+
+    def read_bytes(self) -> bytes:
+        return self.data if self.data is not None else self.image.read_bytes()
 
 
 class ManifestError(ValueError):
-    """A manifest line is not what the trainer expects; the message names file, line and field."""
+    """A manifest is not what the trainer expects; the message names file, line and field."""
 
 
-def caption_fields(item: dict, where: str) -> tuple[str, str | None, bool]:
-    """(text, en, native) of one sample's metadata; raises ManifestError naming the field."""
+def is_text(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def caption_faults(item: object) -> list[str]:
+    """What is wrong with one sample's metadata (kind, text, en), in words; [] when nothing."""
+    if not isinstance(item, dict):
+        return [f"a JSON {type(item).__name__} where an object {{\"image\", \"text\", \"en\", \"kind\"}} is expected"]
+    faults = []
     kind = item.get("kind", "parallel")
     if kind not in KINDS:
-        raise ManifestError(f"{where}: field 'kind' is {kind!r}, expected one of {KINDS}")
-    if not isinstance(item.get("text"), str) or not item["text"]:
-        raise ManifestError(f"{where}: field 'text' must be a non-empty string")
+        faults.append(f"field 'kind' is {kind!r}, expected one of {KINDS}")
+    if not is_text(item.get("text")):
+        faults.append("field 'text' must be a non-empty string")
     en = item.get("en")
-    if kind == "parallel" and not isinstance(en, str):
-        raise ManifestError(f"{where}: a parallel sample needs an English caption in field 'en'")
-    return item["text"], en, kind == "native"
+    if kind == "parallel" and not is_text(en):
+        faults.append("a parallel sample needs an English caption in field 'en'")
+    elif en is not None and not isinstance(en, str):
+        faults.append(f"field 'en' must be a string, not {type(en).__name__}")
+    return faults
+
+
+def caption_fields(item: object, where: str) -> tuple[str, str | None, bool]:
+    """(text, en, native) of one sample's metadata; raises ManifestError naming the fields."""
+    faults = caption_faults(item)
+    if faults:
+        raise ManifestError(f"{where}: {'; '.join(faults)}")
+    return item["text"], item.get("en"), item.get("kind", "parallel") == "native"
+
+
+def manifest_faults_message(path: Path, faults: list[str]) -> str:
+    listed = faults[:MAX_LISTED_FAULTS]
+    more = f"\n  ... and {len(faults) - len(listed)} more" if len(faults) > len(listed) else ""
+    lines = f"{len(faults)} faulty line{'s' * (len(faults) > 1)}"
+    return f"{path}: {lines}, nothing was trained; fix them and start again:\n  " + "\n  ".join(listed) + more
 
 
 def read_manifest(path: str | Path, image_root: str | Path | None = None) -> list[Record]:
-    """Parse a JSONL manifest; image paths are relative to ``image_root`` (default: its folder)."""
+    """Parse a JSONL manifest; image paths are relative to ``image_root`` (default: its folder).
+    Raises ManifestError listing every faulty line (up to ``MAX_LISTED_FAULTS``) by file:line."""
     path = Path(path)
     root = Path(image_root) if image_root else path.parent
-    records = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ManifestError(f"{where}: not valid JSON ({e})") from e
-        if not isinstance(item.get("image"), str) or not item["image"]:
-            raise ManifestError(f"{where}: field 'image' must be a non-empty string")
-        text, en, native = caption_fields(item, where)
-        records.append(Record(root / item["image"], text, en, native))
+    records, faults = [], []
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise ManifestError(f"cannot read the manifest {path}: {e.strerror or e}") from e
+    with f:
+        for n, raw in enumerate(f, 1):
+            where = f"{path}:{n}"
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                faults.append(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
+                continue
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                faults.append(f"{where}: not valid JSON ({e.msg} at column {e.colno})")
+                continue
+            line_faults = caption_faults(item)
+            if isinstance(item, dict) and not is_text(item.get("image")):
+                line_faults.insert(0, "field 'image' must be a non-empty string (a path)")
+            if line_faults:
+                faults.append(f"{where}: {'; '.join(line_faults)}")
+                continue
+            records.append(Record(root / item["image"], item["text"], item.get("en"), item.get("kind") == "native",
+                                  where=where))
+    if faults:
+        raise ManifestError(manifest_faults_message(path, faults))
     if not records:
         raise ManifestError(f"{path} has no samples")
     return records
@@ -95,31 +153,52 @@ def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> t
 
 
 class SkipCounter:
-    """Images that could not be read: how many, and the first few reasons (thread-safe: the
-    batch-prefetch thread counts too)."""
+    """Images that could not be used, each counted once (whichever epoch or rank met it), with the
+    reason. ``reasons`` maps the image to why it was skipped; it is kept in checkpoints."""
 
     def __init__(self):
-        self.count = 0
-        self.examples: list[str] = []
-        self._lock = threading.Lock()
+        self.reasons: dict[str, str] = {}
+        self._lock = threading.Lock()  # the batch-prefetch thread counts too
 
-    def add(self, path: Path, error: Exception) -> None:
+    @property
+    def count(self) -> int:
+        return len(self.reasons)
+
+    def __contains__(self, record: Record) -> bool:
+        return record.key in self.reasons
+
+    def add(self, item: Record | str, error: Exception | str) -> None:
+        """Count ``item`` (a record, or a shard sample's name) once, with ``error`` as the reason."""
+        key = item if isinstance(item, str) else item.key
+        where = item.where if isinstance(item, Record) and item.where != key else ""
         with self._lock:
-            self.count += 1
-            if len(self.examples) < 5:
-                self.examples.append(f"{path}: {error}")
+            self.reasons.setdefault(key, f"{error} ({where})" if where else str(error))
+
+    def merge(self, others: list[dict[str, str]]) -> None:
+        """Take in the images other processes skipped."""
+        with self._lock:
+            for reasons in others:
+                for key, reason in reasons.items():
+                    self.reasons.setdefault(key, reason)
+
+    def examples(self, n: int = 5) -> list[str]:
+        return [f"{key}: {reason}" for key, reason in itertools.islice(self.reasons.items(), n)]
 
 
 def assign_buckets(records: list[Record], buckets: list[tuple[int, int]],
                    skipped: SkipCounter) -> tuple[list[Record], list[tuple[int, int]]]:
-    """Read each image's size (header only); unreadable images are skipped and counted."""
+    """Read each image's size from its header (missing, unreadable and extreme images are skipped
+    and counted); nothing is decoded here."""
     kept, sizes = [], []
     for record in records:
         try:
             with record.open_image() as im:
-                size = im.size
+                size = check_size(im)
+        except FileNotFoundError:
+            skipped.add(record, "file not found")
+            continue
         except IMAGE_ERRORS as e:
-            skipped.add(record.image, e)
+            skipped.add(record, e)
             continue
         kept.append(record)
         sizes.append(nearest_bucket(*size, buckets))
@@ -127,15 +206,15 @@ def assign_buckets(records: list[Record], buckets: list[tuple[int, int]],
 
 
 def load_image(source: Path | Record, bucket: tuple[int, int]) -> torch.Tensor:
-    """Resize to cover the bucket, centre-crop: ``[H, W, 3]`` floats in [0, 1] (ComfyUI IMAGE)."""
-    with (source.open_image() if isinstance(source, Record) else Image.open(source)) as im:
-        im = im.convert("RGB")
-        w, h = bucket
-        scale = max(w / im.width, h / im.height)
-        im = im.resize((max(w, round(im.width * scale)), max(h, round(im.height * scale))), Image.BICUBIC)
-        left, top = (im.width - w) // 2, (im.height - h) // 2
-        im = im.crop((left, top, left + w, top + h))
-        return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)
+    """Decode in full (strictly), resize to cover the bucket, centre-crop: ``[H, W, 3]`` floats in
+    [0, 1] (ComfyUI IMAGE). Raises one of ``IMAGE_ERRORS`` for an unusable image."""
+    im = decode_image(source.read_bytes())
+    w, h = bucket
+    scale = max(w / im.width, h / im.height)
+    im = im.resize((max(w, round(im.width * scale)), max(h, round(im.height * scale))), Image.BICUBIC)
+    left, top = (im.width - w) // 2, (im.height - h) // 2
+    im = im.crop((left, top, left + w, top + h))
+    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)
 
 
 @dataclass(frozen=True)
@@ -212,47 +291,51 @@ class ManifestBatches:
 
 class ShardBatches:
     """Batches streamed from webdataset tar shards (``NAME.jpg|png|webp`` + ``NAME.json`` with
-    text, en, kind), bucketed on the fly; each rank reads its own shards. Unreadable samples are
-    skipped and counted. Resuming replays the stream up to the saved batch."""
+    text, en, kind), bucketed on the fly; each rank reads its own shards. Unusable samples are
+    skipped and counted once; captions are measured against the encoder's window on the first
+    pass. Resuming replays the stream up to the saved batch."""
 
     IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
-    def __init__(self, urls: list[str], buckets: list[tuple[int, int]], batch_size: int, skipped: "SkipCounter",
-                 world: int = 1, rank: int = 0):
+    def __init__(self, urls: list[str], buckets: list[tuple[int, int]], batch_size: int, skipped: SkipCounter,
+                 world: int = 1, rank: int = 0, captions: CaptionWindow | None = None):
         if len(urls) < world:
             raise ValueError(f"{len(urls)} shards cannot be split over {world} processes")
         self.urls, self.buckets, self.batch_size, self.skipped = urls[rank::world], buckets, batch_size, skipped
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.captions = rank, world, captions
 
-    def samples(self) -> Iterator[Record]:
+    def samples(self) -> Iterator[tuple[int, Record]]:
+        """(pass over the shards, sample), endlessly."""
         try:
             import webdataset as wds
         except ImportError as e:
             raise RuntimeError("tar shards need the webdataset package: pip install webdataset") from e
-        while True:
+        for epoch in itertools.count():
             for sample in wds.WebDataset(self.urls, shardshuffle=False, empty_check=False):
                 where = f"{sample.get('__url__', '?')}:{sample['__key__']}"
                 image = next((sample[k] for k in self.IMAGE_KEYS if k in sample), None)
                 try:
                     text, en, native = caption_fields(json.loads(sample.get("json", b"{}")), where)
-                except (ManifestError, json.JSONDecodeError) as e:
-                    self.skipped.add(Path(where), e)
+                except ValueError as e:  # bad JSON, not UTF-8, missing fields
+                    self.skipped.add(where, e)
                     continue
                 if image is None:
-                    self.skipped.add(Path(where), ValueError("no image in the sample"))
+                    self.skipped.add(where, f"no image ({'|'.join(self.IMAGE_KEYS)}) in the sample")
                     continue
-                yield Record(Path(where), text, en, native, data=image)
+                yield epoch, Record(Path(where), text, en, native, data=image, where=where)
 
     def iterate(self, start: int = 0) -> Iterator[tuple[tuple[int, int], list[Record], list[int]]]:
         buffers: dict[tuple[int, int], list[Record]] = {}
         emitted, counter = 0, 0
-        for record in self.samples():
+        for epoch, record in self.samples():
             try:
                 with record.open_image() as im:
-                    bucket = nearest_bucket(*im.size, self.buckets)
+                    bucket = nearest_bucket(*check_size(im), self.buckets)
             except IMAGE_ERRORS as e:
-                self.skipped.add(record.image, e)
+                self.skipped.add(record, e)
                 continue
+            if epoch == 0 and self.captions is not None:
+                self.captions.measure([record])
             counter += 1
             buffers.setdefault(bucket, []).append(record)
             if len(buffers[bucket]) == self.batch_size:

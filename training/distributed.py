@@ -35,6 +35,14 @@ class DistInfo:
             dist.all_reduce(values)
         return values
 
+    def gather(self, obj: object) -> list:
+        """``obj`` (picklable) from every process, in rank order."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()

@@ -18,15 +18,17 @@ from adapters.pairing import check_base_model
 from .base import BaseParts, new_adapter, trainable_family
 from .batches import BatchMaker, Prefetcher, Prepared
 from .caching import LatentCache, TeacherText
-from .data import ManifestBatches, Record, ShardBatches, SkipCounter, assign_buckets, make_buckets
+from .captions import CaptionWindow
+from .data import ManifestBatches, ManifestError, Record, ShardBatches, SkipCounter, assign_buckets, make_buckets
 from .distill import Batch, Distiller
 from .distributed import DistInfo
 from .loss_window import SUMS, LossWindow, loss_sums, non_finite
 from .nonfinite import NonFiniteError, StepGuard, check_weights_finite, gradients_finite
 from .objective import LossWeights
 from .preview import render_previews
-from .run_files import (RunLog, find_checkpoint, load_checkpoint, plot_losses, save_checkpoint, set_rng_state,
-                        write_summary)
+from .run_files import (RunLog, find_checkpoint, load_checkpoint, plot_losses, prune_checkpoints, save_checkpoint,
+                        set_rng_state, write_summary)
+from .run_folder import check_later_checkpoints, prepare_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,10 @@ class TrainConfig:
     progress: bool = True
     memory_cache: bool = False
     """Keep latents and teacher encodings in memory too (small datasets: the demo, tests)."""
+    overwrite: bool = False
+    """Start over a previous run in ``output``: its files are deleted first (a new run refuses otherwise)."""
+    keep_checkpoints: int = 3
+    """How many of the newest checkpoints to keep; 0 keeps every one."""
 
 
 def warmup_schedule(warmup: int):
@@ -80,6 +86,9 @@ class Trainer:
         import comfy.model_management as mm
 
         self.cfg, self.parts, self.dist = cfg, parts, dist_info or DistInfo()
+        if self.dist.main:  # before any process writes a file
+            prepare_run_folder(cfg.output, cfg.adapter_name, cfg.resume, cfg.overwrite, cfg.cache_dir)
+        self.dist.barrier()
         mm.load_models_gpu([parts.model], force_full_load=True)
         self.device = parts.model.load_device
         self.base = parts.model.model
@@ -102,6 +111,7 @@ class Trainer:
         self.distiller = Distiller(self.base, self.encoder, self.trained, encoder.tokenize([""]),
                                    (empty["tokens"], empty.get("pooled")), cfg.weights, cfg.cfg_dropout, cfg.seed,
                                    cfg.noise_offset)
+        self.captions = CaptionWindow(encoder.tokenizer, encoder.context_length)
         self.records, self.batches = self.batch_order(records, shards)
         self.optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_schedule(cfg.warmup))
@@ -126,8 +136,14 @@ class Trainer:
         cfg, rank, world = self.cfg, self.dist.rank, self.dist.world
         buckets = make_buckets(self.resolution, step=64 if self.resolution >= 256 else 8)
         if shards:
-            return [], ShardBatches(shards, buckets, cfg.batch_size, self.skipped, world, rank)
+            return [], ShardBatches(shards, buckets, cfg.batch_size, self.skipped, world, rank, self.captions)
         kept, sizes = assign_buckets(records, buckets, self.skipped)
+        if not kept:
+            raise ManifestError(f"none of the {len(records)} images can be used: "
+                                f"{'; '.join(self.skipped.examples(3))}")
+        if self.dist.main:
+            self.captions.measure(kept)
+            self.report_data(len(records))
         self.warn_if_nothing_trains(kept)
         return kept, ManifestBatches(kept, sizes, cfg.batch_size, world, rank, cfg.seed)
 
@@ -140,6 +156,14 @@ class Trainer:
                 "(--lambda-logit, --lambda-feature, --lambda-text; --sd-on-parallel adds L_SD), native samples "
                 "only L_SD (--lambda-sd).", "native and parallel samples" if native and parallel else
                 "only native samples" if native else "only parallel samples", self.cfg.weights)
+
+    def report_data(self, total: int) -> None:
+        """Warn about skipped images and captions cut to the encoder's window."""
+        if self.skipped.count:
+            log.warning("%d of %d images are skipped (see summary.json at the end): %s", self.skipped.count, total,
+                    "; ".join(self.skipped.examples(5)))
+        if self.captions.message():
+            log.warning("%s", self.captions.message())
 
     # ---- state ------------------------------------------------------------------------
     def adapter_info(self) -> AdapterInfo:
@@ -158,7 +182,8 @@ class Trainer:
     def state(self) -> dict:
         return {"adapter": self.adapter.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "data": self.batches.position(self.step * self.cfg.grad_accum),
-                "skipped": self.skipped.count, "guard": self.guard.state(), "adapter_info": self.adapter_info().to_json()}
+                "skipped": dict(self.skipped.reasons), "guard": self.guard.state(),
+                "adapter_info": self.adapter_info().to_json()}
 
     def restore(self, path: Path) -> None:
         self.last_checkpoint = find_checkpoint(path)
@@ -167,15 +192,19 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.step = int(ckpt["step"])
-        self.skipped.count = int(ckpt["skipped"])
+        if isinstance(ckpt["skipped"], dict):  # checkpoints before per-image counting kept only a number
+            self.skipped.merge([ckpt["skipped"]])
         self.guard.restore(ckpt.get("guard", {}))
         set_rng_state(ckpt["rng"])
 
     def save_checkpoint(self) -> None:
-        """Every process checks the adapter (the same on all) is finite; rank 0 writes."""
+        """Every process checks the adapter (the same on all) is finite and hands in the images it
+        skipped; rank 0 writes, then prunes old checkpoints."""
         check_weights_finite(self.adapter, f"the checkpoint of step {self.step}", self.last_checkpoint)
+        self.skipped.merge(self.dist.gather(self.skipped.reasons))
         if self.dist.main:
             self.last_checkpoint = save_checkpoint(self.cfg.output / "checkpoints", self.step, self.state())
+            prune_checkpoints(self.cfg.output / "checkpoints", self.cfg.keep_checkpoints)
 
     # ---- loop -------------------------------------------------------------------------
     def autocast(self):
@@ -222,6 +251,8 @@ class Trainer:
         cfg, out = self.cfg, self.cfg.output
         if cfg.resume:
             self.restore(cfg.resume)
+            if self.dist.main:
+                check_later_checkpoints(out / "checkpoints", self.step, cfg.overwrite)
         log_file = RunLog(out / "log.jsonl", self.step) if self.dist.main else None
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and self.dist.main),
                    desc="PEA distillation", dynamic_ncols=True)
@@ -236,6 +267,9 @@ class Trainer:
             raise
         finally:
             bar.close()
+        self.skipped.merge(self.dist.gather(self.skipped.reasons))
+        if isinstance(self.batches, ShardBatches):  # each process measured its own shards' captions
+            self.captions.merge(self.dist.gather(self.captions.summary())[1:])
         if self.dist.main:
             save_adapter(self.adapter, self.adapter_info(), final)
             plot_losses(log_file.entries(), out / "loss.png")
@@ -294,7 +328,7 @@ class Trainer:
     def write_summary(self, adapter: Path | None, **extra) -> None:
         write_summary(self.cfg.output / "summary.json", {
             "adapter": str(adapter) if adapter else None, "steps": self.step, "skipped_steps": self.guard.skipped,
-            "skipped_images": self.skipped.count, "skipped_examples": self.skipped.examples,
+            "skipped_images": self.skipped.count, "skipped": self.skipped.reasons, "captions": self.captions.summary(),
             "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None, **extra})
 
     def preview(self, dest: Path) -> Path | None:

@@ -3,27 +3,52 @@ continue a run exactly) and the summary. Written by rank 0 only."""
 from __future__ import annotations
 
 import json
+import logging
 import random
+import re
 from pathlib import Path
 
 import torch
 
 from adapters.file_format import atomic_write
 
+log = logging.getLogger(__name__)
+
 PARTS = ("loss", "sd", "lkd", "fkd")
 CHECKPOINT = "step_{:07d}.pt"
+CHECKPOINT_NAME = re.compile(r"^step_(\d+)\.pt$")
+
+
+def read_log_lines(path: Path) -> tuple[list[tuple[int, str]], list[int]]:
+    """(step, line) of every readable entry of a JSONL log, and the numbers of the lines that are
+    not (a line torn by a power cut or a full disk, bytes that are not UTF-8 or JSON)."""
+    entries, bad = [], []
+    for n, line in enumerate(path.read_bytes().decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            entries.append((int(entry["step"]), line))
+        except (ValueError, TypeError, KeyError):
+            bad.append(n)
+    return entries, bad
 
 
 class RunLog:
-    """Appends one JSON object per logged step; on resume, drops lines past the resumed step."""
+    """Appends one JSON object per logged step. On resume the log is rewritten (atomically) with
+    the entries up to the resumed step; unreadable lines are dropped with a warning."""
 
     def __init__(self, path: Path, resume_step: int = 0):
         self.path = path
         kept = []
         if path.is_file() and resume_step:
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
-        text = "".join(line + "\n" for line in kept)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+            entries, bad = read_log_lines(path)
+            if bad:
+                log.warning("%s: dropping %d unreadable line(s) (%s), e.g. the last one torn by an interrupted "
+                            "write; the checkpoint holds the run's state", path, len(bad),
+                            ", ".join(map(str, bad[:10])))
+            kept = [line for step, line in entries if step <= resume_step]
+        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept), encoding="utf-8"))
 
     def write(self, entry: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
@@ -87,14 +112,30 @@ def save_checkpoint(folder: Path, step: int, payload: dict) -> Path:
     return path
 
 
+def checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """(step, file) of the checkpoints in ``folder``, oldest first."""
+    found = [(int(m.group(1)), p) for p in folder.glob("step_*.pt") if (m := CHECKPOINT_NAME.match(p.name))]
+    return sorted(found)
+
+
+def prune_checkpoints(folder: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints (0 keeps every one); returns what was deleted."""
+    if keep <= 0:
+        return []
+    old = [path for _, path in checkpoints(folder)[:-keep]]
+    for path in old:
+        path.unlink(missing_ok=True)
+    return old
+
+
 def find_checkpoint(path: Path) -> Path:
     """A checkpoint file, or the newest one in a run's output or checkpoints folder."""
     if path.is_file():
         return path
     for folder in (path / "checkpoints", path):
-        found = sorted(folder.glob("step_*.pt"))
+        found = checkpoints(folder)
         if found:
-            return found[-1]
+            return found[-1][1]
     raise FileNotFoundError(f"no training checkpoint (step_*.pt) in {path} or {path / 'checkpoints'}")
 
 

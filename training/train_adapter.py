@@ -32,6 +32,9 @@ if __package__ in (None, ""):  # run as a script: make the pack's packages impor
 from adapters.families import FAMILIES  # noqa: E402
 from training.comfy_runtime import import_comfy  # noqa: E402
 
+DEMO_HONOURS = ("demo", "output", "steps", "seed", "overwrite", "cpu")
+"""What ``--demo`` uses; it trains its own miniature world, so every other option is refused."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=Path("pea_runs/demo"), help="run folder")
     p.add_argument("--init-adapter", type=Path, help="continue training from an adapter file")
     p.add_argument("--resume", type=Path, help="a checkpoint file or run folder to continue exactly")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --output folder that holds a previous run, deleting that run's files "
+                        "(adapter, log, plot, summary, checkpoints, previews; nothing else)")
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int, default=4, help="per process")
     p.add_argument("--grad-accum", type=int, default=1)
@@ -78,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, help="cache VAE latents and teacher encodings here (both frozen)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--keep-checkpoints", type=int, default=3, metavar="N",
+                   help="keep the newest N checkpoints, delete older ones after each save (0 keeps all)")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--preview-every", type=int, default=0)
     p.add_argument("--preview-prompt", action="append", default=[], help="repeatable")
@@ -86,28 +94,55 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def refuse_for_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """argparse error naming the options ``--demo`` was given but cannot honour."""
+    given = [f"--{dest.replace('_', '-')}" for dest, value in vars(args).items()
+             if dest not in DEMO_HONOURS and value != parser.get_default(dest)]
+    if given:
+        honoured = ", ".join(f"--{d}" for d in DEMO_HONOURS[1:])
+        parser.error(f"--demo trains its own miniature world and cannot honour {', '.join(given)}; "
+                     f"it takes only {honoured}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    import_comfy(cpu=args.cpu or args.demo or None)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.demo:
+        refuse_for_demo(parser, args)
+    if args.keep_checkpoints < 0:
+        parser.error("--keep-checkpoints must be 0 (keep all) or more")
+    from adapters import PEAError
+    from training.data import ManifestError
+    from training.nonfinite import NonFiniteError
+    from training.run_folder import RunFolderError
+
+    try:
+        return train(parser, args)
+    except (ManifestError, RunFolderError, PEAError, NonFiniteError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.demo:
+        import_comfy(cpu=True)
         from training.miniworld.demo import DEMO_STEPS, run_demo
 
-        run_demo(args.output, steps=args.steps or DEMO_STEPS, seed=args.seed)
+        run_demo(args.output, steps=args.steps or DEMO_STEPS, seed=args.seed, overwrite=args.overwrite)
         return 0
     missing = [f"--{n}" for n in ("checkpoint", "encoder") if getattr(args, n) is None]
     if args.manifest is None and not args.shards:
         missing.append("--manifest or --shards")
     if missing:
-        build_parser().error(f"{', '.join(missing)} required (or --demo)")
+        parser.error(f"{', '.join(missing)} required (or --demo)")
     from braceexpand import braceexpand
 
-    from adapters import PEAError, load_language_encoder
+    from adapters import load_language_encoder
     from training.base import load_base
     from training.data import read_manifest
     from training.distributed import DistInfo
     from training.loop import TrainConfig, Trainer
-    from training.nonfinite import NonFiniteError
     from training.objective import LossWeights
+    from training.run_folder import check_run_folder
 
     cfg = TrainConfig(
         output=args.output, steps=args.steps or 1000, batch_size=args.batch_size, grad_accum=args.grad_accum,
@@ -119,18 +154,17 @@ def main(argv: list[str] | None = None) -> int:
         hidden=tuple(args.hidden) if args.hidden else None,
         init_adapter=args.init_adapter, resume=args.resume, cache_dir=args.cache_dir, seed=args.seed,
         save_every=args.save_every, log_every=args.log_every, preview_every=args.preview_every,
-        preview_prompts=args.preview_prompt, languages=args.languages)
+        preview_prompts=args.preview_prompt, languages=args.languages, overwrite=args.overwrite,
+        keep_checkpoints=args.keep_checkpoints)
+    check_run_folder(cfg.output, cfg.adapter_name, cfg.resume, cfg.overwrite)  # before minutes of loading
     records = read_manifest(args.manifest, args.image_root) if args.manifest else None
     shards = [url for pattern in args.shards or [] for url in braceexpand(pattern)]
-    try:
-        trainer = Trainer(cfg, load_base(args.checkpoint),
-                          load_language_encoder(args.encoder, context_length=args.context_length),
-                          records, DistInfo.from_env(), shards=shards or None)
-        final = trainer.run()
-    except (PEAError, NonFiniteError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"adapter: {final} ({trainer.skipped.count} images, {trainer.guard.skipped} steps skipped)")
+    import_comfy(cpu=args.cpu or None)
+    trainer = Trainer(cfg, load_base(args.checkpoint), load_language_encoder(args.encoder, context_length=args.context_length),
+                      records, DistInfo.from_env(), shards=shards or None)
+    final = trainer.run()
+    print(f"adapter: {final} ({trainer.skipped.count} images and {trainer.guard.skipped} steps skipped, "
+          f"{trainer.captions.over} captions cut to the encoder's {trainer.captions.window} tokens; see summary.json)")
     return 0
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapters import AdapterShape, PEAAdapter, load_adapter, load_language_encoder
+from adapters import load_adapter, load_language_encoder
 from adapters.tiny import make_chinese_clip
 
 SD15_TAPS = ["input_blocks.3", "input_blocks.6", "input_blocks.9", "input_blocks.11", "middle_block",
@@ -143,21 +143,42 @@ def test_only_adapter_parameters_receive_gradients(world, tmp_path):
     assert others == []
 
 
-def test_interrupted_and_resumed_run_reproduces_losses(world, tmp_path):
+def test_interrupted_and_resumed_run_reproduces_losses(world, tmp_path, caplog):
+    """A run cut at step 3 by a power failure (a torn log line, a checkpoint write left as its temp
+    file) resumes to the uninterrupted run's losses; a new run may not start over it; older
+    checkpoints are pruned; --overwrite starts afresh and leaves the user's own files alone."""
+    from tests.broken_training_files import interrupted_writes
+    from training.run_folder import RunFolderError
+
     full = make_trainer(world, tmp_path / "full", steps=6, save_every=3, log_every=1)
     full.run()
-    first = make_trainer(world, tmp_path / "cut", steps=3, save_every=3, log_every=1)
-    first.run()
-    resumed = make_trainer(world, tmp_path / "cut", steps=6, save_every=3, log_every=1, resume=tmp_path / "cut")
-    resumed.run()
+    cut = tmp_path / "cut"
+    make_trainer(world, cut, steps=3, save_every=3, log_every=1).run()
+    with open(cut / "log.jsonl", "ab") as f:
+        f.write(b'{"step": 4, "loss": 0.0')
+    interrupted_writes(cut / "checkpoints" / "step_0000004.pt")
+    with pytest.raises(RunFolderError, match="holds a previous run"):
+        make_trainer(world, cut, steps=6)
+    with caplog.at_level("WARNING"):
+        resumed = make_trainer(world, cut, steps=6, save_every=1, keep_checkpoints=2, log_every=1, resume=cut)
+        assert "removed 1 temp file(s) left by interrupted writes" in caplog.text
+        resumed.run()
+    assert "log.jsonl: dropping 1 unreadable line(s) (4)" in caplog.text
     losses = lambda d: [(e["step"], e["loss"]) for e in map(json.loads, (d / "log.jsonl").read_text().splitlines())]  # noqa: E731
-    full_log, cut_log = losses(tmp_path / "full"), losses(tmp_path / "cut")
+    full_log, cut_log = losses(tmp_path / "full"), losses(cut)
     assert [s for s, _ in cut_log] == [1, 2, 3, 4, 5, 6]
     for (s1, l1), (s2, l2) in zip(full_log, cut_log):
         assert s1 == s2 and l1 == pytest.approx(l2, rel=1e-6)
-    a, b = (load_adapter(d / "pea_demo_zh.safetensors") for d in (tmp_path / "full", tmp_path / "cut"))
+    a, b = (load_adapter(d / "pea_demo_zh.safetensors") for d in (tmp_path / "full", cut))
     for k, v in a.state_dict().items():
         assert torch.allclose(v, b.state_dict()[k], atol=1e-6)
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["step_0000005.pt", "step_0000006.pt"]
+
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    make_trainer(world, tmp_path / "full", steps=1, save_every=1, overwrite=True).run()
+    assert (tmp_path / "full" / "notes.txt").read_text() == "mine"
+    assert [p.name for p in (tmp_path / "full" / "checkpoints").iterdir()] == ["step_0000001.pt"]
+    assert [s for s, _ in losses(tmp_path / "full")] == [1]
 
 
 def test_without_kd_weights_parallel_samples_keep_the_adapter_and_native_ones_move_it(world, tmp_path, caplog):
@@ -206,25 +227,55 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(world, tmp_path):
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_0000002.pt"]
 
 
-def test_corrupt_and_missing_images_are_skipped_and_counted(world, tmp_path):
+def bad_samples(folder: Path) -> dict[str, Path]:
+    """Images as they turn up in scraped data: a JPEG corrupted in its middle (its header and end
+    intact; Pillow would decode garbage), a file that is not an image, a missing file, and a
+    10000x10 header (no pixel data: decoding it would fail differently than its refusal)."""
+    from tests.broken_training_files import corrupt_middle, header_only_png, jpeg_bytes, photo
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "corrupt.jpg").write_bytes(corrupt_middle(jpeg_bytes(photo(256, 256))))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    header_only_png(folder / "wide.png", 10000, 10)
+    return {name: folder / name for name in ("corrupt.jpg", "broken.png", "missing.png", "wide.png")}
+
+
+SKIP_REASONS = {"corrupt.jpg": "Corrupt JPEG data", "broken.png": "Truncated File Read",
+                "missing.png": "file not found", "wide.png": "size 10000x10: aspect ratio 1000.0:1 is beyond 4:1"}
+LONG_CAPTION = "一只红色的圆形在草地上" * 8  # 88 characters: beyond the tiny encoder's window
+
+
+def test_bad_images_are_skipped_and_counted_once_and_long_captions_reported(world, tmp_path, caplog):
+    """One global batch per epoch (7 good images + the corrupt JPEG, whose header is fine), three
+    epochs: every bad image is counted once, with its reason and manifest line."""
     from training.data import read_manifest
     from training.loop import Trainer
 
-    lines = world["manifest"].read_text(encoding="utf-8").splitlines()[:24]
-    (tmp_path / "images").mkdir()
-    (tmp_path / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    broken = json.dumps({"image": "images/broken.png", "text": "坏的", "en": "broken"}, ensure_ascii=False)
-    missing = json.dumps({"image": "images/missing.png", "text": "没有", "en": "missing"}, ensure_ascii=False)
     root = world["manifest"].parent
+    good = [json.loads(line) for line in world["manifest"].read_text(encoding="utf-8").splitlines()[:7]]
+    rows = [{**item, "image": str(root / item["image"])} for item in good]
+    rows[0]["text"] = LONG_CAPTION
+    rows += [{"image": f"bad/{name}", "text": "坏的", "en": "bad"} for name in bad_samples(tmp_path / "bad")]
     manifest = tmp_path / "m.jsonl"
-    fixed = [json.dumps({**json.loads(l), "image": str(root / json.loads(l)["image"])}, ensure_ascii=False) for l in lines]
-    manifest.write_text("\n".join(fixed + [broken, missing]) + "\n", encoding="utf-8")
-    trainer = make_trainer(world, tmp_path / "out", steps=2)
-    trainer = Trainer(trainer.cfg, world["parts"], trainer.encoder, read_manifest(manifest))
-    assert trainer.skipped.count == 2 and len(trainer.records) == 24
+    manifest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    base = make_trainer(world, tmp_path / "unused")
+    cfg = replace(base.cfg, output=tmp_path / "out", steps=3, log_every=1)
+    with caplog.at_level("WARNING"):
+        trainer = Trainer(cfg, world["parts"], base.encoder, read_manifest(manifest))
+    assert "3 of 11 images are skipped" in caplog.text  # the header check: broken, missing, wide
+    assert "1 of 8 captions are longer than the language encoder's window" in caplog.text
+    assert len(trainer.records) == 8
     trainer.run()
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["skipped_images"] == 2 and any("broken.png" in e for e in summary["skipped_examples"])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["skipped_images"] == 4 and len(summary["skipped"]) == 4
+    for n, (name, words) in enumerate(SKIP_REASONS.items(), 8):
+        reason = summary["skipped"][str(tmp_path / "bad" / name)]
+        assert words in reason and reason.endswith(f"({manifest}:{n})"), reason
+    window = trainer.encoder.context_length
+    assert summary["captions"]["over_window"] == 1 and summary["captions"]["window"] == window
+    assert summary["captions"]["tokens_cut"] == len(LONG_CAPTION) + 2 - window  # a character a token, [CLS] [SEP]
+    log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert [e["samples"] for e in log] == [7, 7, 7] and log[-1]["skipped_images"] == 4
 
 
 def test_two_process_gloo_run_matches_one_process(world, tmp_path):
@@ -263,12 +314,16 @@ def test_demo_learns_the_language_mapping(comfy_path, tmp_path):
 
 
 def test_webdataset_shards_train_and_count_bad_samples(world, tmp_path):
+    """Shards get the manifest's per-sample checks (bad JSON, a list, not UTF-8, no image, extreme
+    size, corrupt data); each bad sample is counted once over three passes."""
     import webdataset as wds
 
     from training.loop import Trainer
 
-    lines = [json.loads(l) for l in world["manifest"].read_text(encoding="utf-8").splitlines()[:32]]
+    lines = [json.loads(l) for l in world["manifest"].read_text(encoding="utf-8").splitlines()[:8]]
+    lines[0]["text"] = LONG_CAPTION
     root = world["manifest"].parent
+    bad = bad_samples(tmp_path / "bad")
     urls = []
     for shard in range(2):
         url = str(tmp_path / f"train-{shard:03d}.tar")
@@ -278,11 +333,28 @@ def test_webdataset_shards_train_and_count_bad_samples(world, tmp_path):
                             "json": json.dumps({"text": item["text"], "en": item["en"]}).encode()})
             sink.write({"__key__": f"s{shard}_broken", "png": b"not an image", "json": b'{"text": "x", "en": "x"}'})
         urls.append(url)
-    base = make_trainer(world, tmp_path / "out", steps=3, log_every=1)
-    trainer = Trainer(base.cfg, world["parts"], base.encoder, shards=urls)
+    with wds.TarWriter(str(tmp_path / "bad.tar")) as sink:
+        sink.write({"__key__": "corrupt", "jpg": bad["corrupt.jpg"].read_bytes(), "json": b'{"text": "x", "en": "x"}'})
+        sink.write({"__key__": "wide", "png": bad["wide.png"].read_bytes(), "json": b'{"text": "x", "en": "x"}'})
+        sink.write({"__key__": "a_list", "png": (root / lines[0]["image"]).read_bytes(), "json": b'["x", "x"]'})
+        sink.write({"__key__": "not_utf8", "png": (root / lines[0]["image"]).read_bytes(), "json": b'{"text": "\xff"}'})
+        sink.write({"__key__": "no_image", "json": b'{"text": "x", "en": "x"}'})
+    base = make_trainer(world, tmp_path / "unused")
+    cfg = replace(base.cfg, output=tmp_path / "out", steps=3, log_every=1)
+    trainer = Trainer(cfg, world["parts"], base.encoder, shards=urls + [str(tmp_path / "bad.tar")])
     trainer.run()
-    assert trainer.skipped.count >= 1
-    assert [json.loads(l)["samples"] for l in (tmp_path / "out" / "log.jsonl").read_text().splitlines()] == [8, 8, 8]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
+    shard_bad = tmp_path / "bad.tar"
+    assert set(summary["skipped"]) == {f"{urls[0]}:s0_broken", f"{urls[1]}:s1_broken", f"{shard_bad}:corrupt",
+                                       f"{shard_bad}:wide", f"{shard_bad}:a_list", f"{shard_bad}:not_utf8",
+                                       f"{shard_bad}:no_image"}
+    assert summary["skipped_images"] == 7
+    assert "Corrupt JPEG data" in summary["skipped"][f"{shard_bad}:corrupt"]
+    assert "aspect ratio 1000.0:1" in summary["skipped"][f"{shard_bad}:wide"]
+    assert "a JSON list where an object" in summary["skipped"][f"{shard_bad}:a_list"]
+    assert summary["captions"]["over_window"] == 1 and summary["captions"]["checked"] == 9
+    # pass 1: the 8 good samples; the corrupt JPEG (its header is fine) is in the next two batches
+    assert [json.loads(l)["samples"] for l in (tmp_path / "out" / "log.jsonl").read_text().splitlines()] == [8, 7, 7]
     assert load_adapter(tmp_path / "out" / "pea_demo_zh.safetensors").shape.head == "sd15"
 
 
@@ -322,6 +394,26 @@ def test_cli_refuses_a_flux_model_naming_what_it_trains(comfy_path, base_dir, tm
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert ("flux_schnell_standin.safetensors is a FLUX.1 model (Flux (FluxSchnell)); the trainer distils "
             "adapters for SD1.5 and SDXL checkpoints") in result.stderr, result.stderr[-3000:]
+
+
+def test_cli_refuses_a_reused_run_folder_and_a_faulty_manifest_before_loading(comfy_path, base_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "log.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_bytes(b'{"image": "a.png", "text": "\xff", "en": "cat"}\n["a.png"]\n')
+    cmd = [sys.executable, str(Path(__file__).resolve().parents[2] / "training" / "train_adapter.py"),
+           "--checkpoint", "not_loaded.safetensors", "--encoder", str(tmp_path / "not_loaded"),
+           "--manifest", str(manifest), "--cpu", "--output", str(out)]
+    env = dict(os.environ, COMFYUI_PATH=str(comfy_path))
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"error: {out} holds a previous run (log.jsonl). Continue it with --resume {out}" in result.stderr
+    result = subprocess.run(cmd + ["--overwrite"], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"error: {manifest}: 2 faulty lines, nothing was trained" in result.stderr
+    assert f"{manifest}:1: not UTF-8 text" in result.stderr and f"{manifest}:2: a JSON list" in result.stderr
+    assert (out / "log.jsonl").is_file()  # --overwrite deletes nothing before the run can start
 
 
 def test_benchmark_cpu_configuration_prints_ratios(comfy_path, tmp_path, capsys):

@@ -22,6 +22,7 @@ from adapters.tiny import make_chinese_clip
 from ..data import Record, load_image, read_manifest
 from ..loop import TrainConfig, Trainer
 from ..objective import LossWeights
+from ..run_folder import RunFolderError, previous_run_files
 from .teacher import load_unet, save_unet, train_teacher
 from .tiny_base import calibrate_vae, tiny_sd15_parts
 from .world import read_pairs, write_dataset
@@ -29,13 +30,14 @@ from .world import read_pairs, write_dataset
 DEMO_STEPS = 250
 TEACHER_STEPS, TEACHER_LR = 1200, 2e-3
 SHIPPED_TEACHER = Path(__file__).with_name("data") / "teacher_unet.safetensors"
+DEMO_ADAPTER = "pea_demo_zh.safetensors"
 
 
 def demo_config(output: Path, steps: int, seed: int) -> TrainConfig:
     return TrainConfig(output=output, steps=steps, batch_size=32, lr=3e-3, weight_decay=0.01, warmup=20,
                        resolution=64, hidden=(128,), save_every=steps, log_every=10, seed=seed,
                        weights=LossWeights(), cache_dir=output.parent / "cache", languages=["zh"],
-                       preview_steps=8, adapter_name="pea_demo_zh.safetensors", memory_cache=True)
+                       preview_steps=8, adapter_name=DEMO_ADAPTER, memory_cache=True)
 
 
 @torch.no_grad()
@@ -80,8 +82,11 @@ def prepare_teacher(parts, folder: Path, cache: Path, seed: int = 0, progress: b
     save_unet(parts, cache)
 
 
-def run_demo(output: Path, steps: int = DEMO_STEPS, seed: int = 0, progress: bool = True) -> dict:
-    """Train the matched and the shuffled-pairs adapters; return and print their held-out KD losses."""
+def run_demo(output: Path, steps: int = DEMO_STEPS, seed: int = 0, progress: bool = True, overwrite: bool = False) -> dict:
+    """Train the matched and the shuffled-pairs adapters; return and print their held-out KD losses.
+    A previous demo in ``output`` is refused (RunFolderError) unless ``overwrite``."""
+    if not overwrite and any(previous_run_files(output / run, DEMO_ADAPTER) for run in ("matched", "shuffled")):
+        raise RunFolderError(f"{output} holds a previous demo: pass --overwrite to replace it, or choose another --output")
     pairs = [p for p in read_pairs() if not p["native"]]
     train = [p for p in pairs if not p["held_out"]]
     held_out = [p for p in pairs if p["held_out"]]
@@ -95,7 +100,7 @@ def run_demo(output: Path, steps: int = DEMO_STEPS, seed: int = 0, progress: boo
     prepare_teacher(parts, data, output / "teacher_unet.safetensors", seed, progress)
     results = {}
     for run, manifest in manifests.items():
-        cfg = replace(demo_config(output / run, steps, seed), progress=progress,
+        cfg = replace(demo_config(output / run, steps, seed), progress=progress, overwrite=overwrite,
                       preview_prompts=[p["zh"] for p in held_out[::9]] if run == "matched" else [])
         trainer = Trainer(cfg, parts, encoder, read_manifest(manifest))
         adapter_path = trainer.run()

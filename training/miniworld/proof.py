@@ -127,7 +127,7 @@ def train_student(world: World, name: str, weights: LossWeights, seed: int, step
     cfg = TrainConfig(output=run, steps=steps, batch_size=32, lr=STUDENT_LR, weight_decay=0.01, warmup=20, resolution=64,
                       hidden=ADAPTER_HIDDEN, save_every=steps, log_every=20, seed=seed, weights=weights,
                       cache_dir=world.output / "cache", languages=list(LANGUAGES), memory_cache=True,
-                      progress=progress, adapter_name="adapter.safetensors")
+                      progress=progress, adapter_name="adapter.safetensors", overwrite=True)  # its own scratch runs
     trainer = Trainer(cfg, world.parts, world.encoder, read_manifest(world.manifest))
     trainer.run()
     return trainer.adapter.eval()

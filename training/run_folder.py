@@ -1,0 +1,119 @@
+"""Keeping runs apart: a new run does not start over a previous run's files unless told to
+(``--resume`` continues it, ``--overwrite`` clears it), and the temp files of interrupted writes
+are cleaned up at start. Only rank 0 calls these, before any process writes."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+from .run_files import checkpoints, find_checkpoint
+
+log = logging.getLogger(__name__)
+
+RUN_FILES = ("log.jsonl", "loss.png", "summary.json")
+PREVIEW_NAME = re.compile(r"^(step_\d+|final)\.png$")
+TEMP_NAME = re.compile(r"^\..+\.[^.]+\.tmp$")
+"""The temp names of ``adapters.file_format.atomic_write``: ``.<target name>.<unique part>.tmp``."""
+STALE_AFTER_S = 15 * 60
+"""A temp file in a cache folder (which other runs may share) untouched this long is abandoned."""
+
+
+class RunFolderError(RuntimeError):
+    """The run folder holds another run's files; the message says what to do."""
+
+
+def previous_run_files(output: Path, adapter_name: str) -> list[Path]:
+    """The files of a previous run in ``output``: only what the trainer writes there."""
+    names = {adapter_name, *RUN_FILES}
+    try:  # the adapter an earlier run wrote under another name
+        names.add(Path(json.loads((output / "summary.json").read_text(encoding="utf-8"))["adapter"]).name)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    found = [output / name for name in sorted(names) if (output / name).is_file()]
+    found += [path for _, path in checkpoints(output / "checkpoints")]
+    if (output / "previews").is_dir():
+        found += sorted(p for p in (output / "previews").iterdir() if PREVIEW_NAME.match(p.name) and p.is_file())
+    return found
+
+
+def resumes_here(output: Path, resume: Path | None) -> bool:
+    """Whether ``resume`` names a checkpoint of the run in ``output``."""
+    if resume is None:
+        return False
+    folder = find_checkpoint(resume).resolve().parent
+    return folder in (output.resolve(), (output / "checkpoints").resolve())
+
+
+def check_run_folder(output: Path, adapter_name: str, resume: Path | None = None, overwrite: bool = False) -> None:
+    """Refuse to start a new run over a previous run's files (RunFolderError) unless the run
+    resumes from a checkpoint in that folder or ``overwrite`` is set."""
+    if overwrite or resumes_here(output, resume):
+        return
+    found = previous_run_files(output, adapter_name)
+    if found:
+        shown = ", ".join(str(p.relative_to(output)) for p in found[:4]) + (" ..." if len(found) > 4 else "")
+        elsewhere = f" (--resume {resume} is not a checkpoint of this folder)" if resume else ""
+        raise RunFolderError(
+            f"{output} holds a previous run ({shown}){elsewhere}. Continue it with --resume {output}, choose "
+            f"another --output, or pass --overwrite to delete that run's files (other files are left alone).")
+
+
+def prepare_run_folder(output: Path, adapter_name: str, resume: Path | None = None, overwrite: bool = False,
+                       cache_dir: Path | None = None) -> None:
+    """Check the folder; with ``overwrite`` (and not resuming here) delete the previous run's
+    files; delete temp files of interrupted writes in the run folder and, when abandoned, in the
+    cache folder."""
+    check_run_folder(output, adapter_name, resume, overwrite)
+    if overwrite and not resumes_here(output, resume):
+        old = previous_run_files(output, adapter_name)
+        for path in old:
+            path.unlink()
+        for folder in (output / "checkpoints", output / "previews"):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        if old:
+            log.warning("--overwrite: deleted %d file(s) of the previous run in %s", len(old), output)
+    removed = remove_temp_files(output, recursive=False) + remove_temp_files(output / "checkpoints", recursive=False)
+    removed += remove_temp_files(output / "previews", recursive=False)
+    if cache_dir is not None:
+        removed += remove_temp_files(cache_dir, recursive=True, older_than_s=STALE_AFTER_S)
+    if removed:
+        log.warning("removed %d temp file(s) left by interrupted writes (%s)", len(removed),
+                    ", ".join(str(p) for p in removed[:3]) + (" ..." if len(removed) > 3 else ""))
+
+
+def check_later_checkpoints(folder: Path, step: int, overwrite: bool) -> None:
+    """A run resumed at ``step`` replaces what came after it: refuse (RunFolderError) while
+    ``folder`` holds later checkpoints, which a later ``--resume`` would pick, unless
+    ``overwrite`` deletes them."""
+    later = [path for s, path in checkpoints(folder) if s > step]
+    if later and not overwrite:
+        raise RunFolderError(
+            f"resuming at step {step}, but {folder} holds later checkpoints ({', '.join(p.name for p in later)}) "
+            f"that a later --resume would continue instead; resume from the newest, or pass --overwrite to delete them")
+    for path in later:
+        path.unlink()
+
+
+def remove_temp_files(folder: Path, recursive: bool, older_than_s: float = 0.0) -> list[Path]:
+    """Delete the atomic writer's temp files in ``folder`` not modified for ``older_than_s``
+    seconds; returns them."""
+    if not folder.is_dir():
+        return []
+    removed, now = [], time.time()
+    for entry in os.scandir(folder):
+        if recursive and entry.is_dir(follow_symlinks=False):
+            removed += remove_temp_files(Path(entry.path), True, older_than_s)
+        elif TEMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
+            if older_than_s and now - entry.stat(follow_symlinks=False).st_mtime < older_than_s:
+                continue
+            try:
+                os.remove(entry.path)
+            except (FileNotFoundError, PermissionError):  # renamed meanwhile; open elsewhere (Windows)
+                continue
+            removed.append(Path(entry.path))
+    return removed

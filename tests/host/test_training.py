@@ -42,25 +42,82 @@ def manual_forward(unet, x, timesteps, context, y=None):
     return outs
 
 
-@pytest.mark.parametrize("shape,names", [("sd15", SD15_TAPS), ("sdxl", SDXL_TAPS)])
-def test_taps_read_the_official_blocks(comfy_path, shape, names):
-    from training.taps import FeatureTaps
-    from training.tiny_base import tiny_unet_model
+def hooked_forward(unet, x, timesteps, context, y=None):
+    """The taps the way forward hooks read them: on each tapped block's last layer and on the UNet."""
+    from training.taps import tap_points
 
-    base = tiny_unet_model(shape)
-    unet = base.diffusion_model
-    taps = FeatureTaps(unet)
-    assert taps.names == names
-    x, t = torch.randn(2, 4, 16, 16), torch.tensor([10.0, 700.0])
+    feats = {}
+    keep = lambda name: lambda _m, _i, out: feats.__setitem__(name, out)  # noqa: E731
+    handles = [module.register_forward_hook(keep(name)) for name, module in tap_points(unet)]
+    handles.append(unet.register_forward_hook(keep("output")))
+    try:
+        unet(x, timesteps, context=context, y=y)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return feats
+
+
+@pytest.mark.parametrize("shape,names", [("sd15", SD15_TAPS), ("sdxl", SDXL_TAPS)])
+def test_hook_free_taps_equal_the_hooked_ones(comfy_path, shape, names):
+    from training.taps import check_features, tap_names
+    from training.tiny_base import tiny_unet_model
+    from training.unet_pass import recompute_plan, tapped_forward
+
+    unet = tiny_unet_model(shape).diffusion_model
+    assert tap_names(unet) == names
+    x, t = torch.randn(2, 4, 16, 24), torch.tensor([10.0, 700.0])
     ctx = torch.randn(2, 7, 64)
     y = torch.randn(2, 2816) if shape == "sdxl" else None
-    with torch.no_grad(), taps.capture() as feats:
-        unet(x, t, context=ctx, y=y)
-    taps.check(feats, 16, 16)
     with torch.no_grad():
+        hooked = hooked_forward(unet, x, t, ctx, y)
         ref = manual_forward(unet, x, t, ctx, y)
+        for recompute in (frozenset(), recompute_plan(unet, 0.0)):
+            out, feats = tapped_forward(unet, x, t, ctx, y, frozenset(names), recompute)
+            assert sorted(feats) == sorted(names)
+            assert torch.equal(out, hooked["output"])
+            for name in names:  # bit for bit
+                assert torch.equal(feats[name], hooked[name]), name
+    check_features(unet, feats, 16, 24)
     for name in names + ["output"]:
-        assert torch.allclose(feats[name], ref[name], atol=1e-5), name
+        assert torch.allclose(hooked[name], ref[name], atol=1e-5), name
+
+
+@pytest.mark.parametrize("budget", [0.5, 0.0])
+def test_recomputed_blocks_give_the_same_gradients(comfy_path, budget):
+    from training.taps import tap_names
+    from training.tiny_base import tiny_unet_model
+    from training.unet_pass import recompute_plan, tapped_forward
+
+    unet = tiny_unet_model("sdxl").diffusion_model.requires_grad_(False)
+    taps = frozenset(tap_names(unet))
+    x, t, y = torch.randn(2, 4, 16, 16), torch.tensor([10.0, 700.0]), torch.randn(2, 2816)
+    ctx = torch.randn(2, 7, 64)
+    plan = recompute_plan(unet, budget)
+    assert 0 < len(plan) <= len(unet.input_blocks) + 1 + len(unet.output_blocks)
+    grads = []
+    for recompute in (frozenset(), plan):
+        c, label = ctx.clone().requires_grad_(), y.clone().requires_grad_()
+        out, feats = tapped_forward(unet, x, t, c, label, taps, recompute)
+        (out.square().mean() + sum(f.square().mean() for f in feats.values())).backward()
+        grads.append((c.grad, label.grad))
+    for eager, recomputed in zip(*grads):
+        assert torch.equal(eager, recomputed)
+
+
+def test_recompute_plan_takes_the_narrowest_blocks_first(comfy_path):
+    from training.tiny_base import tiny_unet_model
+    from training.unet_pass import block_width, named_blocks, recompute_plan
+
+    unet = tiny_unet_model("sdxl").diffusion_model
+    blocks = dict(named_blocks(unet))
+    assert recompute_plan(unet, 1.0) == frozenset()
+    assert recompute_plan(unet, 0.0) == frozenset(blocks)
+    half = recompute_plan(unet, 0.5)
+    assert len(half) == (len(blocks) + 1) // 2
+    assert max(block_width(blocks[n]) for n in half) <= min(block_width(b) for n, b in blocks.items() if n not in half)
+    with pytest.raises(ValueError, match="memory budget"):
+        recompute_plan(unet, 1.5)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +166,7 @@ def test_kd_loss_equals_independent_computation(world, tmp_path):
     mse = lambda a, b: ((a - b) ** 2).mean(dim=(1, 2, 3))  # noqa: E731
     l_sd = mse(student["output"], noise)
     l_lkd = mse(student["output"], teacher["output"])
-    l_fkd = sum(mse(student[n], teacher[n]) for n in trainer.distiller.taps.names)
+    l_fkd = sum(mse(student[n], teacher[n]) for n in trainer.distiller.tap_names)
     expected = (l_sd + batch.kd_mask * (1.0 * l_lkd + 0.1 * l_fkd)).mean()
     assert torch.allclose(loss, expected, rtol=1e-4), (loss.item(), expected.item())
     assert torch.allclose(parts["lkd"], l_lkd, rtol=1e-4) and torch.allclose(parts["fkd"], l_fkd, rtol=1e-4)

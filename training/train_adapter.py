@@ -17,6 +17,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the pack's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
+
 from training.comfy_runtime import import_comfy  # noqa: E402
 
 
@@ -55,11 +57,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview-prompt", action="append", default=[], help="repeatable")
     p.add_argument("--languages", nargs="*", default=[])
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where CUDA is available")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each UNet pass into one graph (GPU; the first steps compile for minutes)")
+    p.add_argument("--memory-budget", type=float, default=1.0,
+                   help="share of UNet blocks whose student activations are kept, 0..1 (lower: less memory, "
+                        "the cheap parts of the other blocks are recomputed in backward)")
     return p
 
 
+def unet_weight_dtype() -> torch.dtype:
+    """bf16 UNet weights where the device computes in bf16, fp32 elsewhere: the training step runs
+    the UNet in its weight dtype without autocast (fp16 would need loss scaling)."""
+    import comfy.model_management as mm
+
+    return torch.bfloat16 if mm.should_use_bf16(mm.get_torch_device()) else torch.float32
+
+
 def load_parts(name: str):
-    """MODEL/CLIP/VAE through ComfyUI's own checkpoint loader."""
+    """MODEL/CLIP/VAE through ComfyUI's own checkpoint loader, the UNet in its training dtype."""
     import comfy.sd
     import folder_paths
 
@@ -71,7 +86,7 @@ def load_parts(name: str):
         raise SystemExit(f"error: checkpoint '{name}' not found (a path, or a name under: {searched})")
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
         str(path), output_vae=True, output_clip=True,
-        embedding_directory=folder_paths.get_folder_paths("embeddings"))
+        embedding_directory=folder_paths.get_folder_paths("embeddings"), model_options={"dtype": unet_weight_dtype()})
     if clip is None:
         raise SystemExit(f"error: {path} has no text encoder; the teacher needs the checkpoint's own CLIP")
     return BaseParts(model, clip, vae, Path(path).name)
@@ -105,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         resolution=args.resolution, hidden=tuple(args.hidden) if args.hidden else None,
         init_adapter=args.init_adapter, resume=args.resume, cache_dir=args.cache_dir, seed=args.seed,
         save_every=args.save_every, log_every=args.log_every, preview_every=args.preview_every,
-        preview_prompts=args.preview_prompt, languages=args.languages)
+        preview_prompts=args.preview_prompt, languages=args.languages, memory_budget=args.memory_budget,
+        compile=args.compile)
     records = read_manifest(args.manifest, args.image_root) if args.manifest else None
     shards = [url for pattern in args.shards or [] for url in braceexpand(pattern)]
     trainer = Trainer(cfg, load_parts(args.checkpoint), load_language_encoder(args.encoder, context_length=args.context_length),

@@ -51,6 +51,10 @@ class TrainConfig:
     progress: bool = True
     memory_cache: bool = False
     """Keep latents and teacher encodings in memory too (small datasets: the demo, tests)."""
+    memory_budget: float = 1.0
+    """Share of UNet blocks whose student activations are kept (the rest partly recomputed)."""
+    compile: bool = False
+    """torch.compile each UNet pass into one graph."""
 
 
 @dataclass
@@ -125,7 +129,8 @@ class Trainer:
         self._latent_memo: dict = {}
         empty = self.teacher.encode("")
         self.distiller = Distiller(self.base, self.encoder, self.trained, encoder.tokenize([""]),
-                                   (empty["tokens"], empty.get("pooled")), cfg.weights, cfg.cfg_dropout, cfg.seed)
+                                   (empty["tokens"], empty.get("pooled")), cfg.weights, cfg.cfg_dropout, cfg.seed,
+                                   cfg.memory_budget, cfg.compile)
         self.skipped = SkipCounter()
         buckets = make_buckets(self.resolution, step=64 if self.resolution >= 256 else 8)
         if shards:
@@ -212,11 +217,6 @@ class Trainer:
         set_rng_state(ckpt["rng"])
 
     # ---- loop -------------------------------------------------------------------------
-    def autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def reduce(self, values: torch.Tensor) -> torch.Tensor:
         if self.dist.world > 1:
             values = values.to(self.device)
@@ -232,7 +232,7 @@ class Trainer:
                 batch = self.make_batch(*next(stream))
             last = micro == self.cfg.grad_accum - 1
             sync = contextlib.nullcontext() if last or self.dist.world == 1 else self.trained.no_sync()
-            with sync, self.autocast():
+            with sync:
                 loss, parts = self.distiller(batch, self.step * self.cfg.grad_accum + micro)
                 (loss / self.cfg.grad_accum).backward()
             m = parts["kd_mask"]

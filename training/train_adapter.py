@@ -94,6 +94,8 @@ def load_parts(name: str):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not 0.0 <= args.memory_budget <= 1.0:
+        build_parser().error(f"--memory-budget must lie in [0, 1], got {args.memory_budget}")
     import_comfy(cpu=args.cpu or args.demo or None)
     if args.demo:
         from training.demo import DEMO_STEPS, run_demo

@@ -96,9 +96,11 @@ class Distiller(nn.Module):
     The trainer and ``training/benchmark.py`` both run this module. The UNet runs in its own
     weight dtype without autocast (bf16 where the card has it: see ``train_adapter.load_parts``);
     only the frozen language encoder runs under bf16 autocast on CUDA. ``memory_budget`` (0..1)
-    is the share of UNet blocks whose student-pass activations are kept (the rest are partly
-    recomputed in backward, see ``unet_pass.recompute_plan``); ``compile`` compiles each UNet pass
-    into one graph (True: with Inductor; a string names another ``torch.compile`` backend). The step never waits for the device: no ``.item()``, no boolean indexing.
+    is the share of the UNet's attention blocks whose student-pass activations are kept (the
+    others are partly recomputed in backward, see ``unet_pass.recompute_plan``); ``compile``
+    compiles each UNet pass into one graph (True: with Inductor; a string names another
+    ``torch.compile`` backend). The step never waits for the device: no ``.item()``, no
+    boolean indexing.
     """
 
     def __init__(self, base_model, encoder: LanguageEncoder, adapter: nn.Module, empty_ids: torch.Tensor,

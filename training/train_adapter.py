@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each UNet pass into one graph (GPU; the first steps compile for minutes)")
     p.add_argument("--memory-budget", type=float, default=1.0,
-                   help="share of UNet blocks whose student activations are kept, 0..1 (lower: less memory, "
-                        "the cheap parts of the other blocks are recomputed in backward)")
+                   help="share of the UNet's attention blocks whose student activations are kept, 0..1 "
+                        "(lower: less memory; the cheap parts of the others are recomputed in backward)")
     return p
 
 

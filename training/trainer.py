@@ -52,7 +52,7 @@ class TrainConfig:
     memory_cache: bool = False
     """Keep latents and teacher encodings in memory too (small datasets: the demo, tests)."""
     memory_budget: float = 1.0
-    """Share of UNet blocks whose student activations are kept (the rest partly recomputed)."""
+    """Share of the UNet's attention blocks whose student activations are kept (others recomputed)."""
     compile: bool = False
     """torch.compile each UNet pass into one graph."""
 

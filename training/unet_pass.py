@@ -9,8 +9,8 @@ wrappers (a ModelPatcher's ``model_options``, which training never sets: the tea
 plain checkpoint), and the video arguments of SVD-style UNets. Every pass gets fresh transformer
 options, so nothing a call writes into them is seen by the next one.
 
-Selected blocks of the student pass can be recomputed in backward instead of keeping their
-activations (``recompute_plan``): inside such a block the cheap operations (normalisations,
+Selected attention blocks of the student pass can be recomputed in backward instead of keeping
+their activations (``recompute_plan``): inside such a block the cheap operations (normalisations,
 activations, and the projections no wider than the block, GEGLU's input projection and q/k/v
 among them) are recomputed, while attention, convolutions and the wide GEGLU output projection
 keep their outputs.
@@ -39,12 +39,11 @@ def unet_inputs(base_model, noisy: torch.Tensor, sigma: torch.Tensor, context: t
     return x, timesteps, context.to(x.device, dtype), None if y is None else y.to(x.device, dtype)
 
 
-def block_width(block: nn.Module) -> int:
-    """Channels a UNet block works at (its widest layer)."""
+def transformer_width(block: nn.Module) -> int:
+    """Channels of the block's transformer (0 for a block without attention)."""
     from comfy.ldm.modules.attention import SpatialTransformer
 
-    return max(layer.in_channels if isinstance(layer, SpatialTransformer) else getattr(layer, "out_channels", 0)
-               for layer in block)
+    return max((layer.in_channels for layer in block if isinstance(layer, SpatialTransformer)), default=0)
 
 
 def named_blocks(unet: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -55,15 +54,17 @@ def named_blocks(unet: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def recompute_plan(unet: nn.Module, memory_budget: float) -> frozenset[str]:
     """Blocks of the student pass to recompute in backward so that ``memory_budget`` (0..1) of the
-    blocks keep their activations: the narrowest blocks go first (their projections cost the
-    fewest FLOPs per byte they free: SDXL's attention-free first level, then the 640-wide
-    level, then the 1280-wide one); 1 recomputes nothing, 0 every block."""
+    attention blocks keep their activations; 1 recomputes nothing, 0 every attention block.
+
+    The narrowest go first: their projections cost the fewest FLOPs per byte they free (SDXL:
+    the 640-wide level, then the 1280-wide one). Blocks without attention are never recomputed:
+    their convolutions are the expensive part, and the rest frees little."""
     if not 0.0 <= memory_budget <= 1.0:
         raise ValueError(f"memory budget must lie in [0, 1], got {memory_budget}")
-    blocks = named_blocks(unet)
-    order = sorted(range(len(blocks)), key=lambda k: (block_width(blocks[k][1]), k))
-    count = math.ceil((1.0 - memory_budget) * len(blocks) - 1e-9)
-    return frozenset(blocks[k][0] for k in order[:count])
+    blocks = [(transformer_width(block), k, name) for k, (name, block) in enumerate(named_blocks(unet))]
+    candidates = sorted(b for b in blocks if b[0])
+    count = math.ceil((1.0 - memory_budget) * len(candidates) - 1e-9)
+    return frozenset(name for _, _, name in candidates[:count])
 
 
 _KEEP = {torch.ops.aten.convolution.default, torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default}
@@ -106,7 +107,7 @@ def tapped_forward(unet: nn.Module, x: torch.Tensor, timesteps: torch.Tensor, co
 
     def run(name, block, where, h, output_shape=None):
         if name in recompute:
-            policy = functools.partial(_recompute_policy, width=block_width(block))
+            policy = functools.partial(_recompute_policy, width=transformer_width(block))
             h = checkpoint(_run_block, block, where, original_shape, h, emb, context, output_shape,
                            use_reentrant=False, preserve_rng_state=False, determinism_check="none",
                            context_fn=functools.partial(create_selective_checkpoint_contexts, policy))

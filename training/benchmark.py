@@ -309,10 +309,10 @@ def free_memory(device: torch.device) -> None:
 
 
 def largest_batch(step, spec: dict, resolution: int, device: torch.device, limit: int = 64) -> int:
-    """The largest power-of-two batch for which ``step`` (alone on the card) runs two steps
-    without running out of memory; the same step object throughout, so a compiled step keeps
-    its graphs."""
-    best, size = 0, 1
+    """The largest power-of-two batch from 2 (a batch of 1 would compile its own graphs) for which
+    ``step``, alone on the card, runs two steps without running out of memory; the same step
+    object throughout, so a compiled step keeps its graphs. 0: not even 2."""
+    best, size = 0, 2
     while size <= limit:
         batch = None
         try:
@@ -477,8 +477,9 @@ def main(argv=None) -> int:
     model = args.model or ("sdxl" if device.type == "cuda" else "tiny")
     spec = MODELS[model]
     args.resolution = args.resolution or spec["resolution"]
-    if args.resolution % 64:
-        p.error("--resolution must be a multiple of 64")
+    multiple = 8 * 2 ** (len(spec["unet"]["channel_mult"]) - 1)  # latents halve at every level but the last
+    if args.resolution % multiple:
+        p.error(f"--resolution must be a multiple of {multiple} for {model}")
     dtype = {"auto": unet_weight_dtype(), "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     measure = measure_saved if args.saved_only else measure_all

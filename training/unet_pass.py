@@ -67,21 +67,25 @@ def recompute_plan(unet: nn.Module, memory_budget: float) -> frozenset[str]:
     return frozenset(name for _, _, name in candidates[:count])
 
 
-_KEEP = {torch.ops.aten.convolution.default, torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default}
-_KEEP |= {getattr(torch.ops.aten, name).default for name in (
-    "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
-    "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu")
-    if hasattr(torch.ops.aten, name)}
-_MATMULS = {torch.ops.aten.mm.default: 0, torch.ops.aten.addmm.default: 1}
+_aten = torch.ops.aten
+_CHEAP = {_aten._unsafe_view.default, _aten._to_copy.default, _aten.native_group_norm.default,
+          _aten.native_layer_norm.default, _aten.upsample_nearest2d.default}
+_MATMULS = {_aten.mm.default: 0, _aten.addmm.default: 1}  # operator -> position of the [M, K] input
+
+
+def _is_view(op) -> bool:
+    return any(r.alias_info is not None and not r.alias_info.is_write for r in op._schema.returns)
 
 
 def _recompute_policy(ctx, op, *args, width: int, **kwargs) -> CheckpointPolicy:
-    """Keep attention, convolutions and projections wider than ``width``; recompute the rest."""
-    if op in _KEEP:
-        return CheckpointPolicy.MUST_SAVE
-    if op in _MATMULS and args[_MATMULS[op]].shape[-1] > width:
-        return CheckpointPolicy.MUST_SAVE
-    return CheckpointPolicy.PREFER_RECOMPUTE
+    """Recompute elementwise operations, views, normalisations, dtype casts and projections whose
+    input is no wider than ``width``; keep every other output (attention, whichever kernel runs
+    it, convolutions, wider projections)."""
+    if op in _MATMULS:
+        cheap = args[_MATMULS[op]].shape[-1] <= width
+    else:
+        cheap = op in _CHEAP or torch.Tag.pointwise in op.tags or _is_view(op)
+    return CheckpointPolicy.PREFER_RECOMPUTE if cheap else CheckpointPolicy.MUST_SAVE
 
 
 def _run_block(block: nn.Module, where: tuple[str, int], original_shape: list[int], h: torch.Tensor,

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from adapters import AdapterShape, LanguageEncoder, PEAAdapter
 from adapters.families import FAMILIES, Family, UnsupportedModelError, family_of, model_label
 
@@ -30,9 +32,18 @@ def trainable_family(model, name: str) -> Family:
     return family
 
 
+def unet_weight_dtype() -> torch.dtype:
+    """bf16 UNet weights where the device computes in bf16, fp32 elsewhere: the training step runs
+    the UNet in its weight dtype without autocast (fp16 would need loss scaling)."""
+    import comfy.model_management as mm
+
+    return torch.bfloat16 if mm.should_use_bf16(mm.get_torch_device()) else torch.float32
+
+
 def load_base(name: str) -> BaseParts:
-    """MODEL/CLIP/VAE through ComfyUI's own checkpoint loader; ``name`` is a path or a name
-    under models/checkpoints. Refuses families the trainer does not support."""
+    """MODEL/CLIP/VAE through ComfyUI's own checkpoint loader, the UNet in its training dtype
+    (``unet_weight_dtype``); ``name`` is a path or a name under models/checkpoints. Refuses
+    families the trainer does not support."""
     import comfy.sd
     import folder_paths
 
@@ -43,7 +54,8 @@ def load_base(name: str) -> BaseParts:
     try:
         model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
             str(path), output_vae=True, output_clip=True,
-            embedding_directory=folder_paths.get_folder_paths("embeddings"))
+            embedding_directory=folder_paths.get_folder_paths("embeddings"),
+            model_options={"dtype": unet_weight_dtype()})
     except RuntimeError as e:
         raise SystemExit(f"error: ComfyUI cannot load {path} as a checkpoint: {e}") from e
     try:

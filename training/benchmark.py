@@ -1,27 +1,40 @@
-"""Training-step benchmark: the pack's step against an official-style baseline, same card, same run.
+"""Training-step benchmark: the trainer's own step against the official step as it runs, one process.
 
-    python training/benchmark.py --model sdxl --batch 4          # on a GPU: SDXL at 1024x1024
-    python training/benchmark.py --model sdxl --max-batch        # largest batch each fits
-    python training/benchmark.py                                 # CPU: a tiny configuration
+    python training/benchmark.py --model sdxl --batch 4 --compile --max-batch   # GPU: SDXL 1024x1024
+    python training/benchmark.py --model sdxl --resolution 512 --batch 1 --dtype bf16 --saved-only  # CPU
+    python training/benchmark.py                                                # CPU: a tiny configuration
 
-Full-size UNets with random weights are built from ComfyUI's own UNet class (SD1.5 at
-512x512, SDXL at 1024x1024); encoder states and latents are random, so both sides do exactly
-the UNet and adapter work of one distillation step:
+Both sides get full-size UNets with random weights, built from ComfyUI's own model classes
+(SD1.5 at 512x512, SDXL at 1024x1024 unless ``--resolution``), random latents, random teacher
+encodings and random language-encoder states (a frozen embedding table stands in for the
+encoder: both sides run it, and it is not what is compared):
 
-* ours: one shared frozen UNet (bf16 weights, no weight gradients) for the teacher and the
-  student pass, feature taps, fp32 adapter under bf16 autocast (optionally ``--compile``);
-* official-style (what the authors' DeepSpeed fp16 run does): two UNet copies with fp16
-  weights, fp16 inputs and no autocast, the student UNet's weight gradients computed (it was
-  never frozen), an fp16 adapter with an fp32 master copy and dynamic loss scaling.
+* ours: ``training.distill.Distiller``, the module the trainer runs, then the trainer's
+  optimiser step (AdamW, no clipping by default). One frozen UNet in the training dtype (bf16 on a GPU) shared by
+  the teacher and the student pass, no autocast around it, hook-free taps; ``--compile`` and
+  ``--memory-budget`` as in ``train_adapter.py``.
+* official as run (the authors' DeepSpeed fp16 ZeRO-1 run): two fp16 UNet copies; the student
+  pass first, through a UNet whose weights require gradients, which are computed and kept (the
+  optimiser only owns the adapter, and DeepSpeed zeroes only the optimiser's gradients); an fp16
+  adapter with an fp32 master copy and dynamic loss scaling.
 
-On a CPU both run in fp32 (CPUs have no fast fp16) at a tiny width; the numbers only show the
-script works. Prints samples/s, peak memory, model-FLOPs utilisation and the ratios.
+Official and ours alternate step by step (A, B, A, B) after at least 5 warm-up steps each (the
+compile happens there); every timed step is synchronised and the median is reported with its
+min and max. Peak memory is each side's own resident tensors (weights, kept gradients, optimiser
+state, batch) plus the most its timed steps allocated on top. FLOPs are counted in a separate
+eager pass without recompute (model FLOPs; MFU is against the card's dense bf16 peak), and the
+bytes kept for backward per sample in a separate eager forward pass (``training.memory``), also
+for each memory budget of ours. On a CPU the timings and peaks only show that the script runs.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import gc
+import itertools
 import json
+import statistics
 import sys
 import time
 from dataclasses import replace
@@ -32,6 +45,7 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch.multiprocessing.reductions import StorageWeakRef  # noqa: E402
 
 from adapters.families import FAMILIES  # noqa: E402
 from training.comfy_runtime import import_comfy  # noqa: E402
@@ -39,133 +53,188 @@ from training.comfy_runtime import import_comfy  # noqa: E402
 SD15, SDXL = FAMILIES["sd15"], FAMILIES["sdxl"]
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+BUDGETS = (1.0, 0.75, 0.5, 0.25, 0.0)
+BF16_GRADIENT_TOLERANCE = 3e-2
+"""Compiled kernels fuse and reorder bf16 arithmetic (each rounding is 2^-9 relative): adapter
+gradients of the compiled and the eager step may differ by this much relative to their largest."""
+MIN_WARMUP, MIN_STEPS = 5, 15
 MODELS = {
-    "sd15": dict(config=dict(model_channels=320, num_res_blocks=[2] * 4, channel_mult=[1, 2, 4, 4],
-                             transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_output=[1] * 9 + [0] * 3,
-                             context_dim=SD15.context_dim, num_heads=8, num_head_channels=-1,
-                             use_linear_in_transformer=False),
-                 latent=64, tokens=77, in_dim=1024, hidden=SD15.hidden, head="sd15"),
-    "sdxl": dict(config=dict(model_channels=320, num_res_blocks=[2] * 3, channel_mult=[1, 2, 4],
-                             transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
-                             context_dim=SDXL.context_dim, num_heads=-1, num_head_channels=64, use_linear_in_transformer=True,
-                             adm_in_channels=2816, num_classes="sequential"),
-                 latent=128, tokens=77, in_dim=1024, hidden=SDXL.hidden, head="sdxl"),
-    "tiny": dict(config=dict(model_channels=32, num_res_blocks=[1, 1], channel_mult=[1, 2], transformer_depth=[1, 1],
-                             transformer_depth_output=[1, 1, 1, 1], context_dim=64, num_heads=4, num_head_channels=-1,
-                             use_linear_in_transformer=False),
-                 latent=8, tokens=77, in_dim=32, hidden=(64,), head="sd15"),
+    "sd15": dict(family="sd15", in_dim=1024,
+                 unet=dict(model_channels=320, num_res_blocks=[2] * 4, channel_mult=[1, 2, 4, 4],
+                           transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_output=[1] * 9 + [0] * 3,
+                           transformer_depth_middle=1, context_dim=SD15.context_dim, use_linear_in_transformer=False,
+                           adm_in_channels=None)),
+    "sdxl": dict(family="sdxl", in_dim=1024,
+                 unet=dict(model_channels=320, num_res_blocks=[2] * 3, channel_mult=[1, 2, 4],
+                           transformer_depth=[0, 0, 2, 2, 10, 10],
+                           transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], transformer_depth_middle=10,
+                           context_dim=SDXL.context_dim, use_linear_in_transformer=True,
+                           adm_in_channels=SDXL.pooled_dim + 6 * 256, num_classes="sequential")),
+    "tiny": dict(family="sd15", resolution=64, in_dim=32, hidden=(64,),
+                 unet=dict(model_channels=32, num_res_blocks=[1, 1], channel_mult=[1, 2], transformer_depth=[1, 1],
+                           transformer_depth_output=[1, 1, 1, 1], transformer_depth_middle=1, context_dim=64,
+                           use_linear_in_transformer=False, adm_in_channels=None)),
 }
+TOKENS, VOCAB = 77, 1000
 
 
-def build_unet(spec: dict, dtype: torch.dtype, device) -> torch.nn.Module:
-    import comfy.ops
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+def build_base(spec: dict, dtype: torch.dtype, device: torch.device):
+    """A ComfyUI ``BaseModel`` (SD1.5 or SDXL class) with random weights, built on ``device``."""
+    import comfy.model_base
+    import comfy.supported_models as sm
 
     from training.miniworld.tiny_base import init_weights
 
-    cfg = dict(spec["config"], image_size=32, in_channels=4, out_channels=4, use_spatial_transformer=True,
-               legacy=False, transformer_depth_middle=spec["config"]["transformer_depth"][-1] or 1)
-    if device.type == "cuda":  # full size: built and drawn on the GPU in its dtype
-        unet = UNetModel(**cfg, dtype=dtype, device=device, operations=comfy.ops.disable_weight_init)
-        return init_weights(unet, 0, on_device=True)
-    unet = UNetModel(**cfg, dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init)
-    return init_weights(unet, 0).to(device=device, dtype=dtype)
+    cfg = dict(spec["unet"], in_channels=4, out_channels=4, use_spatial_transformer=True, legacy=False,
+               image_size=32, use_temporal_attention=False)
+    sdxl = spec["family"] == "sdxl"
+    config = (sm.SDXL if sdxl else sm.SD15)(cfg)
+    config.set_inference_dtype(dtype, None)
+    model = (comfy.model_base.SDXL if sdxl else comfy.model_base.BaseModel)(config, device=device)
+    return init_weights(model, 0, on_device=True).eval()
 
 
-def build_adapter(spec: dict, device):
+def build_adapter(spec: dict, device: torch.device):
     from adapters import AdapterShape, PEAAdapter
 
-    family = replace(FAMILIES[spec["head"]], context_dim=spec["config"]["context_dim"])
+    family = replace(FAMILIES[spec["family"]], context_dim=spec["unet"]["context_dim"])
     torch.manual_seed(0)  # the same adapter on both sides and in the compiled-gradient check
-    return PEAAdapter(AdapterShape.for_family(family, spec["in_dim"], spec["hidden"])).to(device)
+    return PEAAdapter(AdapterShape.for_family(family, spec["in_dim"], spec.get("hidden"))).to(device)
 
 
-def inputs(spec: dict, batch: int, device, dtype):
+def stand_in_encoder(spec: dict, device: torch.device) -> torch.nn.Module:
+    """Random language-encoder states: a frozen embedding table, token ids -> ``[B, L, in_dim]``."""
+    torch.manual_seed(1)
+    return torch.nn.Embedding(VOCAB, spec["in_dim"]).to(device).requires_grad_(False)
+
+
+def make_batch(spec: dict, batch: int, resolution: int, device: torch.device):
+    from training.distill import Batch
+
     g = torch.Generator().manual_seed(0)
-    lat = spec["latent"]
-    x = torch.randn(batch, 4, lat, lat, generator=g).to(device, dtype)
-    t = torch.randint(0, 1000, (batch,), generator=g).float().to(device)
-    hidden = torch.randn(batch, spec["tokens"], spec["in_dim"], generator=g).to(device, dtype)
-    teacher_ctx = torch.randn(batch, spec["tokens"], spec["config"]["context_dim"], generator=g).to(device, dtype)
-    eps = torch.randn(batch, 4, lat, lat, generator=g).to(device, dtype)
-    return x, t, hidden, teacher_ctx, eps
+    lat = resolution // 8
+    pooled = torch.randn(batch, SDXL.pooled_dim, generator=g) if spec["family"] == "sdxl" else None
+    return Batch(latents=torch.randn(batch, 4, lat, lat, generator=g).to(device),
+                 teacher_tokens=torch.randn(batch, TOKENS, spec["unet"]["context_dim"], generator=g).to(device),
+                 teacher_pooled=None if pooled is None else pooled.to(device),
+                 ids=torch.randint(1, VOCAB, (batch, TOKENS), generator=g).to(device),
+                 kd_mask=torch.ones(batch, device=device), pixel_size=(resolution, resolution),
+                 sample_ids=list(range(batch)))
 
 
-def adm(spec, pooled):
-    """SDXL's label input: the pooled text vector + six size embeddings (random stand-in, 1536)."""
-    if spec["head"] != "sdxl":
-        return None
-    return torch.cat([pooled, torch.zeros(pooled.shape[0], 1536, device=pooled.device, dtype=pooled.dtype)], dim=1)
-
-
-def kd_losses(unet, taps, x, t, s_ctx, s_y, t_ctx, t_y, eps):
-    with torch.no_grad(), taps.capture() as teacher:
-        unet(x, t, context=t_ctx, y=t_y)
-    with taps.capture() as student:
-        unet(x, t, context=s_ctx, y=s_y)
-    loss = F.mse_loss(student["output"].float(), eps.float()) + F.mse_loss(student["output"].float(), teacher["output"].float())
-    return loss + 0.1 * sum(F.mse_loss(student[n].float(), teacher[n].float()) for n in taps.names)
+def unique_bytes(tensors) -> int:
+    seen = {}
+    for t in tensors:
+        seen.setdefault(StorageWeakRef(t.untyped_storage()), t.untyped_storage().nbytes())
+    return sum(seen.values())
 
 
 class OursStep:
-    """One shared frozen UNet, bf16 weights, autocast, fp32 adapter."""
+    """The trainer's step: ``Distiller`` forward, backward, AdamW on the adapter (the trainer's
+    defaults: no gradient clipping)."""
 
-    def __init__(self, spec, device, compile_unet=False):
-        from training.taps import FeatureTaps
+    name = "ours"
 
-        self.spec, self.device = spec, device
-        self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        self.unet = build_unet(spec, self.dtype, device).requires_grad_(False)
-        self.taps = FeatureTaps(self.unet)
-        self.call = torch.compile(self.unet) if compile_unet else self.unet
-        self.adapter = build_adapter(spec, device)
+    def __init__(self, spec: dict, device: torch.device, dtype: torch.dtype, memory_budget: float, compile: bool):
+        from training.distill import Distiller
+
+        self.base = build_base(spec, dtype, device)
+        ctx = spec["unet"]["context_dim"]
+        g = torch.Generator().manual_seed(2)
+        empty = (torch.randn(1, TOKENS, ctx, generator=g),
+                 torch.randn(1, SDXL.pooled_dim, generator=g) if spec["family"] == "sdxl" else None)
+        self.distiller = Distiller(self.base, stand_in_encoder(spec, device), build_adapter(spec, device),
+                                   torch.zeros(1, TOKENS, dtype=torch.long), empty,
+                                   memory_budget=memory_budget, compile=compile)
+        self.adapter = self.distiller.adapter
         self.opt = torch.optim.AdamW(self.adapter.parameters(), lr=1e-5)
+        self.step = 0
 
-    def backward(self, batch_inputs) -> None:
-        x, t, hidden, t_ctx, eps = batch_inputs
-        ctx = torch.autocast("cuda", torch.bfloat16) if self.device.type == "cuda" else torch.autocast("cpu", enabled=False)
-        with ctx:
-            tokens, pooled = self.adapter(hidden.float())
-            y = adm(self.spec, pooled)
-            t_y = adm(self.spec, torch.zeros_like(pooled)) if pooled is not None else None
-            loss = kd_losses(self.call, self.taps, x, t, tokens, y, t_ctx, t_y, eps)
-        loss.backward()
+    @property
+    def recompute(self) -> frozenset[str]:
+        return self.distiller.passes.recompute
 
-    def __call__(self, batch_inputs):
-        self.backward(batch_inputs)
+    def loss(self, batch) -> torch.Tensor:
+        return self.distiller(batch, self.step)[0]
+
+    def __call__(self, batch) -> None:
+        self.loss(batch).backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+
+    @contextlib.contextmanager
+    def eager(self, recompute: frozenset[str] = frozenset()):
+        """The same step with eager UNet passes recomputing ``recompute`` (for counting)."""
+        from training.unet_pass import UNetPasses
+
+        passes = self.distiller.passes
+        self.distiller.passes = UNetPasses(passes.unet, list(passes.taps), recompute)
+        try:
+            yield
+        finally:
+            self.distiller.passes = passes
+
+    def resident_bytes(self, batch) -> int:
+        d = self.distiller
+        return unique_bytes(itertools.chain(d.parameters(), d.buffers(), batch_tensors(batch), optimizer_tensors(self.opt)))
 
 
 class OfficialStep:
-    """Two fp16 UNet copies, student weight gradients, fp16 adapter + fp32 master, loss scaling."""
+    """The authors' step as their DeepSpeed fp16 run executes it (see the module docstring).
 
-    def __init__(self, spec, device):
-        from training.taps import FeatureTaps
+    ``two_copies=False`` runs the teacher pass through the student's weights: a no-grad pass keeps
+    nothing for backward, so the bytes kept per sample are the same with half the weights (the
+    CPU measurement of full-size SDXL uses it)."""
 
-        self.spec, self.device = spec, device
-        self.dtype = torch.float16 if device.type == "cuda" else torch.float32
-        self.teacher = build_unet(spec, self.dtype, device).requires_grad_(False)
-        self.student = copy.deepcopy(self.teacher).requires_grad_(True)  # never frozen in the official code
-        self.t_taps, self.s_taps = FeatureTaps(self.teacher), FeatureTaps(self.student)
+    name = "official"
+    recompute: frozenset[str] = frozenset()
+
+    def __init__(self, spec: dict, device: torch.device, two_copies: bool = True):
+        from training.taps import tap_names
+
+        self.student = build_base(spec, torch.float16, device).requires_grad_(True)  # never frozen officially
+        self.teacher = build_base(spec, torch.float16, device).requires_grad_(False) if two_copies else self.student
+        self.encoder = stand_in_encoder(spec, device)
         self.master = build_adapter(spec, device)
-        self.adapter = copy.deepcopy(self.master).to(self.dtype)
+        self.adapter = copy.deepcopy(self.master).half()
         self.opt = torch.optim.AdamW(self.master.parameters(), lr=1e-5)
         self.scale = 2.0 ** 16
+        self.taps = frozenset(tap_names(self.student.diffusion_model))
+        self.sizes: dict = {}
 
-    def __call__(self, batch_inputs):
-        x, t, hidden, t_ctx, eps = batch_inputs
-        tokens, pooled = self.adapter(hidden.to(self.dtype))
-        with torch.no_grad(), self.t_taps.capture() as teacher:
-            self.teacher(x, t, context=t_ctx, y=adm(self.spec, torch.zeros_like(pooled)) if pooled is not None else None)
-        with self.s_taps.capture() as student:
-            self.student(x, t, context=tokens, y=adm(self.spec, pooled))
-        loss = F.mse_loss(student["output"].float(), eps.float()) + F.mse_loss(student["output"].float(), teacher["output"].float())
-        loss = loss + 0.1 * sum(F.mse_loss(student[n].float(), teacher[n].float()) for n in self.s_taps.names)
-        (loss * self.scale).backward()
+    def loss(self, batch) -> torch.Tensor:
+        from training.distill import sdxl_label
+        from training.objective import prediction_target
+        from training.unet_pass import tapped_forward, unet_inputs
+
+        ms = self.student.model_sampling
+        device = batch.latents.device
+        t = torch.randint(0, 1000, (len(batch.sample_ids),), device=device)
+        sigma = ms.sigma(t.float())
+        noisy = ms.noise_scaling(sigma, torch.randn_like(batch.latents), batch.latents)
+        with torch.no_grad():
+            hidden = self.encoder(batch.ids)
+        tokens, pooled = self.adapter(hidden.half())
+        size = batch.pixel_size
+        s_y = sdxl_label(self.student, pooled, size, self.sizes)
+        t_y = sdxl_label(self.student, batch.teacher_pooled, size, self.sizes)
+        s_out, student = tapped_forward(self.student.diffusion_model,
+                                        *unet_inputs(self.student, noisy, sigma, tokens, s_y), self.taps)
+        with torch.no_grad():
+            t_out, teacher = tapped_forward(self.teacher.diffusion_model,
+                                            *unet_inputs(self.teacher, noisy, sigma, batch.teacher_tokens, t_y),
+                                            self.taps)
+        target = prediction_target(ms, sigma, noisy, batch.latents)
+        kd = batch.kd_mask.mean()  # the official hybrid run: L_SD weighted by 1 - kd, the KD terms by kd
+        kd_terms = F.mse_loss(s_out.float(), t_out.float()) + 0.1 * sum(
+            F.mse_loss(student[n].float(), teacher[n].float()) for n in self.taps)
+        return (1 - kd) * F.mse_loss(s_out.float(), target.float()) + kd * kd_terms
+
+    def __call__(self, batch) -> None:
+        (self.loss(batch) * self.scale).backward()
         grads = [p.grad for p in self.adapter.parameters()]
-        finite = all(torch.isfinite(g).all() for g in grads if g is not None)
-        if finite:
+        if all(torch.isfinite(g).all() for g in grads):
             for m, g in zip(self.master.parameters(), grads):
                 m.grad = g.float() / self.scale
             self.opt.step()
@@ -175,119 +244,251 @@ class OfficialStep:
         else:
             self.scale /= 2
         self.opt.zero_grad(set_to_none=True)
-        self.adapter.zero_grad(set_to_none=True)
-        self.student.zero_grad(set_to_none=True)
+        self.adapter.zero_grad(set_to_none=True)  # the student UNet's gradients stay, as under DeepSpeed
+
+    def eager(self, recompute: frozenset[str] = frozenset()):
+        return contextlib.nullcontext()
+
+    def resident_bytes(self, batch) -> int:
+        modules = (self.student, self.teacher, self.encoder, self.master, self.adapter)
+        grads = [p.grad for m in modules for p in m.parameters() if p.grad is not None]
+        tensors = [t for m in modules for t in itertools.chain(m.parameters(), m.buffers())]
+        return unique_bytes(itertools.chain(tensors, grads, batch_tensors(batch), optimizer_tensors(self.opt)))
 
 
-def compiled_gradient_error(spec, device, batch: int) -> float:
-    """Largest relative difference between the adapter gradients of the compiled and the eager
-    shared UNet on one batch (a compiler bug would show here before it shows in a loss curve)."""
-    grads = []
-    for compiled in (False, True):
-        step = OursStep(spec, device, compiled)
-        step.backward(inputs(spec, batch, device, step.dtype))
-        grads.append([p.grad.float() for p in step.adapter.parameters()])
-    return max(((c - e).abs().max() / e.abs().max().clamp(min=1e-12)).item() for e, c in zip(*grads))
+def batch_tensors(batch):
+    return [t for t in (batch.latents, batch.teacher_tokens, batch.teacher_pooled, batch.ids, batch.kd_mask)
+            if t is not None]
 
 
-def peak_memory_gib(device) -> float:
+def optimizer_tensors(opt):
+    return [v for state in opt.state.values() for v in state.values() if torch.is_tensor(v)]
+
+
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        torch.cuda.synchronize(device)
 
 
-def measure(step, spec, batch, device, steps, warmup, count_flops=True) -> dict:
-    """samples/s, peak memory and (optionally) FLOPs of ``step`` at ``batch``."""
+def timed_step(step, batch, device: torch.device) -> tuple[float, int]:
+    """Seconds of one synchronised step and the bytes it allocated above what was allocated before."""
+    synchronize(device)
+    if device.type == "cuda":
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    step(batch)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    extra = torch.cuda.max_memory_allocated(device) - before if device.type == "cuda" else 0
+    return seconds, extra
+
+
+def model_flops(step, batch) -> int:
+    """FLOPs of one eager step without recompute, counted apart from every timed run."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with step.eager(), FlopCounterMode(display=False) as counter:
+        step(batch)
+    return counter.get_total_flops()
+
+
+def saved_bytes_per_sample(step, batch, recompute: frozenset[str] = frozenset()) -> float:
+    """Bytes a step keeps from its forward pass for its backward pass, per sample (eager)."""
+    from training.memory import RetainedTensors
+
+    with step.eager(recompute), RetainedTensors() as kept:
+        loss = step.loss(batch)
+    saved = kept.alive_bytes()
+    del loss
+    return saved / len(batch.sample_ids)
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    data = inputs(spec, batch, device, step.dtype)
-    flops = None
-    for i in range(warmup):
-        if count_flops and i == warmup - 1:
-            from torch.utils.flop_counter import FlopCounterMode
-
-            with FlopCounterMode(display=False) as counter:
-                step(data)
-            flops = counter.get_total_flops()
-        else:
-            step(data)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step(data)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    return {"batch": batch, "samples_per_s": batch * steps / elapsed, "peak_gib": peak_memory_gib(device),
-            "tflop_per_step": None if flops is None else flops / 1e12}
 
 
-def fits(step, spec, batch, device) -> bool:
-    try:
-        measure(step, spec, batch, device, steps=1, warmup=1, count_flops=False)
-        return True
-    except torch.OutOfMemoryError:
-        return False
-    finally:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-
-
-def largest_batch(step, spec, device, start=1, limit=256) -> int:
-    """The largest power-of-two batch ``step`` runs without running out of memory."""
-    best, b = 0, start
-    while b <= limit and fits(step, spec, b, device):
-        best, b = b, b * 2
+def largest_batch(step, spec: dict, resolution: int, device: torch.device, limit: int = 64) -> int:
+    """The largest power-of-two batch from 2 (a batch of 1 would compile its own graphs) for which
+    ``step``, alone on the card, runs two steps without running out of memory; the same step
+    object throughout, so a compiled step keeps its graphs. 0: not even 2."""
+    best, size = 0, 2
+    while size <= limit:
+        batch = None
+        try:
+            batch = make_batch(spec, size, resolution, device)
+            for _ in range(2):
+                timed_step(step, batch, device)
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            del batch
+            step.opt.zero_grad(set_to_none=True)
+            free_memory(device)
+        best, size = size, size * 2
     return best
+
+
+def summary(times: list[float], extras: list[int], resident: int, batch: int, device: torch.device) -> dict:
+    """Median, min and max samples/s; peak memory (CUDA only: a CPU has no allocator statistics)."""
+    return {"samples_per_s": batch / statistics.median(times), "samples_per_s_min": batch / max(times),
+            "samples_per_s_max": batch / min(times),
+            "peak_gib": (resident + max(extras)) / 2**30 if device.type == "cuda" else None}
+
+
+def compiled_gradient_error(step: OursStep, batch) -> float:
+    """Largest difference between the adapter gradients of our compiled and eager step on one
+    batch, relative to the largest eager gradient of the same tensor."""
+    grads = []
+    for mode in (step.eager(step.recompute), contextlib.nullcontext()):
+        with mode:
+            step.loss(batch).backward()
+        grads.append([p.grad.float() for p in step.adapter.parameters()])
+        step.opt.zero_grad(set_to_none=True)
+    return max(((c - e).abs().max() / e.abs().max().clamp(min=1e-30)).item() for e, c in zip(*grads))
+
+
+def budget_sweep(step: OursStep, batch, budget: float) -> dict[str, float]:
+    """Bytes kept per sample by ours at each memory budget (``BUDGETS`` and ``budget``)."""
+    from training.unet_pass import recompute_plan
+
+    unet = step.base.diffusion_model
+    budgets = sorted(set(BUDGETS) | {budget}, reverse=True)
+    return {f"{b:g}": saved_bytes_per_sample(step, batch, recompute_plan(unet, b)) for b in budgets}
+
+
+def measure_saved(args, spec, device, dtype) -> dict:
+    """Bytes kept for backward per sample, one side at a time (full-size SDXL fits a CPU this way)."""
+    batch = make_batch(spec, args.batch, args.resolution, device)
+    official = OfficialStep(spec, device, two_copies=False)
+    results = {"official": {"saved_bytes_per_sample": saved_bytes_per_sample(official, batch)}}
+    del official
+    free_memory(device)
+    ours = OursStep(spec, device, dtype, args.memory_budget, compile=False)
+    sweep = budget_sweep(ours, batch, args.memory_budget)
+    results["ours"] = {"saved_bytes_per_sample": sweep[f"{args.memory_budget:g}"], "saved_by_budget": sweep}
+    return results
+
+
+def measure_all(args, spec, device, dtype) -> dict:
+    batch_o = make_batch(spec, args.batch, args.resolution, device)
+    batch_u = make_batch(spec, args.batch, args.resolution, device)
+    sides = [OfficialStep(spec, device), OursStep(spec, device, dtype, args.memory_budget, args.compile)]
+    batches = {"official": batch_o, "ours": batch_u}
+    times = {s.name: [] for s in sides}
+    extras = {s.name: [] for s in sides}
+    for i in range(args.warmup + args.steps):
+        for step in sides:  # A, B, A, B
+            seconds, extra = timed_step(step, batches[step.name], device)
+            if i >= args.warmup:
+                times[step.name].append(seconds)
+                extras[step.name].append(extra)
+    results = {}
+    for step in sides:
+        r = results[step.name] = summary(times[step.name], extras[step.name],
+                                         step.resident_bytes(batches[step.name]), args.batch, device)
+        r["tflop_per_step"] = model_flops(step, batches[step.name]) / 1e12
+        free_memory(device)
+    if args.compile:
+        results["ours"]["compiled_gradient_error"] = compiled_gradient_error(sides[1], batch_u)
+    results["official"]["saved_bytes_per_sample"] = saved_bytes_per_sample(sides[0], batch_o)
+    sweep = results["ours"]["saved_by_budget"] = budget_sweep(sides[1], batch_u, args.memory_budget)
+    results["ours"]["saved_bytes_per_sample"] = sweep[f"{args.memory_budget:g}"]
+    official, ours = sides
+    del sides, batches, batch_o, batch_u, official
+    free_memory(device)
+    if args.max_batch and device.type == "cuda":
+        results["ours"]["largest_batch"] = largest_batch(ours, spec, args.resolution, device)
+        del ours
+        free_memory(device)
+        results["official"]["largest_batch"] = largest_batch(OfficialStep(spec, device), spec, args.resolution, device)
+    return results
+
+
+def gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.3f} GiB" if n_bytes >= 2**27 else f"{n_bytes / 2**20:.2f} MiB"
+
+
+def report(results: dict, args, card: str) -> None:
+    o, u = results["official"], results["ours"]
+    results["saved_ratio"] = u["saved_bytes_per_sample"] / o["saved_bytes_per_sample"]
+    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in card), None)
+    print(f"{card}, {results['model']} at {args.resolution}x{args.resolution}, batch {args.batch}, "
+          f"ours in {results['dtype']}, compile {'on' if args.compile else 'off'}, memory budget {args.memory_budget:g}")
+    if not args.saved_only:
+        print(f"  {args.warmup} warm-up + {args.steps} timed steps each, interleaved; median (min-max)")
+    for name in ("official", "ours"):
+        r = results[name]
+        line = f"  {name:9s}"
+        if "samples_per_s" in r:
+            r["mfu"] = r["tflop_per_step"] * 1e12 * r["samples_per_s"] / args.batch / (peak * 1e12) if peak else None
+            mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+            peak_gib = f"{r['peak_gib']:6.2f} GiB" if r["peak_gib"] is not None else "n/a"
+            line += (f" {r['samples_per_s']:8.2f} samples/s ({r['samples_per_s_min']:.2f}-{r['samples_per_s_max']:.2f})"
+                     f"  peak {peak_gib}  {r['tflop_per_step']:.3g} TFLOP/step  MFU {mfu}")
+        line += f"  kept for backward {gib(r['saved_bytes_per_sample'])}/sample"
+        if "largest_batch" in r:
+            line += f"  largest batch {r['largest_batch']}"
+        print(line)
+    ratio = f"  ratio     {results['saved_ratio']:.2f}x kept for backward"
+    if "samples_per_s" in o:
+        results["speed_ratio"] = u["samples_per_s"] / o["samples_per_s"]
+        ratio += f", {results['speed_ratio']:.2f}x samples/s"
+    if o.get("peak_gib"):
+        results["memory_ratio"] = u["peak_gib"] / o["peak_gib"]
+        ratio += f", {results['memory_ratio']:.2f}x peak memory"
+    if o.get("largest_batch"):
+        results["batch_ratio"] = u["largest_batch"] / o["largest_batch"]
+        ratio += f", {results['batch_ratio']:.2f}x largest batch"
+    print(ratio)
+    print("  ours, kept for backward by --memory-budget: " + ", ".join(
+        f"{b}: {gib(v)}/sample ({v / o['saved_bytes_per_sample']:.2f}x)" for b, v in u["saved_by_budget"].items()))
+    if "compiled_gradient_error" in u:
+        print(f"  compiled vs eager adapter gradients: max relative difference {u['compiled_gradient_error']:.2e}"
+              f" (bf16 tolerance {BF16_GRADIENT_TOLERANCE:g})")
+    if not peak and not args.saved_only:
+        print("  (no dense bf16 peak known for this device: MFU n/a; CPU timings only show the script runs)")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=sorted(MODELS), help="default: sdxl on CUDA, tiny on CPU")
+    p.add_argument("--resolution", type=int, help="image side in pixels (default: 512 SD1.5, 1024 SDXL)")
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--compile", action="store_true", help="torch.compile the shared UNet (ours)")
+    p.add_argument("--steps", type=int, default=MIN_STEPS, help=f"timed steps per side (at least {MIN_STEPS})")
+    p.add_argument("--warmup", type=int, default=MIN_WARMUP, help=f"warm-up steps per side (at least {MIN_WARMUP})")
+    p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="our UNet's weight dtype (auto: the trainer's, bf16 where the device has it)")
+    p.add_argument("--compile", action="store_true", help="compile our UNet passes, as train_adapter.py --compile")
+    p.add_argument("--memory-budget", type=float, default=1.0, help="as train_adapter.py --memory-budget")
     p.add_argument("--max-batch", action="store_true", help="also find the largest batch each side fits (CUDA)")
+    p.add_argument("--saved-only", action="store_true",
+                   help="only the bytes kept for backward per sample, one side at a time (no timing)")
     p.add_argument("--json", type=Path, help="write the results here too")
     args = p.parse_args(argv)
+    if args.steps < MIN_STEPS or args.warmup < MIN_WARMUP:
+        p.error(f"at least {MIN_WARMUP} warm-up and {MIN_STEPS} timed steps")
+    if not 0.0 <= args.memory_budget <= 1.0:
+        p.error(f"--memory-budget must lie in [0, 1], got {args.memory_budget}")
     import_comfy()
+    from training.base import unet_weight_dtype
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = args.model or ("sdxl" if device.type == "cuda" else "tiny")
     spec = MODELS[model]
+    args.resolution = args.resolution or spec.get("resolution", FAMILIES[spec["family"]].resolution)
+    multiple = 8 * 2 ** (len(spec["unet"]["channel_mult"]) - 1)  # latents halve at every level but the last
+    if args.resolution % multiple:
+        p.error(f"--resolution must be a multiple of {multiple} for {model}")
+    dtype = {"auto": unet_weight_dtype(), "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    results = {"card": card, "model": model, "latent": spec["latent"], "compile": args.compile}
-    makers = {"official": lambda: OfficialStep(spec, device), "ours": lambda: OursStep(spec, device, args.compile)}
-    for name, make in makers.items():
-        step = make()
-        results[name] = r = measure(step, spec, args.batch, device, args.steps, args.warmup)
-        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in card), None)
-        r["mfu"] = (r["tflop_per_step"] * r["samples_per_s"] / args.batch / peak) if peak else None
-        if args.max_batch and device.type == "cuda":
-            r["largest_batch"] = largest_batch(step, spec, device)
-        del step
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    if args.compile:
-        results["compiled_gradient_error"] = compiled_gradient_error(spec, device, args.batch)
-        print(f"compiled vs eager adapter gradients: max relative difference {results['compiled_gradient_error']:.2e}")
-    o, u = results["official"], results["ours"]
-    results["speed_ratio"] = u["samples_per_s"] / o["samples_per_s"]
-    results["memory_ratio"] = u["peak_gib"] / o["peak_gib"]
-    print(f"{card}, {model} (latent {spec['latent']}x{spec['latent']}), batch {args.batch}")
-    for name in ("official", "ours"):
-        r = results[name]
-        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
-        extra = f", largest batch {r['largest_batch']}" if "largest_batch" in r else ""
-        print(f"  {name:9s} {r['samples_per_s']:8.2f} samples/s  peak {r['peak_gib']:6.2f} GiB  MFU {mfu}{extra}")
-    print(f"  ratio     {results['speed_ratio']:.2f}x samples/s, {results['memory_ratio']:.2f}x peak memory")
-    if args.max_batch and "largest_batch" in o and o["largest_batch"]:
-        results["batch_ratio"] = u["largest_batch"] / o["largest_batch"]
-        print(f"  largest batch ratio {results['batch_ratio']:.2f}x")
+    measure = measure_saved if args.saved_only else measure_all
+    results = {"card": card, "model": model, "resolution": args.resolution, "batch": args.batch,
+               "dtype": str(dtype).removeprefix("torch."), "compile": args.compile,
+               "memory_budget": args.memory_budget, **measure(args, spec, device, dtype)}
+    report(results, args, card)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -13,7 +13,8 @@ from torch import nn
 
 from adapters import LanguageEncoder
 from .objective import LossWeights, distillation_loss, prediction_target, text_alignment
-from .taps import FeatureTaps
+from .taps import check_features, tap_names
+from .unet_pass import UNetPasses, recompute_plan, unet_inputs
 
 TIMESTEPS = 1000
 
@@ -37,18 +38,36 @@ class Batch:
 
 
 class Distiller(nn.Module):
-    """Computes the PEA loss of a batch; ``adapter`` is the only module with trainable weights."""
+    """One distillation step: the PEA loss of a batch; ``adapter`` is the only module with trainable weights.
+
+    The trainer and ``training/benchmark.py`` both run this module. The UNet runs in its own
+    weight dtype without autocast (bf16 where the card has it: see ``base.load_base``);
+    only the frozen language encoder runs under bf16 autocast on CUDA. ``memory_budget`` (0..1)
+    is the share of the UNet's attention blocks whose student-pass activations are kept (the
+    others are partly recomputed in backward, see ``unet_pass.recompute_plan``); ``compile``
+    compiles each UNet pass into one graph (True: with Inductor; a string names another
+    ``torch.compile`` backend). The step never waits for the device: no ``.item()``, no
+    boolean indexing.
+    """
 
     def __init__(self, base_model, encoder: LanguageEncoder, adapter: nn.Module, empty_ids: torch.Tensor,
                  empty_teacher: tuple[torch.Tensor, torch.Tensor | None], weights: LossWeights = LossWeights(),
-                 cfg_dropout: float = 0.1, seed: int = 0, noise_offset: float = 0.0):
+                 cfg_dropout: float = 0.1, seed: int = 0, noise_offset: float = 0.0, memory_budget: float = 1.0,
+                 compile: bool | str = False):
         super().__init__()
         self.base = base_model
         self.encoder = encoder
         self.adapter = adapter
-        self.taps = FeatureTaps(base_model.diffusion_model)
-        self.register_buffer("empty_ids", empty_ids, persistent=False)
-        self.empty_teacher = empty_teacher
+        unet = base_model.diffusion_model
+        device = next(unet.parameters()).device
+        self.tap_names = tap_names(unet)
+        self.passes = UNetPasses(unet, self.tap_names, recompute_plan(unet, memory_budget),
+                                 "inductor" if compile is True else compile or None)
+        empty_tokens, empty_pooled = empty_teacher
+        self.register_buffer("empty_ids", empty_ids.to(device), persistent=False)
+        self.register_buffer("empty_tokens", empty_tokens.to(device), persistent=False)
+        self.register_buffer("empty_pooled", None if empty_pooled is None else empty_pooled.to(device), persistent=False)
+        self.size_embeddings: dict[tuple[int, int], torch.Tensor] = {}
         self.weights = weights
         self.cfg_dropout = cfg_dropout
         self.seed = seed
@@ -68,50 +87,71 @@ class Distiller(nn.Module):
             drops.append(torch.rand(1, generator=g) < self.cfg_dropout)
             if self.noise_offset:  # per-channel offset (official SDXL script), drawn last: off keeps the draws
                 noises[-1] += self.noise_offset * torch.randn(z.shape[0], 1, 1, generator=g)
-        return (torch.cat(ts).to(device), torch.stack(noises).to(device), torch.cat(drops).to(device))
+        return tuple(to_device(v, device) for v in (torch.cat(ts), torch.stack(noises), torch.cat(drops)))
 
-    def _adm(self, pooled: torch.Tensor | None, size: tuple[int, int]):
-        if pooled is None:
-            return None
-        w, h = size
-        return self.base.encode_adm(pooled_output=pooled, width=w, height=h, crop_w=0, crop_h=0,
-                                    target_width=w, target_height=h)
+    def teacher_condition(self, batch: Batch, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The teacher's tokens (and pooled vector), the empty prompt's where ``drop`` is set."""
+        tokens = batch.teacher_tokens
+        empty = self.empty_tokens.repeat(1, tokens.shape[1] // self.empty_tokens.shape[1], 1).to(tokens.dtype)
+        tokens = torch.where(drop[:, None, None], empty, tokens)
+        pooled = batch.teacher_pooled
+        if pooled is not None:
+            pooled = torch.where(drop[:, None], self.empty_pooled.to(pooled.dtype), pooled)
+        return tokens, pooled
 
-    def _forward(self, noisy, sigma, context, y) -> dict[str, torch.Tensor]:
-        with self.taps.capture() as feats:
-            self.base.apply_model(noisy, sigma, c_crossattn=context, y=y)
-        return dict(feats)
+    def encode(self, ids: torch.Tensor) -> torch.Tensor:
+        """The frozen language encoder's states (bf16 autocast on CUDA), in fp32."""
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=ids.device.type == "cuda")
+        with torch.no_grad(), autocast:
+            return self.encoder(ids).float()
 
     def forward(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         device = batch.latents.device
         ms = self.base.model_sampling
         t, noise, drop = self.draws(batch, step, device)
-        sigma = ms.sigma(t.float()).to(device)
+        sigma = ms.sigma(t.float())
         noisy = ms.noise_scaling(sigma, noise, batch.latents)
 
-        empty_tokens, empty_pooled = self.empty_teacher
-        t_tokens = batch.teacher_tokens
-        if drop.any():  # the same samples lose their caption on both sides
-            t_tokens = t_tokens.clone()
-            rep = empty_tokens.to(device).repeat(1, t_tokens.shape[1] // empty_tokens.shape[1], 1)
-            t_tokens[drop] = rep.to(t_tokens.dtype)
-        t_pooled = batch.teacher_pooled
-        if t_pooled is not None and drop.any():
-            t_pooled = torch.where(drop[:, None], empty_pooled.to(device), t_pooled)
-        ids = torch.where(drop[:, None], self.empty_ids.to(device), batch.ids.to(device))
-
-        with torch.no_grad():
-            hidden = self.encoder(ids)
-        s_tokens, s_pooled = self.adapter(hidden.float())
+        t_tokens, t_pooled = self.teacher_condition(batch, drop)  # the same samples lose their caption on both sides
+        ids = torch.where(drop[:, None], self.empty_ids, batch.ids.to(device))
+        s_tokens, s_pooled = self.adapter(self.encode(ids))
         text = text_alignment(s_tokens, s_pooled, t_tokens, t_pooled) if self.weights.text else None
         kd_mask = batch.kd_mask.to(device)
         if not self.weights.needs_unet:
-            return distillation_loss({}, {}, None, kd_mask, self.taps.names, self.weights, text)
-        with torch.no_grad():
-            teacher = self._forward(noisy, sigma, t_tokens, self._adm(t_pooled, batch.pixel_size))
-        student = self._forward(noisy, sigma, s_tokens, self._adm(s_pooled, batch.pixel_size))
+            return distillation_loss({}, {}, None, kd_mask, self.tap_names, self.weights, text)
+        size = batch.pixel_size
+        t_y, s_y = (sdxl_label(self.base, pooled, size, self.size_embeddings) for pooled in (t_pooled, s_pooled))
+        output, teacher = self.passes.teacher(*unet_inputs(self.base, noisy, sigma, t_tokens, t_y))
+        teacher = {**teacher, "output": output}
+        output, student = self.passes.student(*unet_inputs(self.base, noisy, sigma, s_tokens, s_y))
+        student = {**student, "output": output}
         if not self.checked_shapes:
-            self.taps.check(teacher, *batch.latents.shape[-2:])
+            check_features(self.base.diffusion_model, teacher, *batch.latents.shape[-2:])
             self.checked_shapes = True
         target = prediction_target(ms, sigma, noisy, batch.latents)
-        return distillation_loss(student, teacher, target, kd_mask, self.taps.names, self.weights, text)
+        return distillation_loss(student, teacher, target, kd_mask, self.tap_names, self.weights, text)
+
+
+def sdxl_label(base_model, pooled: torch.Tensor | None, size: tuple[int, int],
+               cache: dict[tuple[int, int], torch.Tensor]) -> torch.Tensor | None:
+    """SDXL's label input ``y`` for a bucket of ``size`` (width, height), uncropped; None for
+    models without one (SD1.5).
+
+    ComfyUI's ``SDXL.encode_adm`` is ``[pooled | size embeddings]`` and builds the size part on
+    the CPU; it is made once per bucket here, kept on the device in ``cache``."""
+    if pooled is None or not base_model.adm_channels:
+        return None
+    width = pooled.shape[-1]
+    if size not in cache:
+        w, h = size
+        adm = base_model.encode_adm(pooled_output=torch.zeros(1, width), width=w, height=h, crop_w=0, crop_h=0,
+                                    target_width=w, target_height=h)
+        cache[size] = adm[:, width:].to(pooled.device)
+    return torch.cat([pooled, cache[size].expand(pooled.shape[0], -1).to(pooled.dtype)], dim=1)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU tensor to ``device`` without making the host wait for the GPU."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

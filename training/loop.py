@@ -72,6 +72,10 @@ class TrainConfig:
     """Start over a previous run in ``output``: its files are deleted first (a new run refuses otherwise)."""
     keep_checkpoints: int = 3
     """How many of the newest checkpoints to keep; 0 keeps every one."""
+    memory_budget: float = 1.0
+    """Share of the UNet's attention blocks whose student activations are kept (others recomputed)."""
+    compile: bool = False
+    """torch.compile each UNet pass into one graph."""
 
 
 def warmup_schedule(warmup: int):
@@ -110,7 +114,7 @@ class Trainer:
         empty = self.teacher.encode("")
         self.distiller = Distiller(self.base, self.encoder, self.trained, encoder.tokenize([""]),
                                    (empty["tokens"], empty.get("pooled")), cfg.weights, cfg.cfg_dropout, cfg.seed,
-                                   cfg.noise_offset)
+                                   cfg.noise_offset, cfg.memory_budget, cfg.compile)
         self.captions = CaptionWindow(encoder.tokenizer, encoder.context_length)
         self.records, self.batches = self.batch_order(records, shards)
         self.optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -207,11 +211,6 @@ class Trainer:
             prune_checkpoints(self.cfg.output / "checkpoints", self.cfg.keep_checkpoints)
 
     # ---- loop -------------------------------------------------------------------------
-    def autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def next_batch(self, stream: Iterator[Prepared]) -> Batch:
         batch = None
         while batch is None:
@@ -229,7 +228,7 @@ class Trainer:
             batch = self.next_batch(stream)
             last = micro == self.cfg.grad_accum - 1
             sync = contextlib.nullcontext() if last or self.dist.world == 1 else self.trained.no_sync()
-            with sync, self.autocast():
+            with sync:  # the Distiller runs the UNet in its weight dtype, no autocast
                 loss, parts = self.distiller(batch, self.step * self.cfg.grad_accum + micro)
                 (loss / self.cfg.grad_accum).backward()
             sums[:-1] += loss_sums(parts)

@@ -40,8 +40,12 @@ class LossWeights:
 
 
 def per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of each sample: ``[B, ...]`` -> ``[B]`` in fp32."""
-    return (a.float() - b.float()).pow(2).flatten(1).mean(dim=1)
+    """Mean squared error of each sample: ``[B, ...]`` -> ``[B]`` in fp32.
+
+    The difference stays in the inputs' dtype (bf16 features keep no fp32 copy for backward);
+    the squares are summed in fp32."""
+    diff = (a - b).flatten(1)
+    return torch.linalg.vector_norm(diff, dim=1, dtype=torch.float32).square() / diff.shape[1]
 
 
 def prediction_target(model_sampling, sigma: torch.Tensor, noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:

@@ -3,13 +3,9 @@
 That is, in ComfyUI's ``openaimodel.UNetModel``, every input block ending in a Downsample plus
 the last input block, the middle block, and every output block ending in an Upsample plus the
 last output block (SD1.5: input 3, 6, 9, 11 / middle / output 2, 5, 8, 11; SDXL: input 3, 6, 8 /
-middle / output 2, 5, 8). ComfyUI runs each block's layers one by one, so the hook sits on the
-block's last layer, whose output is the block's output.
+middle / output 2, 5, 8). ``training.unet_pass.tapped_forward`` returns them with the output.
 """
 from __future__ import annotations
-
-import contextlib
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -41,37 +37,15 @@ def expected_shapes(unet: nn.Module, height: int, width: int) -> list[tuple[int,
     return down + [bottom, bottom] + up + [(ch * mults[0], height, width)]
 
 
-class FeatureTaps:
-    """Captures the tap outputs and the UNet's raw output during one forward pass."""
+def tap_names(unet: nn.Module) -> list[str]:
+    """Names of the official feature-KD taps, in forward order."""
+    return [name for name, _ in tap_points(unet)]
 
-    def __init__(self, unet: nn.Module):
-        self.unet = unet
-        self.points = tap_points(unet)
 
-    @property
-    def names(self) -> list[str]:
-        return [name for name, _ in self.points]
-
-    @contextlib.contextmanager
-    def capture(self) -> Iterator[dict[str, torch.Tensor]]:
-        """Within the block, a forward pass fills the yielded dict: tap name -> tensor, plus "output"."""
-        features: dict[str, torch.Tensor] = {}
-
-        def keep(name):
-            return lambda _module, _inputs, output: features.__setitem__(name, output)
-
-        handles = [module.register_forward_hook(keep(name)) for name, module in self.points]
-        handles.append(self.unet.register_forward_hook(keep("output")))
-        try:
-            yield features
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    def check(self, features: dict[str, torch.Tensor], height: int, width: int) -> None:
-        """Raise if a tap's shape is not the one its resolution level implies."""
-        for name, shape in zip(self.names, expected_shapes(self.unet, height, width)):
-            got = tuple(features[name].shape[1:])
-            if got != shape:
-                raise RuntimeError(f"feature tap {name} has shape {got}, expected {shape}: "
-                                   f"this UNet's layout is not the one the taps assume")
+def check_features(unet: nn.Module, features: dict[str, torch.Tensor], height: int, width: int) -> None:
+    """Raise if a tap's shape is not the one its resolution level implies."""
+    for name, shape in zip(tap_names(unet), expected_shapes(unet, height, width)):
+        got = tuple(features[name].shape[1:])
+        if got != shape:
+            raise RuntimeError(f"feature tap {name} has shape {got}, expected {shape}: "
+                               f"this UNet's layout is not the one the taps assume")

@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview-prompt", action="append", default=[], help="repeatable")
     p.add_argument("--languages", nargs="*", default=[])
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where CUDA is available")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each UNet pass into one graph (GPU; the first steps compile for minutes)")
+    p.add_argument("--memory-budget", type=float, default=1.0,
+                   help="share of the UNet's attention blocks whose student activations are kept, 0..1 "
+                        "(lower: less memory; the cheap parts of the others are recomputed in backward)")
     return p
 
 
@@ -107,6 +112,8 @@ def refuse_for_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not 0.0 <= args.memory_budget <= 1.0:
+        parser.error(f"--memory-budget must lie in [0, 1], got {args.memory_budget}")
     if args.demo:
         refuse_for_demo(parser, args)
     if args.keep_checkpoints < 0:
@@ -155,7 +162,7 @@ def train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         init_adapter=args.init_adapter, resume=args.resume, cache_dir=args.cache_dir, seed=args.seed,
         save_every=args.save_every, log_every=args.log_every, preview_every=args.preview_every,
         preview_prompts=args.preview_prompt, languages=args.languages, overwrite=args.overwrite,
-        keep_checkpoints=args.keep_checkpoints)
+        keep_checkpoints=args.keep_checkpoints, memory_budget=args.memory_budget, compile=args.compile)
     check_run_folder(cfg.output, cfg.adapter_name, cfg.resume, cfg.overwrite)  # before minutes of loading
     records = read_manifest(args.manifest, args.image_root) if args.manifest else None
     shards = [url for pattern in args.shards or [] for url in braceexpand(pattern)]

@@ -11,7 +11,7 @@ import comfy.model_management as mm
 from ..adapters import LanguageEncoder
 from ..adapters.encoders import FP8_DTYPES
 
-LANGUAGE_CLIP_TYPE = "LANGUAGE_CLIP"
+LANGUAGE_CLIP_TYPE = "PEA_LANGUAGE_CLIP"  # socket types are global across packs: prefixed (was LANGUAGE_CLIP)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DTYPE_CHOICES = ["default", *DTYPES, *FP8_DTYPES]
 

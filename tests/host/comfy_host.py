@@ -204,6 +204,16 @@ def write_lora(path: Path, checkpoint: Path, rank: int = 4) -> Path:
     return path
 
 
+def open_app(browser, url: str, viewport: tuple[int, int] = (2400, 1400)):
+    """A browser page with ComfyUI's frontend loaded and its graph ready (a first-run dialog closed)."""
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_function("window.app && window.app.graph", timeout=120_000)
+    page.wait_for_timeout(1000)
+    page.keyboard.press("Escape")  # a first-run templates dialog, if any
+    return page
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -240,8 +250,18 @@ class ComfyServer:
         return self.proc.poll() is None and "KSampler" in self.get("/object_info/KSampler")
 
     def get(self, route: str):
+        return json.loads(self.get_text(route))
+
+    def get_text(self, route: str) -> str:
         with urllib.request.urlopen(self.url + route, timeout=30) as r:
-            return json.loads(r.read())
+            return r.read().decode("utf-8")
+
+    def set_setting(self, setting: str, value) -> None:
+        """A frontend setting (ComfyUI stores them per user on the server; pages read them when they load)."""
+        req = urllib.request.Request(f"{self.url}/settings/{setting}", data=json.dumps(value).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.status == 200, r.status
 
     def queue(self, graph: dict) -> tuple[int, dict]:
         """POST /prompt; (HTTP status, JSON body)."""

@@ -166,6 +166,7 @@ def test_corrupt_and_missing_images_are_skipped_and_counted(world, tmp_path):
     assert summary["skipped_images"] == 2 and any("broken.png" in e for e in summary["skipped_examples"])
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_matches_one_process(world, tmp_path):
     worker = Path(__file__).with_name("ddp_worker.py")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]),
@@ -187,6 +188,7 @@ def test_two_process_gloo_run_matches_one_process(world, tmp_path):
         assert torch.allclose(v, b.state_dict()[k], atol=1e-5), k
 
 
+@pytest.mark.slow
 def test_demo_learns_the_language_mapping(comfy_path, tmp_path):
     from training.demo import run_demo
 

@@ -11,7 +11,9 @@ from .folders import PEA_ADAPTERS, find_adapter, find_language_clip, list_langua
 from .language_clip import DTYPE_CHOICES, LANGUAGE_CLIP_TYPE, LanguageClip, model_options, weight_dtype
 from .pea_clip import make_pea_clip
 
-CATEGORY = "conditioning/PEA"
+CATEGORY = f"{comfy_nodes.CLIPTextEncode.CATEGORY}/PEA"
+"""Beside the release's own text encode nodes: conditioning/PEA, or model/conditioning/PEA on
+releases that moved the conditioning nodes (0.38)."""
 LANGUAGES = ["multilingual", "Chinese", "Russian", "Korean", "Japanese", "non-English", "translate",
              "中文", "多语言", "翻译", "русский", "перевод", "한국어", "번역", "日本語", "翻訳"]
 """Search terms shared by the three nodes: what people look for when they want to prompt in

@@ -1,7 +1,7 @@
 """The host tests on every other ComfyUI release: one pytest sub-process per release prepared from
 ../shared/comfyui/ (tests/host/releases.py), the slow tier left out (it runs in this process, on
 the session's release). A sub-run passes only with exit status 0: failures, errors and "no tests
-ran" (5) fail here, with the sub-run's output."""
+ran" (5) fail here, with the sub-run's output (also kept in test-artifacts/releases/)."""
 from __future__ import annotations
 
 import os
@@ -14,8 +14,9 @@ import pytest
 
 from tests.host import releases
 
-SUBRUN_TIMEOUT = 900
-"""Seconds one release's host tests may take (about 4 minutes on a 2-core machine)."""
+LOGS = releases.PACK_ROOT / "test-artifacts" / "releases"
+SUBRUN_TIMEOUT = 1800
+"""Seconds before a sub-run counts as hung and is killed with the ComfyUI servers it started."""
 
 
 def pytest_generate_tests(metafunc):
@@ -51,6 +52,8 @@ def run_host_tests(release: releases.Release) -> tuple[int, str]:
 
 def test_host_tests_pass_on_release(release, request):
     code, out = run_host_tests(release)
+    LOGS.mkdir(parents=True, exist_ok=True)
+    (LOGS / f"ComfyUI-{release.version}.log").write_text(out, encoding="utf-8")
     print(out)
     lines = out.strip().splitlines()
     summary = lines[-1] if lines else "(no output)"

@@ -10,7 +10,7 @@ from tests.host import releases
 
 def pytest_configure(config):
     config.pea_release = releases.session_release()
-    config.pea_release_results = []  # summary lines of the sub-runs (tests/test_host_releases.py)
+    config.pea_release_results = []  # summary lines of the sub-runs (tests/host/test_releases.py)
     if config.pea_release is not None and config.pea_release.extras is not None:
         releases.use_in_this_process(config.pea_release)
 
@@ -21,7 +21,7 @@ def pytest_report_header(config):
     header = [f"host tests in this process: {here}"]
     if releases.SUBRUN_ENV not in os.environ:
         others = ", ".join(r.version for r in releases.other_releases(release)) or "none"
-        header.append(f"host tests in sub-processes (tests/test_host_releases.py): {others}")
+        header.append(f"host tests in sub-processes (tests/host/test_releases.py): {others}")
     return header
 
 

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Prepares the ComfyUI releases the host tests run on (README "Run it", command 2), into the
-# active Python environment:
-#  - each archive ComfyUI-v*.tar.gz in ../shared/comfyui/ (or $COMFYUI_ARCHIVES) is unpacked once
-#    into .hosts/; the packages its requirements.txt pins to one version (frontend, workflow
-#    templates, embedded docs) go into .hosts/extras-<version>/, which that release's test run puts
-#    first on PYTHONPATH, so releases that pin different versions share one environment;
-#  - the other requirements of those releases and of $COMFYUI_PATH (without torch, torchvision and
-#    torchaudio: requirements.txt has torch) are installed into the environment.
-# Without archives and without COMFYUI_PATH there is nothing to prepare: the host tests skip, saying why.
+# Installs what the pack's ComfyUI side needs into the active Python environment (README, "Run it"):
+#  - the requirements of the ComfyUI at $COMFYUI_PATH, or of the ComfyUI whose custom_nodes folder
+#    holds the pack, as they are (without torch, torchvision and torchaudio: requirements.txt has torch);
+#  - each archive ComfyUI-v*.tar.gz in ../shared/comfyui/ (or $COMFYUI_ARCHIVES) unpacked once into
+#    .hosts/, for the host tests: the packages its requirements.txt pins to one version (frontend,
+#    workflow templates, embedded docs) go into .hosts/extras-<version>/, which that release's test
+#    run puts first on PYTHONPATH, so releases that pin different versions share one environment;
+#    its other requirements into the environment.
+# With neither there is nothing to do: the host tests skip, saying why.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -18,9 +18,9 @@ archives=("$archives_dir"/ComfyUI-v*.tar.gz)
 shopt -u nullglob
 mkdir -p "$hosts"
 
-requirements=()
-if [ -n "${COMFYUI_PATH:-}" ]; then
-    requirements+=("$COMFYUI_PATH/requirements.txt")
+comfyui="${COMFYUI_PATH:-}"
+if [ -z "$comfyui" ] && [ "$(basename "$(dirname "$PWD")")" = custom_nodes ] && [ -f ../../main.py ]; then
+    comfyui=../..
 fi
 for archive in "${archives[@]}"; do
     name=$(basename "$archive" .tar.gz)  # ComfyUI-vX.Y.Z
@@ -43,16 +43,15 @@ for archive in "${archives[@]}"; do
         fi
         mv "$hosts/extras-$version.partial" "$hosts/extras-$version"
     fi
-    requirements+=("$hosts/$name/requirements.txt")
 done
 
-if [ ${#requirements[@]} -eq 0 ]; then
-    echo "no ComfyUI: neither COMFYUI_PATH nor archives in $archives_dir; the host tests will skip"
+if [ -z "$comfyui" ] && [ ${#archives[@]} -eq 0 ]; then
+    echo "no ComfyUI: no COMFYUI_PATH, no ComfyUI around the pack, no archives in $archives_dir"
     exit 0
 fi
-# COMFYUI_PATH's requirements as they are; the archives' without their exact pins (in extras-*).
+# That ComfyUI's requirements as they are; the archives' without their exact pins (in extras-*).
 {
-    if [ -n "${COMFYUI_PATH:-}" ]; then cat "$COMFYUI_PATH/requirements.txt"; echo; fi
+    if [ -n "$comfyui" ]; then cat "$comfyui/requirements.txt"; echo; fi
     for archive in "${archives[@]}"; do
         grep -vE '^[A-Za-z0-9_.-]+==' "$hosts/$(basename "$archive" .tar.gz)/requirements.txt" || true; echo
     done

@@ -2,7 +2,7 @@
 
 One pytest process can import one ComfyUI (``comfy`` and ComfyUI's ``nodes`` are imported once), so
 the test session runs the host tests in-process on one release — ``COMFYUI_PATH``, the ComfyUI the
-pack sits in, or else the newest prepared archive — and ``tests/test_host_releases.py`` runs them in
+pack sits in, or else the newest prepared archive — and ``tests/host/test_releases.py`` runs them in
 one pytest sub-process per other release. ``tests/host/prepare.sh`` (README command 2) unpacks the
 archives in ``../shared/comfyui/`` into ``.hosts/`` and installs the packages each release pins into
 ``.hosts/extras-<version>/``, which goes first on ``PYTHONPATH`` for that release.
@@ -21,7 +21,10 @@ HOSTS = PACK_ROOT / ".hosts"
 ARCHIVES = Path(os.environ.get("COMFYUI_ARCHIVES") or PACK_ROOT.parent / "shared" / "comfyui")
 PREPARE = "tests/host/prepare.sh"
 SUBRUN_ENV = "PEA_HOST_RELEASE"
-"""Set in the environment of a sub-run (tests/test_host_releases.py): the release it tests."""
+"""Set in the environment of a sub-run (tests/host/test_releases.py): the release it tests."""
+STANDINS_ENV = "PEA_HOST_STANDINS"
+"""Set for a sub-run: a base directory whose stand-in model files it links instead of writing its
+own (model files do not depend on the release that reads them)."""
 USER_PYTHONPATH = os.environ.get("PYTHONPATH", "")
 """PYTHONPATH as the user gave it, before this session put a release's extras first."""
 

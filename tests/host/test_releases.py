@@ -1,7 +1,8 @@
 """The host tests on every other ComfyUI release: one pytest sub-process per release prepared from
 ../shared/comfyui/ (tests/host/releases.py), the slow tier left out (it runs in this process, on
-the session's release). A sub-run passes only with exit status 0: failures, errors and "no tests
-ran" (5) fail here, with the sub-run's output (also kept in test-artifacts/releases/)."""
+the session's release), this session's stand-in model files reused. A sub-run passes only with exit
+status 0: failures, errors and "no tests ran" (5) fail here, with the sub-run's output (also kept
+in test-artifacts/releases/)."""
 from __future__ import annotations
 
 import os
@@ -34,11 +35,23 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("release", params)
 
 
-def run_host_tests(release: releases.Release) -> tuple[int, str]:
+@pytest.fixture(scope="module")
+def stand_ins(request):
+    """This session's base directory, whose model files the sub-runs link (None: each writes its own)."""
+    try:
+        return request.getfixturevalue("base_dir")
+    except pytest.skip.Exception:  # no ComfyUI in this process
+        return None
+
+
+def run_host_tests(release: releases.Release, stand_ins=None) -> tuple[int, str]:
     """(exit status, output) of ``pytest tests/host -m "not slow"`` on ``release``, in its own process group."""
     env = {**os.environ, "COMFYUI_PATH": str(release.path), "PYTHONPATH": release.pythonpath(),
            releases.SUBRUN_ENV: release.version}
-    cmd = [sys.executable, "-m", "pytest", "tests/host", "-m", "not slow", "-q", "-rfEs", "-p", "no:cacheprovider"]
+    if stand_ins is not None:
+        env[releases.STANDINS_ENV] = str(stand_ins)
+    cmd = [sys.executable, "-m", "pytest", "tests/host", "--ignore", __file__, "-m", "not slow", "-q", "-rfEs",
+           "-p", "no:cacheprovider"]
     proc = subprocess.Popen(cmd, cwd=releases.PACK_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
@@ -50,8 +63,8 @@ def run_host_tests(release: releases.Release) -> tuple[int, str]:
     return proc.returncode, out
 
 
-def test_host_tests_pass_on_release(release, request):
-    code, out = run_host_tests(release)
+def test_host_tests_pass_on_release(release, stand_ins, request):
+    code, out = run_host_tests(release, stand_ins)
     LOGS.mkdir(parents=True, exist_ok=True)
     (LOGS / f"ComfyUI-{release.version}.log").write_text(out, encoding="utf-8")
     print(out)

@@ -6,4 +6,6 @@ if importlib.util.find_spec("folder_paths") is not None:  # inside ComfyUI
 else:  # imported on its own (tests, training): adapters/ works without ComfyUI
     NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+WEB_DIRECTORY = "./web"  # web/docs/<NodeId>.md: the help pages ComfyUI's frontend opens for each node
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -15,7 +15,7 @@ from ..adapters.encoders import FP8_DTYPES
 from .comfy_layers import use_comfy_ops
 from .pea_clip import encoder_clip
 
-LANGUAGE_CLIP_TYPE = "LANGUAGE_CLIP"
+LANGUAGE_CLIP_TYPE = "PEA_LANGUAGE_CLIP"  # socket types are global across packs: prefixed (was LANGUAGE_CLIP)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DTYPE_CHOICES = ["default", *DTYPES, *FP8_DTYPES]
 

@@ -11,7 +11,13 @@ from .folders import PEA_ADAPTERS, find_adapter, find_language_clip, list_langua
 from .language_clip import DTYPE_CHOICES, LANGUAGE_CLIP_TYPE, LanguageClip, load_language_clip
 from .pea_clip import adapter_clip
 
-CATEGORY = "conditioning/PEA"
+CATEGORY = f"{comfy_nodes.CLIPTextEncode.CATEGORY}/PEA"
+"""Beside the release's own text encode nodes: conditioning/PEA, or model/conditioning/PEA on
+releases that moved the conditioning nodes (0.38)."""
+LANGUAGES = ["multilingual", "Chinese", "Russian", "Korean", "Japanese", "non-English", "translate",
+             "中文", "多语言", "翻译", "русский", "перевод", "한국어", "번역", "日本語", "翻訳"]
+"""Search terms shared by the three nodes: what people look for when they want to prompt in
+their language (ComfyUI's node search reads ``SEARCH_ALIASES``)."""
 
 
 def _found_or_message(find, name: str) -> bool | str:
@@ -51,6 +57,7 @@ class PEALoadLanguageCLIP:
     OUTPUT_TOOLTIPS = ("The language encoder; connect it to Apply PEA Adapter.",)
     FUNCTION = "load"
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["language CLIP", "Chinese CLIP", "text encoder", "语言 CLIP", "文本编码器", *LANGUAGES]
     DESCRIPTION = "Loads a language-specific CLIP text encoder for PEA adapters, from models/language_clip."
 
     @classmethod
@@ -83,6 +90,7 @@ class PEAApplyAdapter:
     OUTPUT_TOOLTIPS = ("A CLIP that reads prompts in the encoder's languages; use it with any text encode node.",)
     FUNCTION = "apply"
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["PEA adapter", "PEA-Diffusion", "Chinese prompt", "适配器", "中文提示词", *LANGUAGES]
     DESCRIPTION = ("Puts a PEA adapter behind a language encoder and returns a regular CLIP, so "
                    "CLIPTextEncode, CLIPTextEncodeSDXL and PEA Encode Prompt take non-English prompts.")
 
@@ -122,6 +130,8 @@ class PEAEncodePrompt:
     OUTPUT_TOOLTIPS = ("Conditioning for KSampler, ControlNet and the other conditioning nodes.",)
     FUNCTION = "encode"
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["Chinese prompt", "prompt", "text encode", "中文提示词", "提示词", "промпт", "프롬프트",
+                      "プロンプト", *LANGUAGES]
     DESCRIPTION = ("Encodes a prompt in any language through a PEA CLIP. The size fields are "
                    "SDXL's micro-conditioning and are ignored by SD1.5 models.")
 

@@ -1,7 +1,36 @@
-"""Shared fixtures: tiny stand-in encoders built once per test session."""
+"""Shared fixtures: tiny stand-in encoders built once per test session; which ComfyUI release
+this session's host tests run on (tests/host/releases.py), reported in the header and summary."""
+import os
+
 import pytest
 
 from adapters import tiny as standins
+from tests.host import releases
+
+
+def pytest_configure(config):
+    config.pea_release = releases.session_release()
+    config.pea_release_results = []  # summary lines of the sub-runs (tests/host/test_releases.py)
+    if config.pea_release is not None and config.pea_release.extras is not None:
+        releases.use_in_this_process(config.pea_release)
+
+
+def pytest_report_header(config):
+    release = config.pea_release
+    here = f"ComfyUI {release.version} at {release.path}" if release else "none (the host tests skip, saying why)"
+    header = [f"host tests in this process: {here}"]
+    if releases.SUBRUN_ENV not in os.environ:
+        others = ", ".join(r.version for r in releases.other_releases(release)) or "none"
+        header.append(f"host tests in sub-processes (tests/host/test_releases.py): {others}")
+    return header
+
+
+def pytest_terminal_summary(terminalreporter):
+    lines = terminalreporter.config.pea_release_results
+    if lines:
+        terminalreporter.section("ComfyUI releases tested in sub-processes")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,17 @@ from training.comfy_runtime import PACK_ROOT, load_pack  # noqa: F401  (load_pac
 REPO = PACK_ROOT
 
 
+def call_node(node_class, **inputs) -> tuple:
+    """Run a stock node class outside a graph, on whichever node API the release gives it:
+    V3 nodes (``comfy_api`` ``io.ComfyNode``, from 0.3.4x on for many core nodes) through their
+    classmethod ``execute``, V1 nodes through the method their ``FUNCTION`` names. The outputs,
+    as a tuple."""
+    if hasattr(node_class, "define_schema"):  # V3
+        return tuple(node_class.execute(**inputs).args)
+    out = getattr(node_class(), node_class.FUNCTION)(**inputs)
+    return tuple(out["result"] if isinstance(out, dict) else out)
+
+
 def write_checkpoint(path: Path, family: str, with_clip: bool = False, in_channels: int = 4) -> Path:
     """A stand-in checkpoint ComfyUI detects as SD1.5 or SDXL-family (KOALA layout): real UNet
     classes at one res block per level, a TAESD VAE, and no text encoder (PEA replaces it)
@@ -59,33 +70,53 @@ def write_checkpoint(path: Path, family: str, with_clip: bool = False, in_channe
     return path
 
 
-FLUX_WIDTHS = dict(in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=3072,
-                   mlp_ratio=4.0, num_heads=24, axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True)
-"""FLUX.1's widths. ComfyUI's detection (``model_detection.detect_unet_config``) fixes all of them
-but the block counts and ``vec_in_dim``, so a stand-in can only be shallow, never narrow."""
+FLUX1 = dict(hidden=3072, mlp=12288, heads=24, context=4096, pooled=768, patch_channels=64, freq=256)
+"""FLUX.1's widths as its files store them. ComfyUI's detection (``model_detection.detect_unet_config``)
+reads every width from the tensor shapes and fixes all but the block counts, so a stand-in can
+only be shallow, never narrow."""
+
+
+def flux1_shapes(double_blocks: int, guidance: bool) -> dict[str, tuple[int, ...]]:
+    """Key names and shapes of a FLUX.1 transformer file (Black Forest Labs' layout, what "Load
+    Diffusion Model" reads) with ``double_blocks`` double-stream blocks and no single-stream
+    block. The file format, not a ComfyUI class, so it holds for every release; the test
+    ``test_flux_stand_in_is_detected_as_flux_by_comfyui`` checks the release's detection on it."""
+    h, w = FLUX1["hidden"], FLUX1
+    shapes = {"img_in.weight": (h, w["patch_channels"]), "img_in.bias": (h,),
+              "txt_in.weight": (h, w["context"]), "txt_in.bias": (h,),
+              "final_layer.linear.weight": (w["patch_channels"], h), "final_layer.linear.bias": (w["patch_channels"],),
+              "final_layer.adaLN_modulation.1.weight": (2 * h, h), "final_layer.adaLN_modulation.1.bias": (2 * h,)}
+    embedders = {"time_in": w["freq"], "vector_in": w["pooled"], **({"guidance_in": w["freq"]} if guidance else {})}
+    for name, width in embedders.items():
+        shapes.update({f"{name}.in_layer.weight": (h, width), f"{name}.in_layer.bias": (h,),
+                       f"{name}.out_layer.weight": (h, h), f"{name}.out_layer.bias": (h,)})
+    for i in range(double_blocks):
+        for stream in ("img", "txt"):
+            block = f"double_blocks.{i}.{stream}"
+            shapes.update({f"{block}_mod.lin.weight": (6 * h, h), f"{block}_mod.lin.bias": (6 * h,),
+                           f"{block}_attn.qkv.weight": (3 * h, h), f"{block}_attn.qkv.bias": (3 * h,),
+                           f"{block}_attn.norm.query_norm.scale": (h // w["heads"],),
+                           f"{block}_attn.norm.key_norm.scale": (h // w["heads"],),
+                           f"{block}_attn.proj.weight": (h, h), f"{block}_attn.proj.bias": (h,),
+                           f"{block}_mlp.0.weight": (w["mlp"], h), f"{block}_mlp.0.bias": (w["mlp"],),
+                           f"{block}_mlp.2.weight": (h, w["mlp"]), f"{block}_mlp.2.bias": (h,)})
+    return shapes
 
 
 def write_flux_pair(dev_path: Path, schnell_path: Path) -> tuple[Path, Path]:
-    """FLUX.1-dev and -schnell stand-ins ("Load Diffusion Model" files): ComfyUI's own ``Flux``
-    at full width with one double-stream block and no single-stream block (the fewest its
-    detection accepts), same weights in both; dev has the ``guidance_in`` embedder, which is
-    what tells ComfyUI the two apart. Weights are deterministic and stored as float8_e4m3fn
-    (as the community fp8 FLUX files are): about 400 MB each instead of 800 MB in bf16."""
-    import comfy.ops
+    """FLUX.1-dev and -schnell stand-ins ("Load Diffusion Model" files) at full width with one
+    double-stream block and no single-stream block (the fewest ComfyUI's detection accepts), same
+    weights in both; dev has the ``guidance_in`` embedder, which is what tells ComfyUI the two
+    apart. Weights are deterministic and stored as float8_e4m3fn (as the community fp8 FLUX files
+    are): about 400 MB each instead of 800 MB in bf16."""
     import safetensors.torch
-    from comfy.ldm.flux.model import Flux
 
-    with torch.device("meta"):
-        model = Flux(**FLUX_WIDTHS, depth=1, depth_single_blocks=0, guidance_embed=True,
-                     operations=comfy.ops.disable_weight_init)
     gen, sd = torch.Generator().manual_seed(0), {}
-    for k, v in model.state_dict().items():
+    for k, shape in flux1_shapes(double_blocks=1, guidance=True).items():
         if k.endswith(".scale"):  # RMSNorm of queries and keys
-            t = torch.ones(v.shape)
-        elif v.ndim > 1:
-            t = torch.randn(v.shape, generator=gen).mul_(0.02)
+            t = torch.ones(shape)
         else:
-            t = torch.randn(v.shape, generator=gen).mul_(0.01)
+            t = torch.randn(shape, generator=gen).mul_(0.02 if len(shape) > 1 else 0.01)
         sd[k] = t.to(torch.float8_e4m3fn)
     for path in (dev_path, schnell_path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +190,16 @@ def write_lora(path: Path, checkpoint: Path, rank: int = 4) -> Path:
     return path
 
 
+def open_app(browser, url: str, viewport: tuple[int, int] = (2400, 1400)):
+    """A browser page with ComfyUI's frontend loaded and its graph ready (a first-run dialog closed)."""
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_function("window.app && window.app.graph", timeout=120_000)
+    page.wait_for_timeout(1000)
+    page.keyboard.press("Escape")  # a first-run templates dialog, if any
+    return page
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -195,8 +236,18 @@ class ComfyServer:
         return self.proc.poll() is None and "KSampler" in self.get("/object_info/KSampler")
 
     def get(self, route: str):
+        return json.loads(self.get_text(route))
+
+    def get_text(self, route: str) -> str:
         with urllib.request.urlopen(self.url + route, timeout=30) as r:
-            return json.loads(r.read())
+            return r.read().decode("utf-8")
+
+    def set_setting(self, setting: str, value) -> None:
+        """A frontend setting (ComfyUI stores them per user on the server; pages read them when they load)."""
+        req = urllib.request.Request(f"{self.url}/settings/{setting}", data=json.dumps(value).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.status == 200, r.status
 
     def queue(self, graph: dict) -> tuple[int, dict]:
         """POST /prompt; (HTTP status, JSON body)."""

@@ -18,7 +18,7 @@ from adapters.encoders.extract import extract_encoder
 from adapters.encoders.single_file import pack_encoder
 from adapters import tiny as standins
 from tests import broken_files
-from tests.host import comfy_host
+from tests.host import comfy_host, releases
 from training.comfy_runtime import find_comfyui, import_comfy
 
 ZH = EncoderSpec("chinese_clip", "chinese-clip-tiny", context_length=52, attention_mask=True)
@@ -34,10 +34,32 @@ def comfy_path():
     return path
 
 
+SHARED = ("models", "extra_models", "downloads")
+"""What a sub-run links from the base directory named by releases.STANDINS_ENV."""
+
+
 @pytest.fixture(scope="session")
 def base_dir(tmp_path_factory, comfy_path):
     """A ComfyUI --base-directory: models, custom_nodes (the pack linked in), output."""
     base = tmp_path_factory.mktemp("comfy_base")
+    shared = os.environ.get(releases.STANDINS_ENV)
+    if shared:
+        for name in SHARED:
+            os.symlink(Path(shared) / name, base / name)
+    else:
+        write_stand_ins(base)
+    comfy_host.write_images(base / "input")
+    (base / "extra_model_paths.yaml").write_text(
+        f"pea_extra:\n    base_path: {base / 'extra_models'}\n    language_clip: language_clip\n"
+        f"    pea_adapters: pea_adapters\n")
+    (base / "custom_nodes").mkdir()
+    os.symlink(comfy_host.REPO, base / "custom_nodes" / "ComfyUI-PEA-Diffusion")
+    return base
+
+
+def write_stand_ins(base: Path) -> None:
+    """The stand-in model files under ``base``: models/, extra_models/ (for extra_model_paths.yaml)
+    and downloads/ (the FLUX sources, as users download them)."""
     models = base / "models"
     clips, adapters = models / "language_clip", models / "pea_adapters"
     standins.make_chinese_clip(clips / "chinese-clip-tiny")
@@ -62,18 +84,12 @@ def base_dir(tmp_path_factory, comfy_path):
     (models / "controlnet").mkdir()
     comfy_host.write_controlnet(models / "controlnet" / "sdxl_standin_controlnet.safetensors",
                                 models / "checkpoints" / "sdxl_standin.safetensors")
-    comfy_host.write_images(base / "input")
     (models / "loras").mkdir()
     comfy_host.write_lora(models / "loras" / "sdxl_standin_lora.safetensors", models / "checkpoints" / "sdxl_standin.safetensors")
     extra = base / "extra_models"
     (extra / "pea_adapters").mkdir(parents=True)
     shutil.copytree(clips / "chinese-clip-tiny", extra / "language_clip" / "extra-chinese-clip")
     shutil.copy(adapters / "pea_zh_sd15.safetensors", extra / "pea_adapters" / "extra_zh_sd15.safetensors")
-    (base / "extra_model_paths.yaml").write_text(
-        f"pea_extra:\n    base_path: {extra}\n    language_clip: language_clip\n    pea_adapters: pea_adapters\n")
-    (base / "custom_nodes").mkdir()
-    os.symlink(comfy_host.REPO, base / "custom_nodes" / "ComfyUI-PEA-Diffusion")
-    return base
 
 
 def write_hostile_files(base: Path, clips: Path, adapters: Path) -> None:
@@ -126,3 +142,28 @@ def server(base_dir, comfy_path, tmp_path_factory):
         yield srv
     finally:
         srv.stop()
+
+
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium driven by the playwright library (no browser download)."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (README, 'Run it': apt-get install chromium fonts-wqy-microhei)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the playwright Python library is not installed (pip install -r requirements-dev.txt)")
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
+        yield instance
+        instance.close()
+
+
+def pytest_collection_modifyitems(items):
+    """The other releases' sub-runs (test_releases.py) last, after this process's own host tests."""
+    items.sort(key=lambda item: item.path.name == "test_releases.py")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.host.comfy_host import call_node
+
 
 def build_clip(pack, clip_name="chinese-clip-tiny", adapter="pea_zh_sd15.safetensors", **load):
     nodes = pack.NODE_CLASS_MAPPINGS
@@ -90,13 +92,14 @@ def test_stock_sdxl_and_zero_out_nodes_take_the_pea_clip(pack):
     import nodes
 
     clip, encoder, head = build_clip(pack, adapter="pea_zh_sdxl.safetensors")
-    out = CLIPTextEncodeSDXL.execute(clip, 1024, 768, 0, 0, 1024, 768, "山水画", "山水画").args[0]
+    (out,) = call_node(CLIPTextEncodeSDXL, clip=clip, width=1024, height=768, crop_w=0, crop_h=0,
+                       target_width=1024, target_height=768, text_g="山水画", text_l="山水画")
     cond, extra = out[0]
     assert cond.shape == (1, 52, 2048) and extra["pooled_output"].shape == (1, 1280)
     assert extra["width"] == 1024 and extra["height"] == 768
     ref_tokens, ref_pooled = direct(encoder, head, encoder.tokenize(["山水画"]))
     assert torch.allclose(cond, ref_tokens, atol=1e-6)
-    (zeroed,) = nodes.ConditioningZeroOut().zero_out(out)
+    (zeroed,) = call_node(nodes.ConditioningZeroOut, conditioning=out)
     assert zeroed[0][0].abs().sum() == 0 and zeroed[0][1]["pooled_output"].abs().sum() == 0
 
 
@@ -168,7 +171,7 @@ def test_flux_adapter_gives_flux_conditioning_through_the_stock_flux_node(pack):
     from comfy_extras.nodes_flux import CLIPTextEncodeFlux
 
     clip, encoder, head = build_clip(pack, adapter="pea_zh_flux.safetensors")
-    out = CLIPTextEncodeFlux.execute(clip, "", "一只红色的猫", 3.5).args[0]
+    (out,) = call_node(CLIPTextEncodeFlux, clip=clip, clip_l="", t5xxl="一只红色的猫", guidance=3.5)
     cond, extra = out[0]
     assert cond.shape == (1, 52, 4096) and extra["pooled_output"].shape == (1, 768) and extra["guidance"] == 3.5
     ref_tokens, ref_pooled = direct(encoder, head, encoder.tokenize(["一只红色的猫"]))

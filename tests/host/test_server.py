@@ -40,7 +40,7 @@ def test_object_info_lists_the_three_nodes(server):
     info = server.get("/object_info")
     for node_id, display in NODES.items():
         assert info[node_id]["display_name"] == display
-        assert info[node_id]["category"] == "conditioning/PEA"
+        assert info[node_id]["category"] == info["CLIPTextEncode"]["category"] + "/PEA"
     assert info["PEAApplyAdapter"]["output"] == ["CLIP"]
     assert "chinese-clip-tiny" in info["PEALoadLanguageCLIP"]["input"]["required"]["clip_name"][0]
 

@@ -337,6 +337,7 @@ def test_bad_images_are_skipped_and_counted_once_and_long_captions_reported(worl
     assert [e["samples"] for e in log] == [7, 7, 7] and log[-1]["skipped_images"] == 4
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_matches_one_process(world, tmp_path):
     worker = Path(__file__).with_name("ddp_worker.py")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]),
@@ -360,6 +361,7 @@ def test_two_process_gloo_run_matches_one_process(world, tmp_path):
         assert torch.allclose(v, b.state_dict()[k], atol=1e-5), k
 
 
+@pytest.mark.slow
 def test_demo_learns_the_language_mapping(comfy_path, tmp_path):
     from training.miniworld.demo import run_demo
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import safetensors.torch
 import torch
 from PIL import Image
 
+from tests.host.comfy_host import open_app
 from tests.host.ui_workflows import FRONTEND_ONLY, NOTES, WORKFLOWS, api_to_ui, api_workflows
 
 STAND_INS = {
@@ -157,34 +157,11 @@ def test_flux_guidance_reaches_the_dev_model(server):
 
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "workflows"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the playwright Python library is not installed (pip install playwright; no browser download needed)")
-    with sync_playwright() as p:
-        instance = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
-        yield instance
-        instance.close()
-
-
 @pytest.mark.parametrize("name", sorted(api_workflows()))
 def test_ui_workflow_opens_in_the_browser_without_missing_nodes(server, browser, name):
     workflow = json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
-    page = browser.new_page(viewport={"width": 2400, "height": 1400})
+    page = open_app(browser, server.url)
     errors: list[str] = []
-    page.goto(server.url, wait_until="domcontentloaded")
-    page.wait_for_function("window.app && window.app.graph", timeout=120_000)
-    page.wait_for_timeout(1000)
-    page.keyboard.press("Escape")  # a first-run templates dialog, if any
     page.on("pageerror", lambda e: errors.append(str(e)))  # from here on: errors caused by the workflow
     page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
     page.wait_for_timeout(1500)
@@ -201,6 +178,7 @@ def test_ui_workflow_opens_in_the_browser_without_missing_nodes(server, browser,
     assert unregistered == []
 
 
+@pytest.mark.slow
 def test_fifty_queued_runs_finish_and_memory_stays_flat(server):
     """Load: one server run queues workflow 2 fifty times with different prompts."""
     import time

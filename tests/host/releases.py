@@ -1,0 +1,98 @@
+"""The ComfyUI releases the host tests run on.
+
+One pytest process can import one ComfyUI (``comfy`` and ComfyUI's ``nodes`` are imported once), so
+the test session runs the host tests in-process on one release — ``COMFYUI_PATH``, the ComfyUI the
+pack sits in, or else the newest prepared archive — and ``tests/host/test_releases.py`` runs them in
+one pytest sub-process per other release. ``tests/host/prepare.sh`` (README command 2) unpacks the
+archives in ``../shared/comfyui/`` into ``.hosts/`` and installs the packages each release pins into
+``.hosts/extras-<version>/``, which goes first on ``PYTHONPATH`` for that release.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.comfy_runtime import PACK_ROOT, find_comfyui
+
+HOSTS = PACK_ROOT / ".hosts"
+ARCHIVES = Path(os.environ.get("COMFYUI_ARCHIVES") or PACK_ROOT.parent / "shared" / "comfyui")
+PREPARE = "tests/host/prepare.sh"
+SUBRUN_ENV = "PEA_HOST_RELEASE"
+"""Set in the environment of a sub-run (tests/host/test_releases.py): the release it tests."""
+STANDINS_ENV = "PEA_HOST_STANDINS"
+"""Set for a sub-run: a base directory whose stand-in model files it links instead of writing its
+own (model files do not depend on the release that reads them)."""
+USER_PYTHONPATH = os.environ.get("PYTHONPATH", "")
+"""PYTHONPATH as the user gave it, before this session put a release's extras first."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """A ComfyUI source tree and the folder of packages it pins (None: they are in the environment)."""
+
+    version: str
+    path: Path
+    extras: Path | None = None
+
+    @property
+    def order(self) -> tuple:
+        return tuple(int(p) if p.isdigit() else -1 for p in self.version.split("."))
+
+    def pythonpath(self) -> str:
+        """PYTHONPATH for a process that runs this release."""
+        return os.pathsep.join(p for p in (str(self.extras or ""), USER_PYTHONPATH) if p)
+
+
+def comfyui_version(path: Path) -> str:
+    """The release number a ComfyUI tree declares in comfyui_version.py ('unknown' without one)."""
+    version_file = path / "comfyui_version.py"
+    found = re.search(r'__version__\s*=\s*"([^"]+)"', version_file.read_text()) if version_file.is_file() else None
+    return found.group(1) if found else "unknown"
+
+
+def archive_version(archive: Path) -> str:
+    return archive.name.removeprefix("ComfyUI-v").removesuffix(".tar.gz")
+
+
+def archived_releases() -> tuple[list[Release], list[str]]:
+    """(releases unpacked from the archives by prepare.sh, oldest first; why each other archive is not ready)."""
+    ready, missing = [], []
+    for archive in sorted(ARCHIVES.glob("ComfyUI-v*.tar.gz")):
+        version = archive_version(archive)
+        path, extras = HOSTS / f"ComfyUI-v{version}", HOSTS / f"extras-{version}"
+        if (path / "main.py").is_file() and extras.is_dir():
+            ready.append(Release(version, path, extras))
+        else:
+            missing.append(f"{archive} is not unpacked into {HOSTS}: run {PREPARE} (README command 2)")
+    return sorted(ready, key=lambda r: r.order), missing
+
+
+def session_release() -> Release | None:
+    """The release this pytest process tests in-process: COMFYUI_PATH or the ComfyUI around the pack
+    when there is one (its packages are the environment's), else the newest prepared archive."""
+    path, _ = find_comfyui()
+    if path is not None:
+        return Release(comfyui_version(path), path)
+    if os.environ.get("COMFYUI_PATH"):  # set but not a ComfyUI: the host tests skip with find_comfyui's reason
+        return None
+    ready, _ = archived_releases()
+    return ready[-1] if ready else None
+
+
+def use_in_this_process(release: Release) -> None:
+    """Point this process, and the servers and workers it starts, at ``release``."""
+    os.environ["COMFYUI_PATH"] = str(release.path)
+    if release.extras is not None:
+        os.environ["PYTHONPATH"] = release.pythonpath()
+        sys.path.insert(0, str(release.extras))
+
+
+def other_releases(session: Release | None) -> list[Release]:
+    """The prepared archives other than the session's release (same tree or same version number)."""
+    ready, _ = archived_releases()
+    if session is None:
+        return ready
+    return [r for r in ready if r.path.resolve() != session.path.resolve() and r.version != session.version]

@@ -11,7 +11,7 @@ import comfy.model_patcher
 from ..adapters.clip_score import load_clip_scorer, to_pil
 from .folders import find_language_clip, list_language_clips
 from .language_clip import model_options
-from .pea_nodes import CATEGORY, _found_or_message as found_or_message
+from .pea_nodes import CATEGORY, LANGUAGES, _found_or_message as found_or_message
 
 _loaded: dict[tuple, comfy.model_patcher.ModelPatcher] = {}
 """The last scorer loaded (one at a time), in a ModelPatcher so ComfyUI can offload it."""
@@ -59,6 +59,8 @@ class PEALanguageCLIPScore:
                        "The ranking as text, with each image's place in the input batch (for Preview Any).")
     FUNCTION = "score"
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["CLIPScore", "CLIP score", "rank images", "best of batch", "image score", *LANGUAGES,
+                      "图像评分", "排序", "оценка изображений", "이미지 점수", "画像スコア"]
     DESCRIPTION = ("Scores each image against the prompt with a CLIP that reads the prompt's language "
                    "(CLIPScore = 100 x max(cos, 0)) and sorts the batch best first.")
 

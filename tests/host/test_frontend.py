@@ -13,7 +13,7 @@ from tests.host.comfy_host import REPO, open_app
 from tests.host.test_workflows import with_stand_ins
 from tests.host.ui_workflows import WORKFLOWS
 
-NODES = ("PEALoadLanguageCLIP", "PEAApplyAdapter", "PEAEncodePrompt")
+NODES = ("PEALoadLanguageCLIP", "PEAApplyAdapter", "PEAEncodePrompt", "PEALanguageCLIPScore")
 LOCALES = REPO / "locales"
 LANGUAGES = ("zh", "ru", "ja", "ko")
 HELP = REPO / "web" / "docs"
@@ -90,7 +90,7 @@ def chinese_frontend(server):
 
 def test_chinese_locale_shows_chinese_titles(chinese_frontend, browser):
     zh = json.loads((LOCALES / "zh" / "nodeDefs.json").read_text(encoding="utf-8"))
-    workflow = json.loads((WORKFLOWS / "02_sdxl_chinese_text_to_image.json").read_text(encoding="utf-8"))
+    workflow = json.loads((WORKFLOWS / "11_sd15_chinese_best_of_four_by_clip_score.json").read_text(encoding="utf-8"))  # all four nodes
     page = open_app(browser, chinese_frontend.url)
     page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
     page.wait_for_timeout(1500)

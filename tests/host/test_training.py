@@ -432,29 +432,22 @@ def test_v_prediction_target_is_v(comfy_path):
     assert torch.allclose(prediction_target(ms, sigma, noisy, z0), v, atol=1e-4)
 
 
-def test_cli_refuses_a_checkpoint_without_text_encoder(comfy_path, base_dir, tmp_path):
+@pytest.mark.parametrize("checkpoint,message", [
+    ("checkpoints/sd15_standin.safetensors", "has no text encoder; the teacher needs the checkpoint's own CLIP"),
+    ("diffusion_models/flux_schnell_standin.safetensors",
+     "flux_schnell_standin.safetensors is a FLUX.1 model (Flux (FluxSchnell)); the trainer distils "
+     "adapters for SD1.5 and SDXL checkpoints"),
+])
+def test_cli_refuses_a_base_it_cannot_train(comfy_path, base_dir, tmp_path, checkpoint, message):
     cmd = [sys.executable, str(Path(__file__).resolve().parents[2] / "training" / "train_adapter.py"),
-           "--checkpoint", str(base_dir / "models" / "checkpoints" / "sd15_standin.safetensors"),
-           "--encoder", str(base_dir / "models" / "language_clip" / "chinese-clip-tiny"),
-           "--manifest", str(tmp_path / "m.jsonl"), "--cpu", "--output", str(tmp_path / "out")]
-    (tmp_path / "m.jsonl").write_text('{"image": "a.png", "text": "猫", "en": "cat"}\n')
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, COMFYUI_PATH=str(comfy_path)))
-    assert result.returncode != 0
-    assert "has no text encoder; the teacher needs the checkpoint's own CLIP" in result.stderr
-
-
-def test_cli_refuses_a_flux_model_naming_what_it_trains(comfy_path, base_dir, tmp_path):
-    cmd = [sys.executable, str(Path(__file__).resolve().parents[2] / "training" / "train_adapter.py"),
-           "--checkpoint", str(base_dir / "models" / "diffusion_models" / "flux_schnell_standin.safetensors"),
+           "--checkpoint", str(base_dir / "models" / checkpoint),
            "--encoder", str(base_dir / "models" / "language_clip" / "chinese-clip-tiny"),
            "--manifest", str(tmp_path / "m.jsonl"), "--cpu", "--output", str(tmp_path / "out")]
     (tmp_path / "m.jsonl").write_text('{"image": "a.png", "text": "猫", "en": "cat"}\n')
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                             env=dict(os.environ, COMFYUI_PATH=str(comfy_path)))
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert ("flux_schnell_standin.safetensors is a FLUX.1 model (Flux (FluxSchnell)); the trainer distils "
-            "adapters for SD1.5 and SDXL checkpoints") in result.stderr, result.stderr[-3000:]
+    assert message in result.stderr, result.stderr[-3000:]
 
 
 def test_cli_refuses_a_reused_run_folder_and_a_faulty_manifest_before_loading(comfy_path, base_dir, tmp_path):

@@ -1,4 +1,5 @@
-"""Finding and importing the ComfyUI that the pack sits in (or ``COMFYUI_PATH``) as a library."""
+"""Finding and importing the ComfyUI that the pack sits in (or ``COMFYUI_PATH``, or a release that
+``tests/host/prepare.sh`` unpacked into ``.hosts/``) as a library."""
 from __future__ import annotations
 
 import importlib.util
@@ -8,6 +9,19 @@ from pathlib import Path
 
 PACK_ROOT = Path(__file__).resolve().parents[1]
 PACK_MODULE = "comfyui_pea_diffusion"
+PREPARED = PACK_ROOT / ".hosts"
+"""Where tests/host/prepare.sh unpacks the ComfyUI source archives (README, "Run it")."""
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """'0.10.0' -> (0, 10, 0), for ordering releases (non-numeric parts sort first)."""
+    return tuple(int(p) if p.isdigit() else -1 for p in version.split("."))
+
+
+def newest_prepared() -> Path | None:
+    """The newest ComfyUI release unpacked into ``.hosts/`` (ComfyUI-v<version>), or None."""
+    trees = [p for p in PREPARED.glob("ComfyUI-v*") if (p / "main.py").is_file()]
+    return max(trees, key=lambda p: version_key(p.name.removeprefix("ComfyUI-v")), default=None)
 
 
 def find_comfyui() -> tuple[Path | None, str]:
@@ -21,7 +35,11 @@ def find_comfyui() -> tuple[Path | None, str]:
     parent = PACK_ROOT.parent.parent
     if PACK_ROOT.parent.name == "custom_nodes" and (parent / "main.py").is_file():
         return parent, f"the pack sits in {parent / 'custom_nodes'}"
-    return None, "no ComfyUI: set COMFYUI_PATH to a ComfyUI checkout, or install the pack in ComfyUI/custom_nodes"
+    prepared = newest_prepared()
+    if prepared is not None:
+        return prepared, f"{prepared}, the newest release tests/host/prepare.sh unpacked"
+    return None, ("no ComfyUI: set COMFYUI_PATH to a ComfyUI checkout, install the pack in ComfyUI/custom_nodes, "
+                  "or run tests/host/prepare.sh beside ComfyUI source archives in ../shared/comfyui")
 
 
 def import_comfy(cpu: bool | None = None) -> Path:

@@ -15,9 +15,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.comfy_runtime import PACK_ROOT, find_comfyui
+from training.comfy_runtime import PACK_ROOT, PREPARED, find_comfyui, version_key
 
-HOSTS = PACK_ROOT / ".hosts"
+HOSTS = PREPARED
 ARCHIVES = Path(os.environ.get("COMFYUI_ARCHIVES") or PACK_ROOT.parent / "shared" / "comfyui")
 PREPARE = "tests/host/prepare.sh"
 SUBRUN_ENV = "PEA_HOST_RELEASE"
@@ -39,7 +39,7 @@ class Release:
 
     @property
     def order(self) -> tuple:
-        return tuple(int(p) if p.isdigit() else -1 for p in self.version.split("."))
+        return version_key(self.version)
 
     def pythonpath(self) -> str:
         """PYTHONPATH for a process that runs this release."""
@@ -72,14 +72,14 @@ def archived_releases() -> tuple[list[Release], list[str]]:
 
 def session_release() -> Release | None:
     """The release this pytest process tests in-process: COMFYUI_PATH or the ComfyUI around the pack
-    when there is one (its packages are the environment's), else the newest prepared archive."""
+    when there is one (its packages are the environment's), else the newest prepared archive (with
+    the packages it pins)."""
     path, _ = find_comfyui()
-    if path is not None:
-        return Release(comfyui_version(path), path)
-    if os.environ.get("COMFYUI_PATH"):  # set but not a ComfyUI: the host tests skip with find_comfyui's reason
+    if path is None:  # COMFYUI_PATH set but not a ComfyUI, or nothing: the host tests skip, saying why
         return None
     ready, _ = archived_releases()
-    return ready[-1] if ready else None
+    prepared = [r for r in ready if r.path.resolve() == path.resolve()]
+    return prepared[0] if prepared else Release(comfyui_version(path), path)
 
 
 def use_in_this_process(release: Release) -> None:

@@ -164,6 +164,21 @@ def browser():
         instance.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def release_runs(request) -> dict[str, releases.SubRun]:
+    """The other releases' sub-runs (tests/host/test_releases.py), started at the first host test of a
+    session that collected them, once this session's stand-ins are written; stopped at its end."""
+    wanted = any(item.path.name == "test_releases.py" for item in request.session.items)
+    if not wanted or releases.SUBRUN_ENV in os.environ or request.config.pea_release is None:
+        yield {}
+        return
+    stand_ins = request.getfixturevalue("base_dir")
+    runs = {r.version: releases.SubRun(r, stand_ins) for r in releases.other_releases(request.config.pea_release)}
+    yield runs
+    for run in runs.values():
+        run.stop()
+
+
 def pytest_collection_modifyitems(items):
     """The other releases' sub-runs (test_releases.py) last, after this process's own host tests."""
     items.sort(key=lambda item: item.path.name == "test_releases.py")

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,9 @@ SUBRUN_ENV = "PEA_HOST_RELEASE"
 STANDINS_ENV = "PEA_HOST_STANDINS"
 """Set for a sub-run: a base directory whose stand-in model files it links instead of writing its
 own (model files do not depend on the release that reads them)."""
+LOGS = PACK_ROOT / "test-artifacts" / "releases"
+SUBRUN_TIMEOUT = 1800
+"""Seconds before a sub-run counts as hung and is killed with the ComfyUI servers it started."""
 USER_PYTHONPATH = os.environ.get("PYTHONPATH", "")
 """PYTHONPATH as the user gave it, before this session put a release's extras first."""
 
@@ -96,3 +102,37 @@ def other_releases(session: Release | None) -> list[Release]:
     if session is None:
         return ready
     return [r for r in ready if r.path.resolve() != session.path.resolve() and r.version != session.version]
+
+
+class SubRun:
+    """``pytest tests/host -m "not slow"`` on another release, running in the background in its own
+    process group, its output written to test-artifacts/releases/ComfyUI-<version>.log."""
+
+    def __init__(self, release: Release, stand_ins: Path | None):
+        env = {**os.environ, "COMFYUI_PATH": str(release.path), "PYTHONPATH": release.pythonpath(),
+               SUBRUN_ENV: release.version, "OMP_NUM_THREADS": "1"}  # beside this session: one thread each
+        if stand_ins is not None:
+            env[STANDINS_ENV] = str(stand_ins)
+        cmd = [sys.executable, "-m", "pytest", "tests/host", "--ignore", "tests/host/test_releases.py",
+               "-m", "not slow", "-q", "-rfEs", "-p", "no:cacheprovider"]
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.log = LOGS / f"ComfyUI-{release.version}.log"
+        with open(self.log, "w", encoding="utf-8") as out:
+            self.proc = subprocess.Popen(cmd, cwd=PACK_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        self.started = time.monotonic()
+
+    def result(self) -> tuple[int, str]:
+        """(exit status, output), waiting for the run; a run past ``SUBRUN_TIMEOUT`` is killed."""
+        try:
+            code = self.proc.wait(timeout=max(1.0, SUBRUN_TIMEOUT - (time.monotonic() - self.started)))
+            note = ""
+        except subprocess.TimeoutExpired:
+            self.stop()
+            code, note = self.proc.wait(), f"\n[killed after {SUBRUN_TIMEOUT} s]"
+        return code, self.log.read_text(encoding="utf-8", errors="replace") + note
+
+    def stop(self) -> None:
+        """Kill the run, its pytest and the ComfyUI servers it started, if it still runs."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)

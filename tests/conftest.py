@@ -21,14 +21,15 @@ def pytest_report_header(config):
     header = [f"host tests in this process: {here}"]
     if releases.SUBRUN_ENV not in os.environ:
         others = ", ".join(r.version for r in releases.other_releases(release)) or "none"
-        header.append(f"host tests in sub-processes (tests/host/test_releases.py): {others}")
+        header.append(f"host tests in background processes (tests/host/test_releases.py): {others}; "
+                      "the slow tier too, when the whole suite runs")
     return header
 
 
 def pytest_terminal_summary(terminalreporter):
     lines = terminalreporter.config.pea_release_results
     if lines:
-        terminalreporter.section("ComfyUI releases tested in sub-processes")
+        terminalreporter.section("background runs: the slow tier, and the other ComfyUI releases")
         for line in lines:
             terminalreporter.write_line(line)
 

@@ -166,19 +166,35 @@ def browser():
 
 @pytest.fixture(scope="session", autouse=True)
 def release_runs(request) -> dict[str, releases.SubRun]:
-    """The other releases' sub-runs (tests/host/test_releases.py), started at the first host test of a
-    session that collected them, once this session's stand-ins are written; stopped at its end."""
-    wanted = any(item.path.name == "test_releases.py" for item in request.session.items)
-    if not wanted or releases.SUBRUN_ENV in os.environ or request.config.pea_release is None:
+    """The background runs of a full session (one that collected tests/host/test_releases.py): the
+    other releases' sub-runs and, when this session handed it over, the slow tier on its own
+    release. They start at the first host test, once this session's stand-ins are written, run
+    beside its own tests (each process waits on its ComfyUI server much of the time), and are
+    stopped at the session's end."""
+    config = request.config
+    if not getattr(config, "pea_release_runs_wanted", False):
         yield {}
         return
     stand_ins = request.getfixturevalue("base_dir")
-    runs = {r.version: releases.SubRun(r, stand_ins) for r in releases.other_releases(request.config.pea_release)}
+    runs = {r.version: releases.SubRun(r, stand_ins) for r in releases.other_releases(config.pea_release)}
+    if config.pea_slow_tier_in_background:
+        runs[releases.SLOW_TIER] = releases.SubRun(config.pea_release, stand_ins, releases.SLOW_TIER,
+                                                   name=releases.SLOW_TIER)
     yield runs
     for run in runs.values():
         run.stop()
 
 
-def pytest_collection_modifyitems(items):
-    """The other releases' sub-runs (test_releases.py) last, after this process's own host tests."""
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected
+def pytest_collection_modifyitems(config, items):
+    """The background runs' tests (test_releases.py) last, after this process's own host tests. In a
+    full session the slow tier leaves this process for a background run on the same release, so
+    that it runs beside the other tests instead of after them."""
     items.sort(key=lambda item: item.path.name == "test_releases.py")
+    config.pea_release_runs_wanted = (releases.SUBRUN_ENV not in os.environ and config.pea_release is not None
+                                      and any(item.path.name == "test_releases.py" for item in items))
+    slow = [item for item in items if item.get_closest_marker(releases.SLOW_TIER) and item.path.name != "test_releases.py"]
+    config.pea_slow_tier_in_background = bool(config.pea_release_runs_wanted and slow)
+    if config.pea_slow_tier_in_background:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if item not in slow]

@@ -104,19 +104,25 @@ def other_releases(session: Release | None) -> list[Release]:
     return [r for r in ready if r.path.resolve() != session.path.resolve() and r.version != session.version]
 
 
-class SubRun:
-    """``pytest tests/host -m "not slow"`` on another release, running in the background in its own
-    process group, its output written to test-artifacts/releases/ComfyUI-<version>.log."""
+SLOW_TIER = "slow"
+"""The slow tier's marker, and the key of its background run on the session's release."""
+OTHER_RELEASES_TIER = "not slow and not once"
+"""What the other releases' sub-runs run: every host test but the slow tier and the pack-logic tests."""
 
-    def __init__(self, release: Release, stand_ins: Path | None):
+
+class SubRun:
+    """``pytest tests/host -m <tier>`` on ``release``, in the background in its own process group,
+    its output written to test-artifacts/releases/ComfyUI-<version>[-<name>].log."""
+
+    def __init__(self, release: Release, stand_ins: Path | None, tier: str = OTHER_RELEASES_TIER, name: str = ""):
         env = {**os.environ, "COMFYUI_PATH": str(release.path), "PYTHONPATH": release.pythonpath(),
                SUBRUN_ENV: release.version, "OMP_NUM_THREADS": "1"}  # beside this session: one thread each
         if stand_ins is not None:
             env[STANDINS_ENV] = str(stand_ins)
         cmd = [sys.executable, "-m", "pytest", "tests/host", "--ignore", "tests/host/test_releases.py",
-               "-m", "not slow", "-q", "-rfEs", "-p", "no:cacheprovider"]
+               "-m", tier, "-q", "-rfEs", "-p", "no:cacheprovider"]
         LOGS.mkdir(parents=True, exist_ok=True)
-        self.log = LOGS / f"ComfyUI-{release.version}.log"
+        self.log = LOGS / f"ComfyUI-{release.version}{'-' + name if name else ''}.log"
         with open(self.log, "w", encoding="utf-8") as out:
             self.proc = subprocess.Popen(cmd, cwd=PACK_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)

@@ -68,6 +68,7 @@ def evaluate(m: dict, out: Path, *extra: str) -> int:
                  "--height", "64", "--cpu", "--out", str(out), *extra])
 
 
+@pytest.mark.once
 def test_evaluator_runs_end_to_end_then_resumes_without_generating(eval_models, tmp_path, capsys):
     out = tmp_path / "run"
     fid = ["--fid-reference", str(eval_models["reference"]), "--inception-weights", str(eval_models["inception"]),

@@ -1,12 +1,12 @@
-"""The host tests on every other ComfyUI release: one pytest sub-process per release prepared from
-../shared/comfyui/ (tests/host/releases.py), the slow tier left out (it runs in this process, on
-the session's release), this session's stand-in model files reused.
+"""The background runs of a full test session (tests/host/conftest.py, ``release_runs``): the host
+tests on every other ComfyUI release prepared from ../shared/comfyui/ (tests/host/releases.py;
+without the slow tier and the pack-logic tests, which run on the session's release), and the slow
+tier on the session's own release. This session's stand-in model files are reused.
 
-The sub-runs start in the background as soon as this session has written the stand-ins (the first
-host test), so they run beside this process's own tests (each process waits on its ComfyUI server
-much of the time); the tests here, sorted last, wait for them. A sub-run passes only with exit
-status 0: failures, errors and "no tests ran" (5) fail here, with the sub-run's output (kept in
-test-artifacts/releases/)."""
+They start in the background as soon as this session has written the stand-ins (the first host
+test), so they run beside this process's own tests; the tests here, sorted last, wait for them. A
+run passes only with exit status 0: failures, errors and "no tests ran" (5) fail here, with the
+run's output (kept in test-artifacts/releases/)."""
 from __future__ import annotations
 
 import re
@@ -31,14 +31,26 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("release", params)
 
 
-def test_host_tests_pass_on_release(release, release_runs, request):
-    code, out = release_runs[release.version].result()
+def check_run(run: releases.SubRun, label: str, results: list[str]) -> None:
+    """The run passed (exit 0, tests ran); its summary and skip reasons go to the session summary."""
+    code, out = run.result()
     print(out)
     lines = out.strip().splitlines()
     summary = lines[-1] if lines else "(no output)"
-    skips = [line for line in lines if line.startswith("SKIPPED")]
-    results = request.config.pea_release_results
-    results.append(f"ComfyUI {release.version} ({release.path}): {summary.strip('= ')}")
-    results.extend(f"    {line}" for line in skips)
-    assert code == 0, f"host tests on ComfyUI {release.version} exited with {code}:\n" + "\n".join(lines[-60:])
+    results.append(f"{label}: {summary.strip('= ')}")
+    results.extend(f"    {line}" for line in lines if line.startswith("SKIPPED"))
+    assert code == 0, f"{label} exited with {code}:\n" + "\n".join(lines[-60:])
     assert re.search(r"\d+ passed", summary), summary
+
+
+def test_host_tests_pass_on_release(release, release_runs, request):
+    check_run(release_runs[release.version], f"ComfyUI {release.version} ({release.path})",
+              request.config.pea_release_results)
+
+
+def test_slow_tier_passes_on_this_release(release_runs, request):
+    if releases.SLOW_TIER not in release_runs:
+        pytest.skip("the slow tier runs in this process, or is not selected")
+    release = request.config.pea_release
+    check_run(release_runs[releases.SLOW_TIER], f"slow tier on ComfyUI {release.version}, beside this session",
+              request.config.pea_release_results)

@@ -107,6 +107,7 @@ def test_recomputed_blocks_give_the_same_gradients(comfy_path, budget):
         assert torch.equal(eager, recomputed)
 
 
+@pytest.mark.once
 def test_recompute_plan_takes_the_narrowest_attention_blocks_first(comfy_path):
     from training.miniworld.tiny_base import tiny_unet_model
     from training.unet_pass import named_blocks, recompute_plan, transformer_width
@@ -202,6 +203,7 @@ def test_only_adapter_parameters_receive_gradients(world, tmp_path):
     assert others == []
 
 
+@pytest.mark.once
 def test_interrupted_and_resumed_run_reproduces_losses(world, tmp_path, caplog):
     """A run cut at step 3 by a power failure (a torn log line, a checkpoint write left as its temp
     file) resumes to the uninterrupted run's losses; a new run may not start over it; older
@@ -240,6 +242,7 @@ def test_interrupted_and_resumed_run_reproduces_losses(world, tmp_path, caplog):
     assert [s for s, _ in losses(tmp_path / "full")] == [1]
 
 
+@pytest.mark.once
 def test_without_kd_weights_parallel_samples_keep_the_adapter_and_native_ones_move_it(world, tmp_path, caplog):
     from adapters import save_adapter
     from training.objective import LossWeights
@@ -261,6 +264,7 @@ def test_without_kd_weights_parallel_samples_keep_the_adapter_and_native_ones_mo
     assert len(warnings) == 1 and "only parallel samples" in warnings[0], warnings
 
 
+@pytest.mark.once
 def test_non_finite_steps_are_skipped_counted_and_stop_the_run(world, tmp_path):
     from training.miniworld.tiny_base import tiny_sd15_parts
     from training.nonfinite import NonFiniteError
@@ -304,6 +308,7 @@ SKIP_REASONS = {"corrupt.jpg": "Corrupt JPEG data", "broken.png": "Truncated Fil
 LONG_CAPTION = "一只红色的圆形在草地上" * 8  # 88 characters: beyond the tiny encoder's window
 
 
+@pytest.mark.once
 def test_bad_images_are_skipped_and_counted_once_and_long_captions_reported(world, tmp_path, caplog):
     """One global batch per epoch (7 good images + the corrupt JPEG, whose header is fine), three
     epochs: every bad image is counted once, with its reason and manifest line."""
@@ -374,6 +379,7 @@ def test_demo_learns_the_language_mapping(comfy_path, tmp_path):
     assert adapter.info.encoder.kind == "chinese_clip" and adapter.info.training["steps"] > 0
 
 
+@pytest.mark.once
 def test_webdataset_shards_train_and_count_bad_samples(world, tmp_path):
     """Shards get the manifest's per-sample checks (bad JSON, a list, not UTF-8, no image, extreme
     size, corrupt data); each bad sample is counted once over three passes."""
@@ -450,6 +456,7 @@ def test_cli_refuses_a_base_it_cannot_train(comfy_path, base_dir, tmp_path, chec
     assert message in result.stderr, result.stderr[-3000:]
 
 
+@pytest.mark.once
 def test_cli_refuses_a_reused_run_folder_and_a_faulty_manifest_before_loading(comfy_path, base_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -470,6 +477,7 @@ def test_cli_refuses_a_reused_run_folder_and_a_faulty_manifest_before_loading(co
     assert (out / "log.jsonl").is_file()  # --overwrite deletes nothing before the run can start
 
 
+@pytest.mark.once
 def test_benchmark_cpu_configuration_prints_ratios(comfy_path, tmp_path, capsys, monkeypatch):
     from training.benchmark import MIN_STEPS, MIN_WARMUP, main
     from training.distill import Distiller
@@ -488,6 +496,7 @@ def test_benchmark_cpu_configuration_prints_ratios(comfy_path, tmp_path, capsys,
     assert by_budget == sorted(by_budget, reverse=True) and by_budget[-1] < by_budget[0]
 
 
+@pytest.mark.once
 def test_kept_bytes_are_what_autograd_saves(comfy_path):
     """Without recompute, the bytes alive after the forward pass are the tensors autograd saved
     (what saved_tensors_hooks see); recomputing blocks keeps fewer."""

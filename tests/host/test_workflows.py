@@ -178,7 +178,7 @@ def test_ui_workflow_opens_in_the_browser_without_missing_nodes(server, browser,
     assert unregistered == []
 
 
-@pytest.mark.slow
+@pytest.mark.once
 def test_fifty_queued_runs_finish_and_memory_stays_flat(server):
     """Load: one server run queues workflow 2 fifty times with different prompts."""
     import time

@@ -176,6 +176,7 @@ def release_runs(request) -> dict[str, releases.SubRun]:
         yield {}
         return
     stand_ins = request.getfixturevalue("base_dir")
+    torch.set_num_threads(1)  # four test processes share the machine's cores from here on
     runs = {r.version: releases.SubRun(r, stand_ins) for r in releases.other_releases(config.pea_release)}
     if config.pea_slow_tier_in_background:
         runs[releases.SLOW_TIER] = releases.SubRun(config.pea_release, stand_ins, releases.SLOW_TIER,

@@ -120,7 +120,7 @@ class SubRun:
         if stand_ins is not None:
             env[STANDINS_ENV] = str(stand_ins)
         cmd = [sys.executable, "-m", "pytest", "tests/host", "--ignore", "tests/host/test_releases.py",
-               "-m", tier, "-q", "-rfEs", "-p", "no:cacheprovider"]
+               "-m", tier, "-q", "-rfEs", "-p", "no:cacheprovider", "--durations=15"]
         LOGS.mkdir(parents=True, exist_ok=True)
         self.log = LOGS / f"ComfyUI-{release.version}{'-' + name if name else ''}.log"
         with open(self.log, "w", encoding="utf-8") as out:

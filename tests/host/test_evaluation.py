@@ -13,6 +13,8 @@ from adapters import tiny as standins
 from adapters.clip_score import load_clip_scorer
 from tests.evaluation_standins import write_inception_weights, write_random_images
 
+pytestmark = pytest.mark.once  # the evaluator runs the stock nodes the workflow tests run on every release
+
 PROMPTS = {
     "zh": [("general-001", "animals", "一只红色的猫坐在桌子上", "a red cat <i>sitting</i> on a table & more"),
            ("general-002", "scenes", "蓝色的天空和白色的云", "blue sky with white clouds")],
@@ -68,7 +70,6 @@ def evaluate(m: dict, out: Path, *extra: str) -> int:
                  "--height", "64", "--cpu", "--out", str(out), *extra])
 
 
-@pytest.mark.once
 def test_evaluator_runs_end_to_end_then_resumes_without_generating(eval_models, tmp_path, capsys):
     out = tmp_path / "run"
     fid = ["--fid-reference", str(eval_models["reference"]), "--inception-weights", str(eval_models["inception"]),

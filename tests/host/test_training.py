@@ -444,6 +444,7 @@ def test_v_prediction_target_is_v(comfy_path):
      "flux_schnell_standin.safetensors is a FLUX.1 model (Flux (FluxSchnell)); the trainer distils "
      "adapters for SD1.5 and SDXL checkpoints"),
 ])
+@pytest.mark.once
 def test_cli_refuses_a_base_it_cannot_train(comfy_path, base_dir, tmp_path, checkpoint, message):
     cmd = [sys.executable, str(Path(__file__).resolve().parents[2] / "training" / "train_adapter.py"),
            "--checkpoint", str(base_dir / "models" / checkpoint),

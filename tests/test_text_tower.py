@@ -41,15 +41,20 @@ def test_only_the_text_towers_tensors_are_read(encoder_dirs, kind):
         assert torch.equal(encoder(ids), load_language_encoder(folder)(ids))
 
 
+def copy_without_weights(source, folder):
+    """``source``'s config and tokenizer files in a new ``folder``, without its safetensors weights."""
+    folder.mkdir()
+    for f in source.iterdir():
+        if f.suffix != ".safetensors":
+            (folder / f.name).write_bytes(f.read_bytes())
+
+
 def test_a_pickled_two_tower_checkpoint_loads_its_text_tower(tmp_path, encoder_dirs):
     import safetensors.torch
 
     folder = tmp_path / "pickled"
-    folder.mkdir()
     source = encoder_dirs["chinese_clip"]
-    for f in source.iterdir():
-        if f.suffix != ".safetensors":
-            (folder / f.name).write_bytes(f.read_bytes())
+    copy_without_weights(source, folder)
     torch.save(safetensors.torch.load_file(str(source / "model.safetensors")), folder / "pytorch_model.bin")
     pickled, reference = load_language_encoder(folder), load_language_encoder(source)
     ids = reference.tokenize(["山水画"])
@@ -61,11 +66,8 @@ def test_a_checkpoint_without_the_text_tower_says_so(tmp_path, encoder_dirs):
     import safetensors.torch
 
     folder = tmp_path / "vision_only"
-    folder.mkdir()
     source = encoder_dirs["chinese_clip"]
-    for f in source.iterdir():
-        if f.suffix != ".safetensors":
-            (folder / f.name).write_bytes(f.read_bytes())
+    copy_without_weights(source, folder)
     state = safetensors.torch.load_file(str(source / "model.safetensors"))
     safetensors.torch.save_file({k: v for k, v in state.items() if not k.startswith("text_model.")},
                                 str(folder / "model.safetensors"))

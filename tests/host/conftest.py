@@ -168,7 +168,7 @@ def browser():
 def release_runs(request) -> dict[str, releases.SubRun]:
     """The background runs of a full session (one that collected tests/host/test_releases.py): the
     other releases' sub-runs and, when this session handed it over, the slow tier on its own
-    release. They start at the first host test, once this session's stand-ins are written, run
+    release (in two processes, releases.SLOW_RUNS). They start at the first host test, once this session's stand-ins are written, run
     beside its own tests (each process waits on its ComfyUI server much of the time), and are
     stopped at the session's end."""
     config = request.config
@@ -179,8 +179,8 @@ def release_runs(request) -> dict[str, releases.SubRun]:
     torch.set_num_threads(1)  # four test processes share the machine's cores from here on
     runs = {r.version: releases.SubRun(r, stand_ins) for r in releases.other_releases(config.pea_release)}
     if config.pea_slow_tier_in_background:
-        runs[releases.SLOW_TIER] = releases.SubRun(config.pea_release, stand_ins, releases.SLOW_TIER,
-                                                   name=releases.SLOW_TIER)
+        for name, (paths, ignore) in releases.SLOW_RUNS.items():
+            runs[name] = releases.SubRun(config.pea_release, stand_ins, releases.SLOW_TIER, name, paths, ignore)
     yield runs
     for run in runs.values():
         run.stop()

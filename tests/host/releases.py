@@ -105,22 +105,27 @@ def other_releases(session: Release | None) -> list[Release]:
 
 
 SLOW_TIER = "slow"
-"""The slow tier's marker, and the key of its background run on the session's release."""
+"""The slow tier's marker."""
+WORLD_PROOF = "tests/host/test_world_proof.py"
+SLOW_RUNS = {"slow-world-proof": ((WORLD_PROOF,), ()), "slow": (("tests/host",), (WORLD_PROOF,))}
+"""The slow tier's background runs on the session's release, by name: (paths, paths ignored). The
+world proof, its longest test, runs in a process of its own beside the rest of the tier."""
 OTHER_RELEASES_TIER = "not slow and not once"
 """What the other releases' sub-runs run: every host test but the slow tier and the pack-logic tests."""
 
 
 class SubRun:
-    """``pytest tests/host -m <tier>`` on ``release``, in the background in its own process group,
-    its output written to test-artifacts/releases/ComfyUI-<version>[-<name>].log."""
+    """``pytest <paths> -m <tier>`` (paths: tests/host) on ``release``, in the background in its own
+    process group, its output written to test-artifacts/releases/ComfyUI-<version>[-<name>].log."""
 
-    def __init__(self, release: Release, stand_ins: Path | None, tier: str = OTHER_RELEASES_TIER, name: str = ""):
+    def __init__(self, release: Release, stand_ins: Path | None, tier: str = OTHER_RELEASES_TIER, name: str = "",
+                 paths: tuple[str, ...] = ("tests/host",), ignore: tuple[str, ...] = ()):
         env = {**os.environ, "COMFYUI_PATH": str(release.path), "PYTHONPATH": release.pythonpath(),
                SUBRUN_ENV: release.version, "OMP_NUM_THREADS": "1"}  # beside this session: one thread each
         if stand_ins is not None:
             env[STANDINS_ENV] = str(stand_ins)
-        cmd = [sys.executable, "-m", "pytest", "tests/host", "--ignore", "tests/host/test_releases.py",
-               "-m", tier, "-q", "-rfEs", "-p", "no:cacheprovider", "--durations=15"]
+        ignored = [arg for path in ("tests/host/test_releases.py", *ignore) for arg in ("--ignore", path)]
+        cmd = [sys.executable, "-m", "pytest", *paths, *ignored, "-m", tier, "-q", "-rfEs", "-p", "no:cacheprovider", "--durations=15"]
         LOGS.mkdir(parents=True, exist_ok=True)
         self.log = LOGS / f"ComfyUI-{release.version}{'-' + name if name else ''}.log"
         with open(self.log, "w", encoding="utf-8") as out:

@@ -344,19 +344,24 @@ def test_bad_images_are_skipped_and_counted_once_and_long_captions_reported(worl
 
 @pytest.mark.slow
 def test_two_process_gloo_run_matches_one_process(world, tmp_path):
-    worker = Path(__file__).with_name("ddp_worker.py")
+    """Two gloo ranks of 4 samples each (ddp_worker.py under torchrun) against one process of 8 (here,
+    with the worker's configuration): the same losses and adapter; every rank shares the cache folder."""
+    from tests.host import ddp_worker
+
+    worker = Path(ddp_worker.__file__)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                                         os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker),
+           str(world["manifest"]), str(world["encoder_dir"]), str(tmp_path / "p2"), "4", str(tmp_path / "cache2")]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ddp_worker.train(str(world["manifest"]), str(world["encoder_dir"]), tmp_path / "p1", 8, tmp_path / "cache1")
     runs = {}
-    for nproc, batch in ((1, 8), (2, 4)):
-        out, cache = tmp_path / f"p{nproc}", tmp_path / f"cache{nproc}"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(worker),
-               str(world["manifest"]), str(world["encoder_dir"]), str(out), str(batch), str(cache)]
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        runs[nproc] = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    for nproc in (1, 2):
+        cache = tmp_path / f"cache{nproc}"
+        runs[nproc] = [json.loads(l) for l in (tmp_path / f"p{nproc}" / "log.jsonl").read_text().splitlines()]
         assert list((cache / "latents").rglob("*.pt")) and list((cache / "teacher").rglob("*.safetensors"))
-        assert [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")] == []
+    assert [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")] == []
     assert len(runs[1]) == len(runs[2]) == 4
     for one, two in zip(runs[1], runs[2]):
         assert one["samples"] == two["samples"] == 8
@@ -368,9 +373,11 @@ def test_two_process_gloo_run_matches_one_process(world, tmp_path):
 
 @pytest.mark.slow
 def test_demo_learns_the_language_mapping(comfy_path, tmp_path):
+    """The demo with 100 steps a run instead of 250: measured 0.55 at 80 steps, 0.46 at 120, 0.26 at
+    250 (README command 1); a run that learns only an average stays near 1."""
     from training.miniworld.demo import run_demo
 
-    results = run_demo(tmp_path, progress=False)
+    results = run_demo(tmp_path, steps=100, progress=False)
     assert results["ratio"] <= 0.8
     assert (tmp_path / "matched" / "pea_demo_zh.safetensors").is_file()
     assert (tmp_path / "matched" / "loss.png").stat().st_size > 0

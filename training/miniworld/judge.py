@@ -6,18 +6,27 @@ It looks at the image averaged over 8x8 pixel blocks, the resolution the world's
 images and images decoded from generated latents are read the same way. Training images get
 noise and small colour shifts, so a slightly imperfect generated image is still read by its
 closest attributes.
+
+The judge trained with the defaults ships as ``training/miniworld/data/judge.safetensors`` (rebuilt
+by ``python -m training.miniworld.judge --write-judge``), so a proof run reads images at once.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .world import ATTRIBUTES, render
+from adapters.file_format import atomic_write
+
+from .world import ATTRIBUTES, read_pairs, render
 
 BLOCK = 8
 BACKGROUND = 128 / 255
+SHIPPED_JUDGE = Path(__file__).with_name("data") / "judge.safetensors"
 
 
 class Judge(nn.Module):
@@ -30,6 +39,12 @@ class Judge(nn.Module):
             nn.Conv2d(width, width, 3, padding=1), nn.GELU(),
             nn.Flatten(), nn.LazyLinear(256), nn.GELU())
         self.heads = nn.ModuleDict({name: nn.Linear(256, len(values)) for name, values in ATTRIBUTES.items()})
+
+    def materialised(self, size: int = 64) -> "Judge":
+        """This judge with its lazy layer sized for ``size``-pixel images."""
+        with torch.no_grad():
+            self(torch.zeros(1, size, size, 3))
+        return self
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         x = F.avg_pool2d(images.movedim(-1, 1).float(), BLOCK) * 2 - 1
@@ -76,8 +91,7 @@ def train_judge(pairs: list[dict], steps: int = 1500, batch_size: int = 64, seed
     """Train on every combination of the world, drawn, with augmentation."""
     torch.manual_seed(seed)
     images, target = drawn_images(pairs), labels(pairs)
-    judge = Judge()
-    judge(images[:1])  # materialise the lazy layer
+    judge = Judge().materialised()
     optimizer = torch.optim.AdamW(judge.parameters(), lr=2e-3, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(seed)
     judge.train()
@@ -98,3 +112,25 @@ def accuracy(read: list[dict[str, str]], pairs: list[dict]) -> dict[str, float]:
     out["mean"] = float(np.mean([out[name] for name in ATTRIBUTES]))
     out["all"] = float(np.mean([all(h[i] for h in hits.values()) for i in range(len(pairs))]))
     return out
+
+
+def load_judge(path: Path = SHIPPED_JUDGE) -> Judge:
+    """The shipped judge (or the one at ``path``), ready to read images."""
+    judge = Judge().materialised()
+    judge.load_state_dict({k: v.float() for k, v in safetensors.torch.load_file(str(path)).items()})
+    return judge.eval()
+
+
+def save_judge(judge: Judge, path: Path = SHIPPED_JUDGE) -> None:
+    state = {k: v.half().contiguous() for k, v in judge.state_dict().items()}
+    atomic_write(path, lambda tmp: safetensors.torch.save_file(state, tmp))
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Rebuild the shipped judge (a minute or two on a CPU).")
+    parser.add_argument("--write-judge", action="store_true", required=True)
+    parser.parse_args()
+    save_judge(train_judge(read_pairs()))
+    print(f"wrote {SHIPPED_JUDGE}")

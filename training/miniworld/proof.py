@@ -10,8 +10,9 @@ UNet trained from scratch on the English captions behind ComfyUI's SD1 CLIP (shi
 Chinese-CLIP-shaped BERT with its own tokenizer and weights, reading Chinese and Russian) plus a
 PEA adapter, distilled from the frozen teacher by this pack's ``Trainer`` on parallel captions,
 the lantern images joining as native samples (``L_SD`` only). A judge trained on drawn images
-reads colour, shape, place and size back from images sampled with ComfyUI's sampler for held-out
-prompts (attribute combinations never trained on).
+(shipped, rebuilt by ``python -m training.miniworld.judge --write-judge``) reads colour, shape, place
+and size back from images sampled with ComfyUI's sampler for held-out prompts (attribute
+combinations never trained on).
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from training.caching import TeacherText  # noqa: E402
 from training.data import read_manifest  # noqa: E402
 from training.loop import TrainConfig, Trainer  # noqa: E402
 from training.miniworld.demo import prepare_teacher  # noqa: E402
-from training.miniworld.judge import Judge, accuracy, drawn_images, train_judge  # noqa: E402
+from training.miniworld.judge import Judge, accuracy, drawn_images, load_judge  # noqa: E402
 from training.miniworld.tiny_base import tiny_sd15_parts  # noqa: E402
 from training.miniworld.world import read_pairs, write_dataset  # noqa: E402
 from training.objective import LossWeights  # noqa: E402
@@ -82,7 +83,7 @@ def build_world(output: Path, progress: bool = True) -> World:
                                hidden=STUDENT_ENCODER_WIDTH)
     encoder = load_language_encoder(folder, context_length=77)  # the teacher's length: text alignment compares tokens
     manifest = write_dataset(data, [p for p in pairs if not p["held_out"]], LANGUAGES, name="students")
-    return World(parts, encoder, train_judge(pairs), pairs, manifest, output)
+    return World(parts, encoder, load_judge(), pairs, manifest, output)
 
 
 @torch.no_grad()

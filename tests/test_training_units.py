@@ -424,3 +424,29 @@ def test_demo_refuses_flags_it_cannot_honour(flags, refused, capsys):
     err = capsys.readouterr().err
     assert f"--demo trains its own miniature world and cannot honour {refused};" in err
     assert "it takes only --output, --steps, --seed, --overwrite, --cpu" in err
+
+
+def test_world_proof_merges_seeds_run_side_by_side(tmp_path, capsys):
+    from training.miniworld.proof import merge_proofs
+
+    def run(folder: str, seed: int, teacher: float, pea: float) -> Path:
+        acc = lambda v: {"color": v, "shape": v, "place": v, "size": v, "mean": v, "all": v}  # noqa: E731
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "proof.json").write_text(json.dumps(
+            {"seeds": [seed], "held_out_prompts": 39, "samples_per_prompt": 2, "lantern_prompts": 0,
+             "lantern_samples_per_prompt": 8, "judge_on_drawn_images": acc(1.0), "minutes": 30.0,
+             "rows": {"teacher, English prompts": [acc(teacher)], "PEA as published (zh)": [acc(pea)]}}))
+        return tmp_path / folder
+
+    folders = [run("b", 1, 0.9, 0.6), run("a", 0, 0.7, 0.8)]
+    (folders[1] / "samples.png").write_bytes(b"seed 0's grid")
+    merged = merge_proofs(folders, tmp_path / "table")
+    assert merged["seeds"] == [0, 1] and merged["minutes"] == 60.0
+    assert [acc["mean"] for acc in merged["rows"]["PEA as published (zh)"]] == [0.8, 0.6]  # in seed order
+    teacher = merged["summary"]["teacher, English prompts"]["mean"]
+    assert teacher["mean"] == pytest.approx(0.8) and teacher["std"] == pytest.approx(0.1414, abs=1e-4)
+    assert json.loads((tmp_path / "table" / "proof.json").read_text())["summary"] == merged["summary"]
+    assert (tmp_path / "table" / "samples.png").read_bytes() == b"seed 0's grid"
+    assert "2 seed(s)" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="repeat a seed"):
+        merge_proofs([folders[0], folders[0]], tmp_path / "again")

@@ -2,6 +2,9 @@
 
     python -m training.miniworld.proof              # the whole table, 3 seeds
     python -m training.miniworld.proof --quick      # one seed, the PEA row only, no lantern (the CI test)
+    python -m training.miniworld.proof --seed 1 --output runs/seed1          # one seed of the table ...
+    python -m training.miniworld.proof --merge runs/seed0 runs/seed1 runs/seed2 --output runs/table
+                                                    # ... and one table from seeds run side by side
 
 The world (``training/miniworld/world.py``): coloured shapes captioned in English, Chinese and
 Russian, plus a lantern (灯笼) captioned in Chinese only. The teacher is a tiny SD1.5-family
@@ -18,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +57,9 @@ STUDENTS = {  # the ablation rows of the paper's Table 2 give every sample L_SD 
 OURS = "PEA as published"
 """Parallel captions: logit + feature KD only; the native lantern captions: L_SD only."""
 LANGUAGES = ("zh", "ru")
-STUDENT_STEPS = 700
+STUDENT_STEPS = 1200
+QUICK_STEPS = 700
+"""``--quick`` (the CI test) trains its one student for fewer steps: still short of the table's."""
 STUDENT_ENCODER_WIDTH = 64
 ADAPTER_HIDDEN = (256, 256)
 STUDENT_LR = 1e-2
@@ -139,17 +146,17 @@ def translate(pairs: list[dict]) -> dict[str, str]:
     return {p[lang]: p["en"] for p in pairs for lang in LANGUAGES if p[lang]}
 
 
-def run_proof(output: Path, seeds: int = 3, rows: tuple[str, ...] = tuple(STUDENTS), steps: int = STUDENT_STEPS,
-              progress: bool = True, concept: bool = True) -> dict:
-    """Measure every row for ``seeds`` seeds (and, with ``concept``, the lantern rows); write
-    proof.json and samples.png; return the results."""
+def run_proof(output: Path, seeds: Sequence[int] = (0, 1, 2), rows: tuple[str, ...] = tuple(STUDENTS),
+              steps: int = STUDENT_STEPS, progress: bool = True, concept: bool = True) -> dict:
+    """Measure every row for each of ``seeds`` (and, with ``concept``, the lantern rows); write
+    proof.json and, when seed 0 is among them, samples.png; return the results."""
     start = time.perf_counter()
     world = build_world(output, progress)
     held = [p for p in world.pairs if p["held_out"] and not p["native"]]
     lanterns = [p for p in world.pairs if p["held_out"] and p["native"]] if concept else []
     dictionary = translate(world.pairs)
     judge_real = accuracy(world.judge.read(drawn_images(world.pairs)), world.pairs)
-    results: dict = {"judge_on_drawn_images": judge_real, "held_out_prompts": len(held),
+    results: dict = {"seeds": list(seeds), "judge_on_drawn_images": judge_real, "held_out_prompts": len(held),
                      "lantern_prompts": len(lanterns), "samples_per_prompt": SAMPLES_PER_PROMPT,
                      "lantern_samples_per_prompt": LANTERN_SAMPLES_PER_PROMPT, "rows": {}}
     grid: dict[str, torch.Tensor] = {"ground truth": drawn_images(held + lanterns)}
@@ -168,7 +175,7 @@ def run_proof(output: Path, seeds: int = 3, rows: tuple[str, ...] = tuple(STUDEN
             sampled[key] = score(world, teacher, pairs, texts, seed, per_prompt)
         return sampled[key]
 
-    for seed in range(seeds):
+    for seed in seeds:
         acc, images = score_teacher(held, [p["en"] for p in held], seed)
         record("teacher, English prompts", seed, acc, images)
         for lang in LANGUAGES:
@@ -188,13 +195,39 @@ def run_proof(output: Path, seeds: int = 3, rows: tuple[str, ...] = tuple(STUDEN
                 acc, images = score(world, student, lanterns, [p["zh"] for p in lanterns], seed,
                                     LANTERN_SAMPLES_PER_PROMPT)
                 record(f"concept 灯笼: {OURS}", seed, acc, images)
-    results["summary"] = {row: summarize(accs) for row, accs in results["rows"].items()}
     results["minutes"] = (time.perf_counter() - start) / 60
+    if len(grid) > 1:
+        save_grid(grid, len(held), output / "samples.png", lanterns=min(3, len(lanterns)))
+    return finish(results, output)
+
+
+def finish(results: dict, output: Path) -> dict:
+    """Summarise the rows over seeds, write proof.json, print the table."""
+    results["summary"] = {row: summarize(accs) for row, accs in results["rows"].items()}
     text = json.dumps(results, indent=2, ensure_ascii=False)
     atomic_write(output / "proof.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    save_grid(grid, len(held), output / "samples.png", lanterns=min(3, len(lanterns)))
     print_table(results)
     return results
+
+
+def merge_proofs(folders: list[Path], output: Path) -> dict:
+    """One table from runs of single seeds (``--seed``) made side by side: their rows joined in
+    seed order, minutes added up, seed 0's samples.png copied."""
+    runs = sorted(((json.loads((f / "proof.json").read_text(encoding="utf-8")), f) for f in folders),
+                  key=lambda run: run[0]["seeds"])
+    seeds = [seed for run, _ in runs for seed in run["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"the runs to merge repeat a seed ({seeds}): give each seed's folder once")
+    merged = {**runs[0][0], "seeds": seeds, "rows": {}, "minutes": sum(run["minutes"] for run, _ in runs)}
+    for run, folder in runs:
+        if run["rows"].keys() != runs[0][0]["rows"].keys():
+            raise ValueError(f"{folder / 'proof.json'} measured other rows than {runs[0][1] / 'proof.json'}")
+        for row, accs in run["rows"].items():
+            merged["rows"].setdefault(row, []).extend(accs)
+        if 0 in run["seeds"] and (folder / "samples.png").is_file():
+            output.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / "samples.png", output / "samples.png")
+    return finish(merged, output)
 
 
 def summarize(accs: list[dict]) -> dict:
@@ -204,7 +237,7 @@ def summarize(accs: list[dict]) -> dict:
 
 
 def print_table(results: dict) -> None:
-    seeds = len(next(iter(results["rows"].values())))
+    seeds = len(results["seeds"])
     judge = results["judge_on_drawn_images"]
     print("\njudge on drawn images: " + ", ".join(f"{k} {v:.3f}" for k, v in judge.items()))
     print(f"held-out prompts: {results['held_out_prompts']} (x{results['samples_per_prompt']} images), "
@@ -249,18 +282,26 @@ def save_grid(grid: dict[str, torch.Tensor], held: int, dest: Path, shown: int =
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", type=Path, default=Path("pea_runs/world_proof"))
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=STUDENT_STEPS, help="training steps per student")
+    p.add_argument("--seeds", type=int, default=3, help="how many seeds: 0, 1, ...")
+    p.add_argument("--seed", type=int, help="this seed only (run seeds side by side, then --merge)")
+    p.add_argument("--merge", type=Path, nargs="+", metavar="FOLDER",
+                   help="make one table, in --output, from these single-seed runs; nothing is trained")
+    p.add_argument("--steps", type=int, help=f"training steps per student (default {STUDENT_STEPS}, "
+                                              f"{QUICK_STEPS} with --quick)")
     p.add_argument("--quick", action="store_true", help="one seed, the PEA row only, no lantern rows")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even where CUDA is available")
     args = p.parse_args(argv)
+    if args.merge:
+        merge_proofs(args.merge, args.output)
+        return 0
     from training.comfy_runtime import import_comfy
 
     import_comfy(cpu=args.cpu or None)
     rows = (OURS,) if args.quick else tuple(STUDENTS)
-    run_proof(args.output, 1 if args.quick else args.seeds, rows, args.steps, not args.no_progress,
-              concept=not args.quick)
+    seeds = [0] if args.quick else [args.seed] if args.seed is not None else list(range(args.seeds))
+    steps = args.steps or (QUICK_STEPS if args.quick else STUDENT_STEPS)
+    run_proof(args.output, seeds, rows, steps, not args.no_progress, concept=not args.quick)
     return 0
 
 

@@ -36,7 +36,7 @@ NEEDS_VISION = (
     "(Chinese-CLIP: OFA-Sys/chinese-clip-vit-huge-patch14 with config.json, pytorch_model.bin, vocab.txt, "
     "preprocessor_config.json; or a Hugging Face CLIP / AltCLIP folder), or an open_clip folder "
     "(open_clip_config.json, open_clip_pytorch_model.bin with the visual.* weights, the text tower's "
-    "subfolder). See README, 'How good is an adapter?'.")
+    "subfolder). See the pack's docs/evaluation.md.")
 
 HF_TWO_TOWER = {
     # config model_type -> (transformers model class, image processor class used without a

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    """Defaults as the authors' official run trains (``METHOD.md``): AdamW at lr 1e-5 with 100
+    """Defaults as the authors' official run trains (``docs/method.md``): AdamW at lr 1e-5 with 100
     warm-up steps, no weight decay, no gradient clipping, no noise offset."""
 
     output: Path

@@ -1,5 +1,5 @@
 """The miniature-world proof, reduced: one seed, the PEA row, no lantern rows (the full table is
-``python -m training.miniworld.proof``; README, "Does it work?")."""
+``python -m training.miniworld.proof``; docs/world_proof.md)."""
 from __future__ import annotations
 
 import json

@@ -207,7 +207,8 @@ def assign_buckets(records: list[Record], buckets: list[tuple[int, int]],
 
 def load_image(source: Path | Record, bucket: tuple[int, int]) -> torch.Tensor:
     """Decode in full (strictly), resize to cover the bucket, centre-crop: ``[H, W, 3]`` floats in
-    [0, 1] (ComfyUI IMAGE). Raises one of ``IMAGE_ERRORS`` for an unusable image."""
+    [0, 1] (ComfyUI IMAGE); SDXL's size ids say "bucket size, crop 0,0" (``distill.sdxl_label``).
+    Raises one of ``IMAGE_ERRORS`` for an unusable image."""
     im = decode_image(source.read_bytes())
     w, h = bucket
     scale = max(w / im.width, h / im.height)

@@ -142,8 +142,13 @@ class Distiller(nn.Module):
 
 def sdxl_label(base_model, pooled: torch.Tensor | None, size: tuple[int, int],
                cache: dict[tuple[int, int], torch.Tensor]) -> torch.Tensor | None:
-    """SDXL's label input ``y`` for a bucket of ``size`` (width, height), uncropped; None for
-    models without one (SD1.5).
+    """SDXL's label input ``y`` for a bucket of ``size`` (width, height); None for models
+    without one (SD1.5). The size ids give the bucket as original and target size and crop
+    0,0, for the teacher and the student alike: what PEA Encode Prompt and ComfyUI's SDXL
+    nodes give at inference by default. The images are centre-cropped to the bucket
+    (``data.load_image``). The authors' SDXL script gives the image's real original size and a
+    random crop with its offsets instead; here both passes see the same ids either way, and
+    crop 0,0 keeps the one cached latent per image and bucket.
 
     ComfyUI's ``SDXL.encode_adm`` is ``[pooled | size embeddings]`` and builds the size part on
     the CPU; it is made once per bucket here, kept on the device in ``cache``."""

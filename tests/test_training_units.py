@@ -318,6 +318,20 @@ def test_shard_ranks_get_disjoint_sample_ids_and_different_draws(tmp_path):
     assert [next(resumed)[2] for _ in range(5)] == [batch_ids for _, _, batch_ids in steps[1][7:12]]
 
 
+def test_manifest_ranks_get_disjoint_sample_ids_in_every_step():
+    """A manifest sample's id is its record's index: the ranks' slices of a global batch never
+    share one, over several epochs; a resumed rank gets the ids it had."""
+    from training.data import ManifestBatches, Record
+
+    records = [Record(Path(f"{i}.png"), "猫", "a cat", False) for i in range(30)]
+    buckets = [(64, 64)] * 20 + [(64, 128)] * 10
+    ranks = [ManifestBatches(records, buckets, 3, world=2, rank=r, seed=5).iterate() for r in range(2)]
+    steps = [[next(stream)[2] for _ in range(20)] for stream in ranks]  # four epochs of 5 global batches
+    assert all(len(set(a) | set(b)) == 6 for a, b in zip(*steps))
+    resumed = ManifestBatches(records, buckets, 3, world=2, rank=1, seed=5).iterate(start=13)
+    assert [next(resumed)[2] for _ in range(7)] == steps[1][13:]
+
+
 def test_captions_over_the_window_are_counted_with_tokens_cut():
     from adapters.tiny import bert_tokenizer
     from training.captions import CaptionWindow

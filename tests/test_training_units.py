@@ -276,6 +276,62 @@ def test_skipped_images_are_counted_once_each():
     assert skipped.reasons == {"a.jpg": "Corrupt JPEG data (m.jsonl:3)", "b.jpg": "broken", "c.jpg": "file not found"}
 
 
+def write_shards(folder: Path, sizes_per_shard: list[list[tuple[int, int]]]) -> list[str]:
+    """Webdataset tar shards of plain PNGs of the given sizes (one caption each)."""
+    import webdataset as wds
+    from PIL import Image
+
+    urls = []
+    for n, sizes in enumerate(sizes_per_shard):
+        url = str(folder / f"train-{n:03d}.tar")
+        with wds.TarWriter(url) as sink:
+            for k, size in enumerate(sizes):
+                png = io.BytesIO()
+                Image.new("RGB", size, (k * 9 % 256, 80, 160)).save(png, format="PNG")
+                sink.write({"__key__": f"s{n}_{k:03d}", "png": png.getvalue(),
+                            "json": json.dumps({"text": "猫", "en": "a cat"}).encode()})
+        urls.append(url)
+    return urls
+
+
+def test_shard_ranks_get_disjoint_sample_ids_and_different_draws(tmp_path):
+    """Two ranks over shards of two buckets (samples of one bucket arrive between another's):
+    no id is shared within a step or over the stream, so no two samples draw the same timestep,
+    noise or dropout flag; a resumed rank gets the ids it had."""
+    import torch
+
+    from training.data import ShardBatches, SkipCounter
+    from training.distill import sample_draws
+
+    sizes = [(64, 64), (64, 64), (64, 128), (64, 64), (64, 128), (64, 64), (64, 128), (64, 128)]
+    urls = write_shards(tmp_path, [sizes, sizes[::-1]])
+    buckets = make_buckets(64, step=8)
+    ranks = [ShardBatches(urls, buckets, 2, SkipCounter(), world=2, rank=r).iterate() for r in range(2)]
+    steps = [[next(stream) for _ in range(12)] for stream in ranks]  # three passes over the shards
+    ids = [[sid for _, _, batch_ids in rank for sid in batch_ids] for rank in steps]
+    assert len(set(ids[0])) == len(ids[0]) == 24 and len(set(ids[1])) == 24 and not set(ids[0]) & set(ids[1])
+    for step, ((_, _, ids0), (_, _, ids1)) in enumerate(zip(*steps)):
+        draws = [sample_draws(0, step, sid, torch.Size((4, 8, 8)), 0.5) for sid in ids0 + ids1]
+        noises = torch.stack([noise for _, noise, _ in draws]).flatten(1)
+        assert torch.cdist(noises, noises).add(torch.eye(len(draws))).min() > 0  # no two alike
+    resumed = ShardBatches(urls, buckets, 2, SkipCounter(), world=2, rank=1).iterate(start=7)
+    assert [next(resumed)[2] for _ in range(5)] == [batch_ids for _, _, batch_ids in steps[1][7:12]]
+
+
+def test_manifest_ranks_get_disjoint_sample_ids_in_every_step():
+    """A manifest sample's id is its record's index: the ranks' slices of a global batch never
+    share one, over several epochs; a resumed rank gets the ids it had."""
+    from training.data import ManifestBatches, Record
+
+    records = [Record(Path(f"{i}.png"), "猫", "a cat", False) for i in range(30)]
+    buckets = [(64, 64)] * 20 + [(64, 128)] * 10
+    ranks = [ManifestBatches(records, buckets, 3, world=2, rank=r, seed=5).iterate() for r in range(2)]
+    steps = [[next(stream)[2] for _ in range(20)] for stream in ranks]  # four epochs of 5 global batches
+    assert all(len(set(a) | set(b)) == 6 for a, b in zip(*steps))
+    resumed = ManifestBatches(records, buckets, 3, world=2, rank=1, seed=5).iterate(start=13)
+    assert [next(resumed)[2] for _ in range(7)] == steps[1][13:]
+
+
 def test_captions_over_the_window_are_counted_with_tokens_cut():
     from adapters.tiny import bert_tokenizer
     from training.captions import CaptionWindow

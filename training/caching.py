@@ -10,6 +10,7 @@ every rank needs at start-up are written by rank 0 first (``Trainer``).
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import safetensors.torch
@@ -61,8 +62,39 @@ class LatentCache:
         return latent
 
 
+TEACHER_TEXT = "literal text, first 77-token window"
+"""How captions reach the teacher's CLIP; part of the cache key, so encodings made otherwise
+(older versions weighted ComfyUI prompt syntax and chunked long captions) are never reused."""
+
+EMBEDDING_NAME = re.compile(r"(?:^|(?<=[ \n]))(?=embedding:)")
+"""Where ComfyUI's tokenizer (``SDTokenizer.tokenize_with_weights``) looks up a textual-inversion
+file: ``embedding:`` at the start of the text or after a space or newline."""
+
+
+def literal_prompt(caption: str) -> str:
+    """``caption`` escaped so that ComfyUI's prompt parser, on every release, hands the CLIP
+    tokenizer the literal text: every parenthesis gets a backslash (no weights; a backslash the
+    caption holds stays, as the parser unescapes only backslash-parenthesis pairs), and a tab
+    goes before each ``embedding:`` the parser would look up (the CLIP tokenizer reads a tab as
+    the whitespace it is, so the tokens are the literal ones and no embedding file is read). NUL
+    characters, which the tokenizer drops and the parser uses for its own escapes, are removed."""
+    text = caption.replace("\0", "").replace("(", "\\(").replace(")", "\\)")
+    return EMBEDDING_NAME.sub("\t", text)
+
+
+def literal_tokens(clip, caption: str) -> dict:
+    """ComfyUI tokens of ``caption`` read as literal text and cut to its first window of 77
+    tokens per text encoder (start token, 75 tokens, end token, padding), as the authors' teacher
+    reads captions (diffusers' CLIP tokenizer, ``truncation=True``). ComfyUI would weight prompt
+    syntax, load textual inversions and chunk a long prompt into further 77-token windows; a
+    caption describes an image as a whole, and a window past the first would condition the
+    teacher on text its own training (and the authors') never saw."""
+    return {name: windows[:1] for name, windows in clip.tokenize(literal_prompt(caption)).items()}
+
+
 class TeacherText:
-    """The base checkpoint's English conditioning, exactly as CLIPTextEncode makes it."""
+    """The base checkpoint's English conditioning of a caption: CLIPTextEncode's encoding of the
+    literal caption, cut to 77 tokens (``literal_tokens``)."""
 
     def __init__(self, clip, cache_dir: Path | None = None, cache_key: str = "", memory: bool = False):
         self.clip = clip
@@ -73,7 +105,7 @@ class TeacherText:
     def _path(self, text: str) -> Path | None:
         if self.cache_dir is None:
             return None
-        key = cache_key(self.cache_key, text)
+        key = cache_key(self.cache_key, TEACHER_TEXT, text)
         return self.cache_dir / "teacher" / key[:2] / f"{key}.safetensors"
 
     def lookup(self, text: str) -> dict[str, torch.Tensor] | None:
@@ -94,7 +126,7 @@ class TeacherText:
         out = self.lookup(text)
         if out is not None:
             return out
-        cond, extra = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))[0]
+        cond, extra = self.clip.encode_from_tokens_scheduled(literal_tokens(self.clip, text))[0]
         out = {"tokens": cond.float().cpu()}
         if extra.get("pooled_output") is not None:
             out["pooled"] = extra["pooled_output"].float().cpu()

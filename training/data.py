@@ -207,7 +207,8 @@ def assign_buckets(records: list[Record], buckets: list[tuple[int, int]],
 
 def load_image(source: Path | Record, bucket: tuple[int, int]) -> torch.Tensor:
     """Decode in full (strictly), resize to cover the bucket, centre-crop: ``[H, W, 3]`` floats in
-    [0, 1] (ComfyUI IMAGE). Raises one of ``IMAGE_ERRORS`` for an unusable image."""
+    [0, 1] (ComfyUI IMAGE); SDXL's size ids say "bucket size, crop 0,0" (``distill.sdxl_label``).
+    Raises one of ``IMAGE_ERRORS`` for an unusable image."""
     im = decode_image(source.read_bytes())
     w, h = bucket
     scale = max(w / im.width, h / im.height)
@@ -273,7 +274,9 @@ class BucketBatches:
 
 
 class ManifestBatches:
-    """Batches of a manifest's records: (bucket, records, sample ids)."""
+    """Batches of a manifest's records: (bucket, records, sample ids). A sample's id is its
+    record's index: the ranks' slices of a global batch hold different records, so no two ranks
+    share an id within a step (the draws are keyed by step too), and a resume gives the same ids."""
 
     def __init__(self, records: list[Record], buckets: list[tuple[int, int]], batch_size: int,
                  world: int = 1, rank: int = 0, seed: int = 0):
@@ -293,7 +296,11 @@ class ShardBatches:
     """Batches streamed from webdataset tar shards (``NAME.jpg|png|webp`` + ``NAME.json`` with
     text, en, kind), bucketed on the fly; each rank reads its own shards. Unusable samples are
     skipped and counted once; captions are measured against the encoder's window on the first
-    pass. Resuming replays the stream up to the saved batch."""
+    pass. Resuming replays the stream up to the saved batch.
+
+    Sample ids (the key of each sample's timestep, noise and CFG-dropout draws, ``distill``): the
+    n-th usable sample of rank r's stream is ``n * world + r``, unique across ranks and over every
+    pass, and the same after a resume."""
 
     IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
@@ -325,8 +332,8 @@ class ShardBatches:
                 yield epoch, Record(Path(where), text, en, native, data=image, where=where)
 
     def iterate(self, start: int = 0) -> Iterator[tuple[tuple[int, int], list[Record], list[int]]]:
-        buffers: dict[tuple[int, int], list[Record]] = {}
-        emitted, counter = 0, 0
+        buffers: dict[tuple[int, int], list[tuple[Record, int]]] = {}
+        emitted, position = 0, 0
         for epoch, record in self.samples():
             try:
                 with record.open_image() as im:
@@ -336,14 +343,13 @@ class ShardBatches:
                 continue
             if epoch == 0 and self.captions is not None:
                 self.captions.measure([record])
-            counter += 1
-            buffers.setdefault(bucket, []).append(record)
+            buffers.setdefault(bucket, []).append((record, position * self.world + self.rank))
+            position += 1
             if len(buffers[bucket]) == self.batch_size:
                 batch, buffers[bucket] = buffers[bucket], []
                 emitted += 1
                 if emitted > start:
-                    first = (counter - self.batch_size) * self.world + self.rank
-                    yield bucket, batch, list(range(first, first + self.batch_size))
+                    yield bucket, [r for r, _ in batch], [sid for _, sid in batch]
 
     def position(self, n: int) -> dict:
         return {"batches": n}

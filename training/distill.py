@@ -24,6 +24,21 @@ def sample_generator(seed: int, step: int, sample: int) -> torch.Generator:
     return torch.Generator().manual_seed(hash((seed, step, sample)) & (2**63 - 1))
 
 
+def sample_draws(seed: int, step: int, sample: int, shape: torch.Size, cfg_dropout: float,
+                 noise_offset: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One sample's timestep ``[1]``, noise ``shape`` (plus ``noise_offset`` times a per-channel
+    normal) and CFG-dropout flag ``[1]``, keyed by (seed, step, sample id); the step is the
+    micro-batch's, and the data gives ids no other rank uses in it (``data.ShardBatches``,
+    ``data.ManifestBatches``)."""
+    g = sample_generator(seed, step, sample)
+    t = torch.randint(0, TIMESTEPS, (1,), generator=g)
+    noise = torch.randn(shape, generator=g)
+    drop = torch.rand(1, generator=g) < cfg_dropout
+    if noise_offset:  # per-channel offset (official SDXL script), drawn last: off keeps the draws
+        noise += noise_offset * torch.randn(shape[0], 1, 1, generator=g)
+    return t, noise, drop
+
+
 @dataclass
 class Batch:
     """One (micro-)batch, already on the training device."""
@@ -77,16 +92,9 @@ class Distiller(nn.Module):
         encoder.requires_grad_(False)
 
     def draws(self, batch: Batch, step: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-sample timestep, noise (plus ``noise_offset`` times a per-channel normal) and
-        CFG-dropout flag, keyed by (seed, step, sample)."""
-        ts, noises, drops = [], [], []
-        for sid, z in zip(batch.sample_ids, batch.latents):
-            g = sample_generator(self.seed, step, sid)
-            ts.append(torch.randint(0, TIMESTEPS, (1,), generator=g))
-            noises.append(torch.randn(z.shape, generator=g))
-            drops.append(torch.rand(1, generator=g) < self.cfg_dropout)
-            if self.noise_offset:  # per-channel offset (official SDXL script), drawn last: off keeps the draws
-                noises[-1] += self.noise_offset * torch.randn(z.shape[0], 1, 1, generator=g)
+        """Per-sample timestep, noise and CFG-dropout flag (``sample_draws``), stacked."""
+        ts, noises, drops = zip(*(sample_draws(self.seed, step, sid, z.shape, self.cfg_dropout, self.noise_offset)
+                                  for sid, z in zip(batch.sample_ids, batch.latents)))
         return tuple(to_device(v, device) for v in (torch.cat(ts), torch.stack(noises), torch.cat(drops)))
 
     def teacher_condition(self, batch: Batch, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -134,8 +142,13 @@ class Distiller(nn.Module):
 
 def sdxl_label(base_model, pooled: torch.Tensor | None, size: tuple[int, int],
                cache: dict[tuple[int, int], torch.Tensor]) -> torch.Tensor | None:
-    """SDXL's label input ``y`` for a bucket of ``size`` (width, height), uncropped; None for
-    models without one (SD1.5).
+    """SDXL's label input ``y`` for a bucket of ``size`` (width, height); None for models
+    without one (SD1.5). The size ids give the bucket as original and target size and crop
+    0,0, for the teacher and the student alike: what PEA Encode Prompt and ComfyUI's SDXL
+    nodes give at inference by default. The images are centre-cropped to the bucket
+    (``data.load_image``). The authors' SDXL script gives the image's real original size and a
+    random crop with its offsets instead; here both passes see the same ids either way, and
+    crop 0,0 keeps the one cached latent per image and bucket.
 
     ComfyUI's ``SDXL.encode_adm`` is ``[pooled | size embeddings]`` and builds the size part on
     the CPU; it is made once per bucket here, kept on the device in ``cache``."""

@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainConfig:
     """Defaults as the authors' official run trains (``docs/method.md``): AdamW at lr 1e-5 with 100
-    warm-up steps, no weight decay, no gradient clipping, no noise offset."""
+    warm-up steps, no weight decay (their optimiser never receives the decay their script
+    passes), no gradient clipping. No noise offset by default: the authors' SD1.5 script and
+    the paper have none, their SDXL script uses 0.5 (``noise_offset``)."""
 
     output: Path
     steps: int = 1000
@@ -48,6 +50,7 @@ class TrainConfig:
     clip_grad: float = 0.0
     """Clip the adapter's gradient norm to this (0: no clipping)."""
     noise_offset: float = 0.0
+    """Per-channel noise offset (the authors' SDXL script: 0.5; 0: off)."""
     cfg_dropout: float = 0.1
     weights: LossWeights = field(default_factory=LossWeights)
     max_bad_steps: int = 20

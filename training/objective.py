@@ -5,8 +5,9 @@
 ``kd`` is 1 for a parallel sample (a caption with a trustworthy English twin) and 0 for a native
 one (culture-specific, no English twin): parallel samples learn from the teacher only (logit and
 feature KD), native samples from their image only (the denoising loss). ``sd_on_parallel`` adds
-``λ_SD * L_SD`` to parallel samples too: the "fine-tuning + KD" rows of the paper's ablation
-(Table 2), not the method. The batch loss is the mean of the per-sample losses, so it is the same
+``λ_SD * L_SD`` to parallel samples too: not the method, but this project's reading of the
+"fine-tuning + KD" rows of the paper's ablation (Table 2), which does not say which samples get
+``L_SD`` there (no ablation code was released). The batch loss is the mean of the per-sample losses, so it is the same
 whatever the split of a global batch over processes. ``L_text`` (the adapter's tokens against the
 teacher's English tokens, no UNet: a GlueGen-style baseline) has weight 0 in PEA.
 """
@@ -24,7 +25,8 @@ class LossWeights:
     feature: float = 0.1
     text: float = 0.0
     sd_on_parallel: bool = False
-    """Also give parallel samples ``λ_SD * L_SD`` (ablation rows; PEA leaves it off)."""
+    """Also give parallel samples ``λ_SD * L_SD`` (this project's reading of the paper's ablation
+    rows; PEA leaves it off)."""
 
     @property
     def needs_unet(self) -> bool:

@@ -11,10 +11,17 @@ Objective (PEA as published; the authors' hybrid training), per sample:
 kd = 1 for a parallel sample (manifest kind "parallel": a caption with its English twin): it
 learns from the teacher only (logit and feature KD); kd = 0 for a native sample (kind "native",
 no English twin): it learns from its image only (the denoising loss L_SD). --sd-on-parallel
-gives parallel samples L_SD too (the ablation rows of the paper's Table 2).
+gives parallel samples L_SD too: this project's reading of the ablation rows of the paper's
+Table 2, which does not say which samples get L_SD there.
 CFG dropout replaces a sample's caption by the empty prompt on both sides: the student's
 language tokens, the teacher's English tokens and its pooled vector (SDXL), as inference CFG
 does (the official SDXL script keeps the conditional pooled vector).
+The teacher reads each English caption as literal text cut to 77 tokens, as the authors' does:
+no ComfyUI prompt weights, no embedding: lookups, no further 77-token windows.
+Images are resized to cover their aspect-ratio bucket and centre-cropped. SDXL's size ids give
+the bucket size as original and target size and crop 0,0, on the teacher's and the student's
+side alike: what PEA Encode Prompt gives at inference. (The authors' SDXL script gives each
+image's real original size and a random crop with its offsets.)
 A step whose loss or adapter gradients are not finite is skipped (optimiser and schedule
 untouched) and counted; --max-bad-steps in a row stop the run.
 
@@ -74,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of text-space alignment to the teacher's tokens, on parallel samples "
                         "(a GlueGen-style baseline; PEA uses 0)")
     p.add_argument("--sd-on-parallel", action="store_true",
-                   help="give parallel samples L_SD too (the paper's ablation rows, not PEA)")
+                   help="give parallel samples L_SD too (not PEA: this project's reading of the paper's Table 2 "
+                        "ablation rows, which the paper leaves open)")
     p.add_argument("--max-bad-steps", type=int, default=20,
                    help="stop after this many steps in a row with a non-finite loss or gradients (0: never)")
     p.add_argument("--resolution", type=int, help="bucket area side (default: the family's, "

@@ -588,3 +588,74 @@ def test_compiled_step_is_one_graph_per_pass_across_buckets(world, tmp_path):
         eager.optimizer.zero_grad(set_to_none=True)
     assert dict(counters["graph_break"]) == {}
     assert counters["stats"]["unique_graphs"] == 2
+
+
+OPENED: list[str] | None = None
+"""Paths the process opens while a test watches (``watch_opens``); None when nobody watches."""
+
+
+def _record_open(event: str, args: tuple) -> None:
+    if OPENED is not None and event == "open" and isinstance(args[0], (str, os.PathLike)):
+        OPENED.append(os.fspath(args[0]))
+
+
+@contextlib.contextmanager
+def watch_opens():
+    """The paths opened inside the block (Python's audit events; installed once per process)."""
+    global OPENED
+    if not getattr(watch_opens, "installed", False):
+        sys.addaudithook(_record_open)
+        watch_opens.installed = True
+    OPENED = opened = []
+    try:
+        yield opened
+    finally:
+        OPENED = None
+
+
+def window_of(sd_tokenizer, text: str) -> list[tuple[int, float]]:
+    """``text`` through the CLIP tokenizer itself, no prompt parser: the authors' teacher input
+    (diffusers, ``truncation=True``, 77 tokens), padded with the model's own pad token."""
+    ids = sd_tokenizer.tokenizer(text, truncation=True, max_length=77)["input_ids"]
+    return [(t, 1.0) for t in ids + [sd_tokenizer.pad_token] * (77 - len(ids))]
+
+
+WEIGHTED_CAPTION = "a (golden retriever:1.5) in embedding:foo style"
+
+
+def test_teacher_reads_captions_as_literal_text_cut_at_77_tokens(comfy_path, tmp_path):
+    """Prompt syntax in a caption reaches the teacher as text: no weights, no textual inversion
+    read, even with an embedding of that name at hand; a long caption keeps its first 77 tokens."""
+    import types
+
+    import comfy.sd
+    import comfy.sdxl_clip
+    import comfy.supported_models as sm
+
+    from training.caching import TeacherText, literal_tokens
+    from training.miniworld.tiny_base import TINY_CLIP, init_weights
+
+    embeddings = tmp_path / "embeddings"
+    embeddings.mkdir()
+    torch.save({"clip_l": torch.randn(2, 64), "clip_g": torch.randn(2, 1280)}, embeddings / "foo.pt")
+    clip = comfy.sd.CLIP(sm.SD15({}).clip_target(), embedding_directory=str(embeddings),
+                         model_options={"clip_l_model_config": TINY_CLIP})
+    init_weights(clip.cond_stage_model, 1)
+    with watch_opens() as opened:
+        parsed = clip.tokenize(WEIGHTED_CAPTION)
+    assert any(isinstance(t, torch.Tensor) for t, _ in parsed["l"][0])  # ComfyUI's parser does read foo.pt
+    assert {w for _, w in parsed["l"][0]} != {1.0} and str(embeddings / "foo.pt") in opened
+
+    long_caption = " ".join(["a red lantern over the river"] * 20)  # 120 words, two windows for ComfyUI
+    assert len(clip.tokenize(long_caption)["l"]) == 2
+    teacher = TeacherText(clip)
+    for caption in (WEIGHTED_CAPTION, "embedding:foo\nembedding:foo, \\(x) (y:2)", long_caption):
+        with watch_opens() as opened:
+            got = teacher.encode(caption)["tokens"]
+        assert not any(path.startswith(str(embeddings)) for path in opened)
+        expected = clip.encode_from_tokens_scheduled({"l": [window_of(clip.tokenizer.clip_l, caption)]})[0][0]
+        assert got.shape == (1, 77, 64) and torch.equal(got, expected.float())
+
+    sdxl = comfy.sdxl_clip.SDXLTokenizer(embedding_directory=str(embeddings))  # both of SDXL's CLIPs
+    tokens = literal_tokens(types.SimpleNamespace(tokenize=sdxl.tokenize_with_weights), WEIGHTED_CAPTION)
+    assert tokens == {"l": [window_of(sdxl.clip_l, WEIGHTED_CAPTION)], "g": [window_of(sdxl.clip_g, WEIGHTED_CAPTION)]}

@@ -17,6 +17,10 @@ class IncompatibleError(PEAError):
     """Two parts that must agree (encoder and adapter, adapter and base model) do not."""
 
 
+class PromptError(PEAError):
+    """A prompt asks for something the PEA CLIP it was given cannot read."""
+
+
 class NonFiniteError(PEAError):
     """Conditioning came out with NaN or infinite values."""
 

@@ -25,7 +25,9 @@ import comfy.sd
 import comfy.sd1_clip
 
 from ..adapters import IncompatibleError, LanguageEncoder, PEAAdapter
+from ..adapters.families import FAMILIES
 from ..adapters.finite import check_conditioning
+from .english_route import EnglishRoute, refuse_without_clip, route_prompt
 from .comfy_layers import move_buffers_on_load, use_comfy_ops
 
 TOKEN_KEYS = {"sd15": ("l",), "sdxl": ("g", "l"), "flux": ("t5xxl", "l")}
@@ -47,10 +49,11 @@ class PEATokenizer:
     """ComfyUI tokenizer interface over the language encoder's own tokenizer."""
 
     def __init__(self, embedding_directory=None, tokenizer_data={}, *, encoder: LanguageEncoder,
-                 keys: tuple[str, ...]):
+                 keys: tuple[str, ...], english: EnglishRoute | None = None):
         special = encoder.special_tokens
         self.keys = keys
-        # Textual-inversion embeddings belong to English CLIPs: none are looked up here.
+        self.english = english
+        # Textual-inversion embeddings belong to English CLIPs: they go to ``english`` (see english_route).
         self.sd_tokenizer = comfy.sd1_clip.SDTokenizer(
             tokenizer_path=str(encoder.path), max_length=encoder.context_length,
             embedding_directory=None, embedding_size=encoder.hidden_size, embedding_key="pea",
@@ -59,8 +62,15 @@ class PEATokenizer:
             pad_to_max_length=True, pad_token=special.pad, tokenizer_data=tokenizer_data)
 
     def tokenize_with_weights(self, text: str, return_word_ids: bool = False, **kwargs):
-        tokens = self.sd_tokenizer.tokenize_with_weights(text, return_word_ids, **kwargs)
-        return {k: list(tokens) for k in self.keys}
+        """The language part's tokens under every key; with a checkpoint CLIP, each carries that
+        CLIP's tokens of the English part (:class:`~nodes.english_route.EnglishTokens`)."""
+        if self.english is None:
+            refuse_without_clip(text)
+            tokens = self.sd_tokenizer.tokenize_with_weights(text, return_word_ids, **kwargs)
+            return {k: list(tokens) for k in self.keys}
+        prompt = route_prompt(text)
+        tokens = self.sd_tokenizer.tokenize_with_weights(prompt.language, return_word_ids, **kwargs)
+        return {k: self.english.tokens(tokens, prompt.english) for k in self.keys}
 
     def untokenize(self, token_weight_pair):
         return self.sd_tokenizer.untokenize(token_weight_pair)
@@ -115,9 +125,10 @@ class PEATextModel(torch.nn.Module, comfy.sd1_clip.ClipTokenWeightEncoder):
     patcher just before it runs."""
 
     def __init__(self, encoder: LanguageEncoder, adapter: PEAAdapter, adapter_patcher, *, token_key: str,
-                 device: torch.device):
+                 device: torch.device, english: EnglishRoute | None = None):
         super().__init__()
         self.encoder = encoder
+        self.english = english
         self.adapter = adapter
         self.adapter_patcher = adapter_patcher
         self.token_key = token_key
@@ -135,7 +146,13 @@ class PEATextModel(torch.nn.Module, comfy.sd1_clip.ClipTokenWeightEncoder):
         self.execution_device = self.load_device
 
     def encode_token_weights(self, token_weight_pairs):
-        return super().encode_token_weights(token_weight_pairs[self.token_key])
+        """The language part's conditioning and pooled output, the English part's conditioning
+        (if any) joined after it on the token axis."""
+        tokens = token_weight_pairs[self.token_key]
+        cond, *rest = super().encode_token_weights(tokens)
+        if self.english is not None:
+            cond = self.english.join(cond, tokens)
+        return (cond, *rest)
 
     def encode(self, token_lists) -> tuple[torch.Tensor, torch.Tensor | None]:
         ids = torch.tensor([[int(t) for t in seq if isinstance(t, numbers.Integral)] for seq in token_lists])
@@ -149,20 +166,38 @@ class PEATextModel(torch.nn.Module, comfy.sd1_clip.ClipTokenWeightEncoder):
         return self.adapter.load_state_dict(sd, strict=False)
 
 
-def adapter_clip(encoder_clip: comfy.sd.CLIP, adapter: PEAAdapter) -> comfy.sd.CLIP:
+def check_english_clip(clip: comfy.sd.CLIP, head: str, adapter_name: str) -> None:
+    """Raise IncompatibleError unless ``clip`` is a CLIP of the family ``head`` conditions (read
+    from the keys of its token dict)."""
+    keys = sorted(clip.tokenize(""))
+    if keys == sorted(TOKEN_KEYS[head]):
+        return
+    family = next((FAMILIES[h].label for h, k in TOKEN_KEYS.items() if sorted(k) == keys), "another model")
+    raise IncompatibleError(
+        f"Apply PEA Adapter: the clip input is {family}'s CLIP (token keys {', '.join(keys)}), but "
+        f"{adapter_name} is made for {FAMILIES[head].label}. Connect the CLIP of the checkpoint you sample with.")
+
+
+def adapter_clip(encoder_clip: comfy.sd.CLIP, adapter: PEAAdapter, english_clip: comfy.sd.CLIP | None = None,
+                 adapter_name: str = "the adapter") -> comfy.sd.CLIP:
     """A ComfyUI CLIP for ``encoder_clip``'s encoder + ``adapter``: a clone of ``encoder_clip``
-    (sharing its patcher's model) whose text model ends in the adapter."""
+    (sharing its patcher's model) whose text model ends in the adapter. With ``english_clip`` (the
+    checkpoint's CLIP), prompts' English spans and embeddings go to it (see english_route)."""
     if adapter.shape.head not in TOKEN_KEYS:
         raise IncompatibleError(
             f"{adapter.shape.head} adapters are not supported by the PEA nodes yet "
             f"(supported: {', '.join(TOKEN_KEYS)}).")
     keys = TOKEN_KEYS[adapter.shape.head]
+    english = None
+    if english_clip is not None:
+        check_english_clip(english_clip, adapter.shape.head, adapter_name)
+        english = EnglishRoute(english_clip)
     encoder = encoder_clip.cond_stage_model.encoder
     patcher = encoder_clip.patcher
     adapter_patcher = comfy.model_patcher.ModelPatcher(
         use_comfy_ops(adapter), load_device=patcher.load_device, offload_device=patcher.offload_device)
     clip = encoder_clip.clone()
     clip.cond_stage_model = PEATextModel(encoder, adapter, adapter_patcher, token_key=keys[0],
-                                         device=patcher.load_device)
-    clip.tokenizer = PEATokenizer(encoder=encoder, keys=keys)
+                                         device=patcher.load_device, english=english)
+    clip.tokenizer = PEATokenizer(encoder=encoder, keys=keys, english=english)
     return clip

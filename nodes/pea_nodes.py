@@ -82,6 +82,10 @@ class PEAApplyAdapter:
                 "model": ("MODEL", {
                     "tooltip": "Optional: the checkpoint's MODEL, to check that the adapter is made for "
                                "its family (SD1.5, SDXL or FLUX.1) before sampling."}),
+                "clip": ("CLIP", {
+                    "tooltip": "Optional: the checkpoint's own CLIP (or LoraLoader's clip output). Then "
+                               "`English spans` and embedding:name in prompts go to it, with its embeddings "
+                               "and LoRA; the rest goes through the language encoder."}),
             },
         }
 
@@ -92,18 +96,19 @@ class PEAApplyAdapter:
     CATEGORY = CATEGORY
     SEARCH_ALIASES = ["PEA adapter", "PEA-Diffusion", "Chinese prompt", "适配器", "中文提示词", *LANGUAGES]
     DESCRIPTION = ("Puts a PEA adapter behind a language encoder and returns a regular CLIP, so "
-                   "CLIPTextEncode, CLIPTextEncodeSDXL and PEA Encode Prompt take non-English prompts.")
+                   "CLIPTextEncode, CLIPTextEncodeSDXL and PEA Encode Prompt take non-English prompts. With the "
+                   "checkpoint's CLIP connected, `English spans` and embeddings go to that CLIP.")
 
     @classmethod
     def VALIDATE_INPUTS(cls, adapter_name):
         return _found_or_message(find_adapter, adapter_name)
 
-    def apply(self, language_clip: LanguageClip, adapter_name: str, model=None):
+    def apply(self, language_clip: LanguageClip, adapter_name: str, model=None, clip=None):
         adapter = load_adapter(find_adapter(adapter_name), dtype=language_clip.model_options["dtype"])
         check_pairing(language_clip.encoder, adapter.info, adapter_name)
         if model is not None:
             check_base_model(adapter.shape, adapter_name, model_label(model), family_of(model))
-        return (adapter_clip(language_clip.clip, adapter),)
+        return (adapter_clip(language_clip.clip, adapter, clip, adapter_name),)
 
 
 class PEAEncodePrompt:

@@ -31,7 +31,8 @@ def call_node(node_class, **inputs) -> tuple:
 def write_checkpoint(path: Path, family: str, with_clip: bool = False, in_channels: int = 4) -> Path:
     """A stand-in checkpoint ComfyUI detects as SD1.5 or SDXL-family (KOALA layout): real UNet
     classes at one res block per level, a TAESD VAE, and no text encoder (PEA replaces it)
-    unless ``with_clip`` (SD1.5: a full-size CLIP-L with random weights, for English branches)."""
+    unless ``with_clip`` (SD1.5: a full-size CLIP-L with random weights, for English branches; its
+    UNet's norms at one, so that its images follow the prompt)."""
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
     import safetensors.torch
@@ -51,9 +52,12 @@ def write_checkpoint(path: Path, family: str, with_clip: bool = False, in_channe
                    num_classes="sequential")
     gen = torch.Generator().manual_seed(0)
     unet = UNetModel(**common, **cfg)
+    norms = {f"{name}.weight" for name, m in unet.named_modules() if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm))}
     sd = {}
     for k, v in unet.state_dict().items():
-        sd[f"model.diffusion_model.{k}"] = torch.randn(v.shape, generator=gen) * 0.02 if v.ndim > 1 else torch.zeros(v.shape)
+        unit = with_clip and k in norms  # zero norms (the final one) make the noise prediction zero, whatever the prompt
+        sd[f"model.diffusion_model.{k}"] = (torch.randn(v.shape, generator=gen) * 0.02 if v.ndim > 1
+                                            else torch.ones(v.shape) if unit else torch.zeros(v.shape))
     sd.update({f"first_stage_model.{k}": v for k, v in pooling_taesd().state_dict().items()})
     if with_clip:
         import comfy.sd
@@ -172,22 +176,43 @@ def write_images(folder: Path) -> None:
     rgba.save(folder / "pea_inpaint_source.png")
 
 
+LORA_TARGETS = (("model.diffusion_model.", ("attn2.to_k.weight", "attn2.to_v.weight"), "lora_unet_", 0.01),
+                ("cond_stage_model.transformer.text_model.encoder.layers.", ("self_attn.q_proj.weight", "mlp.fc1.weight"),
+                 "lora_te_text_model_encoder_layers_", 0.1))
+"""Checkpoint key prefix, key endings, kohya LoRA prefix and scale: the UNet's cross-attention
+key/value projections; an SD1.5 text encoder's query projections and first MLP layers."""
+
+
 def write_lora(path: Path, checkpoint: Path, rank: int = 4) -> Path:
-    """A LoRA (kohya key names) on the cross-attention key/value projections of a checkpoint's UNet."""
+    """A LoRA (kohya key names) on a checkpoint's UNet cross-attention key/value projections and,
+    where the checkpoint has an SD1.5 text encoder, on that too (a LoRA for LoraLoader's model and clip)."""
     import safetensors
     import safetensors.torch
 
     gen, lora = torch.Generator().manual_seed(1), {}
     with safetensors.safe_open(str(checkpoint), framework="pt") as f:
         for key in f.keys():
-            if key.startswith("model.diffusion_model.") and key.endswith(("attn2.to_k.weight", "attn2.to_v.weight")):
-                out_dim, in_dim = f.get_slice(key).get_shape()
-                name = "lora_unet_" + key[len("model.diffusion_model."):-len(".weight")].replace(".", "_")
-                lora[f"{name}.lora_down.weight"] = torch.randn(rank, in_dim, generator=gen).half() * 0.01
-                lora[f"{name}.lora_up.weight"] = torch.randn(out_dim, rank, generator=gen).half() * 0.01
-                lora[f"{name}.alpha"] = torch.tensor(float(rank)).half()
+            for prefix, endings, kohya, scale in LORA_TARGETS:
+                if key.startswith(prefix) and key.endswith(endings):
+                    out_dim, in_dim = f.get_slice(key).get_shape()
+                    name = kohya + key[len(prefix):-len(".weight")].replace(".", "_")
+                    lora[f"{name}.lora_down.weight"] = torch.randn(rank, in_dim, generator=gen).half() * scale
+                    lora[f"{name}.lora_up.weight"] = torch.randn(out_dim, rank, generator=gen).half() * scale
+                    lora[f"{name}.alpha"] = torch.tensor(float(rank)).half()
     safetensors.torch.save_file(lora, str(path))
     return path
+
+
+def write_embeddings(folder: Path, width: int = 768) -> None:
+    """Textual-inversion embeddings as ComfyUI's ``load_embed`` reads them: ``EasyNegative.safetensors``
+    (the ``emb_params`` layout, 2 vectors) and ``pea_style.pt`` (A1111's ``string_to_param``, 3 vectors)."""
+    import safetensors.torch
+
+    gen = torch.Generator().manual_seed(7)
+    folder.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file({"emb_params": torch.randn(2, width, generator=gen) * 0.02},
+                                str(folder / "EasyNegative.safetensors"))
+    torch.save({"string_to_param": {"*": torch.randn(3, width, generator=gen) * 0.02}}, folder / "pea_style.pt")
 
 
 def open_app(browser, url: str, viewport: tuple[int, int] = (2400, 1400)):

@@ -86,6 +86,9 @@ def write_stand_ins(base: Path) -> None:
                                 models / "checkpoints" / "sdxl_standin.safetensors")
     (models / "loras").mkdir()
     comfy_host.write_lora(models / "loras" / "sdxl_standin_lora.safetensors", models / "checkpoints" / "sdxl_standin.safetensors")
+    comfy_host.write_lora(models / "loras" / "sd15_standin_lora.safetensors",
+                          models / "checkpoints" / "sd15_standin_clip.safetensors")
+    comfy_host.write_embeddings(models / "embeddings")
     extra = base / "extra_models"
     (extra / "pea_adapters").mkdir(parents=True)
     shutil.copytree(clips / "chinese-clip-tiny", extra / "language_clip" / "extra-chinese-clip")
@@ -129,7 +132,7 @@ def pack(base_dir):
     """The pack imported in-process, its folders pointing at the stand-in models."""
     import folder_paths
 
-    for name in ("language_clip", "pea_adapters", "checkpoints"):
+    for name in ("language_clip", "pea_adapters", "checkpoints", "loras", "embeddings"):
         folder_paths.add_model_folder_path(name, str(base_dir / "models" / name), is_default=True)
     return comfy_host.load_pack()
 

@@ -24,6 +24,7 @@ STAND_INS = {
     "pea_sdxl_zh.safetensors": "pea_zh_sdxl.safetensors",
     "pea_sdxl_multilingual.safetensors": "pea_xlmr_sdxl.safetensors",
     "sdxl_style_lora.safetensors": "sdxl_standin_lora.safetensors",
+    "sd15_style_lora.safetensors": "sd15_standin_lora.safetensors",
     "lcm-lora-sdxl.safetensors": "sdxl_standin_lora.safetensors",
     "controlnet-canny-sdxl-1.0.safetensors": "sdxl_standin_controlnet.safetensors",
     "sd_xl_base_1.0_inpainting_0.1.safetensors": "sdxl_standin_inpaint.safetensors",
@@ -33,7 +34,8 @@ STAND_INS = {
     "byt5-xxl-encoder.safetensors": "byt5-tiny-encoder.safetensors",
     "pea_multilingual_flux.safetensors": "pea_byt5_flux.safetensors",
 }
-WITH_CLIP = {"07_sd15_english_vs_chinese_side_by_side": {"v1-5-pruned-emaonly.safetensors": "sd15_standin_clip.safetensors"}}
+SD15_WITH_CLIP = {"v1-5-pruned-emaonly.safetensors": "sd15_standin_clip.safetensors"}
+WITH_CLIP = {"07_sd15_english_vs_chinese_side_by_side": SD15_WITH_CLIP, "12_sd15_lora_trigger_and_embedding": SD15_WITH_CLIP}
 
 
 def with_stand_ins(graph: dict, extra: dict | None = None) -> dict:
@@ -94,15 +96,13 @@ def stand_in_path(base_dir: Path, graph: dict, class_type: str, folder: str) -> 
     return base_dir / "models" / folder / name
 
 
-def run_flux(server, name: str, text: str | None = None,
-             guidance: float | None = None) -> tuple[torch.Tensor, np.ndarray]:
-    """Run a FLUX workflow with stand-ins, the sampled latent saved too; (latent, RGB pixels)."""
-    graph = with_stand_ins(api_workflows()[name])
+def run_with_latent(server, name: str, edits: dict[str, dict] | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Run a workflow with stand-ins, ``edits`` ({class_type: inputs}) applied and the sampled latent
+    saved too; (latent, RGB pixels)."""
+    graph = with_stand_ins(api_workflows()[name], WITH_CLIP.get(name))
     by_class = {n["class_type"]: key for key, n in graph.items()}
-    if text is not None:
-        graph[by_class["CLIPTextEncode"]]["inputs"]["text"] = text
-    if guidance is not None:
-        graph[by_class["FluxGuidance"]]["inputs"]["guidance"] = guidance
+    for class_type, inputs in (edits or {}).items():
+        graph[by_class[class_type]]["inputs"].update(inputs)
     graph["latent_out"] = {"class_type": "SaveLatent",
                            "inputs": {"samples": [by_class["KSampler"], 0], "filename_prefix": f"pea_test_{name}"}}
     entry = server.run(graph)
@@ -113,6 +113,27 @@ def run_flux(server, name: str, text: str | None = None,
     tensor = safetensors.torch.load_file(str(out / latent["subfolder"] / latent["filename"]))["latent_tensor"]
     pixels = np.asarray(Image.open(out / image["subfolder"] / image["filename"]).convert("RGB"), dtype=np.float32)
     return tensor, pixels
+
+
+def run_flux(server, name: str, text: str | None = None,
+             guidance: float | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Run a FLUX workflow with stand-ins, optionally another prompt or guidance; (latent, RGB pixels)."""
+    edits = {"CLIPTextEncode": {"text": text}, "FluxGuidance": {"guidance": guidance}}
+    return run_with_latent(server, name, {k: v for k, v in edits.items() if None not in v.values()})
+
+
+def test_lora_trigger_span_and_negative_embedding_give_prompt_dependent_images(server):
+    """Workflow 12: a LoRA on model and clip, a Chinese prompt with a trigger span, embedding:EasyNegative
+    in the negative. Another trigger word, or the negative without the embedding, changes the image."""
+    name = "12_sd15_lora_trigger_and_embedding"
+    latent, pixels = run_with_latent(server, name)
+    assert torch.isfinite(latent).all() and latent.std() > 0 and pixels.std() > 1.0
+    graph = api_workflows()[name]
+    prompt, negative = graph["4"]["inputs"]["text"], graph["5"]["inputs"]["text"]
+    for edit in ({"PEAEncodePrompt": {"text": prompt.replace("ohwx style", "sks painting")}},
+                 {"CLIPTextEncode": {"text": negative.replace("embedding:EasyNegative", "")}}):
+        other, _ = run_with_latent(server, name, edit)
+        assert torch.isfinite(other).all() and not torch.allclose(other, latent, atol=1e-3), edit
 
 
 @pytest.mark.parametrize("name", sorted(FLUX))

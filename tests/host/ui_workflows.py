@@ -50,6 +50,16 @@ NOTES = {
         "\n\nModel files:\n- models/checkpoints/sd_xl_base_1.0_inpainting_0.1.safetensors (an SDXL inpainting checkpoint)\n"
         "- models/language_clip/chinese-clip-vit-huge-patch14/\n- models/pea_adapters/pea_sdxl_zh.safetensors\n"
         "- input/pea_inpaint_source.png (your image; transparent pixels are the mask)"),
+    "12_sd15_lora_trigger_and_embedding": (
+        "SD1.5 + a LoRA on MODEL and CLIP, with a Chinese prompt: the LoRA's trigger word is written between "
+        "backticks (`ohwx style`) and the negative prompt holds embedding:EasyNegative. Apply PEA Adapter takes "
+        "LoraLoader's clip output, so both go to the checkpoint's own CLIP (LoRA-patched, with ComfyUI's embeddings "
+        "folder); the rest of each prompt goes through PEA.\n\nModel files:\n"
+        "- models/checkpoints/v1-5-pruned-emaonly.safetensors (an SD1.5 checkpoint with its text encoder)\n"
+        "- models/language_clip/chinese-clip-vit-huge-patch14/ (Hugging Face OFA-Sys/chinese-clip-vit-huge-patch14)\n"
+        "- models/pea_adapters/pea_sd15_zh.safetensors\n"
+        "- models/loras/sd15_style_lora.safetensors (any SD1.5 LoRA; put its trigger word between the backticks)\n"
+        "- models/embeddings/EasyNegative.safetensors (any SD1.5 textual-inversion embedding)"),
     "07_sd15_english_vs_chinese_side_by_side": (
         "One seed, two paths: left, the English prompt through the checkpoint's own CLIP; right, the Chinese prompt "
         "through PEA. Both images are saved as one batch.\n\nModel files:\n"

@@ -20,11 +20,14 @@ import torch
 
 import comfy.sd
 
-from ..adapters.errors import PromptError
+from ..adapters.errors import NonFiniteError, PromptError
 
-ENGLISH = re.compile(r"`(?P<span>[^`]*)`|(?P<embedding>\(embedding:[^\s()]+\)|(?<!\S)embedding:[^\s,()]+)")
-"""A backtick span, or an embedding as ComfyUI's tokenizer finds it: bare after a space or line
-start, or alone in a weight group ``(embedding:name:1.2)``."""
+ENGLISH = re.compile(r"`(?P<span>[^`]*)`|(?P<embedding>\(embedding:[^\s()]+\)"
+                     r"|(?<![A-Za-z0-9_])embedding:[^\s,()\u3000-\u303f\uff00-\uffef]+)")
+"""A backtick span, or an embedding: alone in a weight group ``(embedding:name:1.2)``, or bare,
+not glued to a preceding English word and ending at a space, comma, bracket or CJK punctuation
+(``模糊，embedding:EasyNegative，低质量``: stock ComfyUI needs a space before it, a CJK prompt
+seldom has one)."""
 
 
 @dataclass(frozen=True)
@@ -72,12 +75,14 @@ def refuse_without_clip(text: str) -> None:
 
 
 class EnglishTokens(list):
-    """The PEA side's token chunks, carrying the checkpoint CLIP's tokens of the English part
-    (``None`` when there is none). Stock nodes copy token lists by key (CLIPTextEncodeSDXL,
-    CLIPTextEncodeFlux), so the English part travels with the text it was written in."""
+    """The PEA side's token chunks, carrying the English part (``text``, "" when there is none)
+    and the checkpoint CLIP's tokens of it. Stock nodes copy token lists by key
+    (CLIPTextEncodeSDXL, CLIPTextEncodeFlux), so the English part travels with the text it was
+    written in."""
 
-    def __init__(self, chunks, english: dict | None):
+    def __init__(self, chunks, text: str, english: dict | None):
         super().__init__(chunks)
+        self.text = text
         self.english = english
 
 
@@ -90,7 +95,7 @@ class EnglishRoute:
 
     def tokens(self, chunks: list, english: str) -> EnglishTokens:
         """``chunks`` (the PEA side's tokens) carrying the checkpoint CLIP's tokens of ``english``."""
-        return EnglishTokens(chunks, self.clip.tokenize(english) if english else None)
+        return EnglishTokens(chunks, english, self.clip.tokenize(english) if english else None)
 
     def join(self, cond: torch.Tensor, tokens: list) -> torch.Tensor:
         """``cond`` followed on the token axis by the English part's conditioning, as stock CLIP Text
@@ -98,4 +103,8 @@ class EnglishRoute:
         english = getattr(tokens, "english", None)
         if english is None:
             return cond
-        return torch.cat([cond, self.clip.encode_from_tokens(english).to(cond)], dim=1)
+        english_cond = self.clip.encode_from_tokens(english)
+        if not torch.isfinite(english_cond).all():
+            raise NonFiniteError(f"PEA prompt: the checkpoint's CLIP gave NaN or infinite values for the English "
+                                 f"part '{tokens.text}' (an embedding file with such values?).")
+        return torch.cat([cond, english_cond.to(cond)], dim=1)

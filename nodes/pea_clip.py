@@ -27,8 +27,8 @@ import comfy.sd1_clip
 from ..adapters import IncompatibleError, LanguageEncoder, PEAAdapter
 from ..adapters.families import FAMILIES
 from ..adapters.finite import check_conditioning
-from .english_route import EnglishRoute, refuse_without_clip, route_prompt
 from .comfy_layers import move_buffers_on_load, use_comfy_ops
+from .english_route import EnglishRoute, refuse_without_clip, route_prompt
 
 TOKEN_KEYS = {"sd15": ("l",), "sdxl": ("g", "l"), "flux": ("t5xxl", "l")}
 """Token-dict keys per family; the first is encoded. SDXL nodes expect "g" and "l", FLUX nodes

@@ -205,7 +205,8 @@ def write_lora(path: Path, checkpoint: Path, rank: int = 4) -> Path:
 
 def write_embeddings(folder: Path, width: int = 768) -> None:
     """Textual-inversion embeddings as ComfyUI's ``load_embed`` reads them: ``EasyNegative.safetensors``
-    (the ``emb_params`` layout, 2 vectors) and ``pea_style.pt`` (A1111's ``string_to_param``, 3 vectors)."""
+    (the ``emb_params`` layout, 2 vectors), ``pea_style.pt`` (A1111's ``string_to_param``, 3 vectors) and
+    ``pea_nan.safetensors`` (a NaN vector)."""
     import safetensors.torch
 
     gen = torch.Generator().manual_seed(7)
@@ -213,6 +214,7 @@ def write_embeddings(folder: Path, width: int = 768) -> None:
     safetensors.torch.save_file({"emb_params": torch.randn(2, width, generator=gen) * 0.02},
                                 str(folder / "EasyNegative.safetensors"))
     torch.save({"string_to_param": {"*": torch.randn(3, width, generator=gen) * 0.02}}, folder / "pea_style.pt")
+    safetensors.torch.save_file({"emb_params": torch.full((1, width), float("nan"))}, str(folder / "pea_nan.safetensors"))
 
 
 def open_app(browser, url: str, viewport: tuple[int, int] = (2400, 1400)):

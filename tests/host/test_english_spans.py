@@ -66,6 +66,7 @@ def test_prompt_without_english_parts_is_unchanged(pack, base_dir):
     ("模糊 embedding:EasyNegative", "'embedding:EasyNegative' is a textual-inversion embedding: it needs the "
                                    "checkpoint's own CLIP. Connect the checkpoint's CLIP (or LoraLoader's clip output) "
                                    "to Apply PEA Adapter's 'clip' input"),
+    ("模糊，embedding:EasyNegative，低质量", "'embedding:EasyNegative' is a textual-inversion embedding"),
     ("一只猫，`ohwx man`", "the English span `ohwx man` needs the checkpoint's own CLIP"),
     ("一只猫，`ohwx man", "a backtick (`) has no partner"),
 ])
@@ -75,6 +76,12 @@ def test_english_parts_without_the_checkpoint_clip_are_refused(pack, text, messa
     with pytest.raises(pack.adapters.errors.PromptError) as error:
         call_node(CLIPTextEncode, clip=pea_clip(pack), text=text)
     assert message in str(error.value)
+
+
+def test_non_finite_english_part_is_refused(pack, base_dir):
+    routed = pea_clip(pack, clip=checkpoint_clip(base_dir, False))
+    with pytest.raises(pack.adapters.NonFiniteError, match="NaN or infinite values for the English part 'embedding:pea_nan'"):
+        encode(routed, "一只猫 embedding:pea_nan")
 
 
 def test_checkpoint_clip_of_another_family_is_refused(pack, base_dir):

@@ -40,7 +40,9 @@ NOTES = {
         "\n- input/pea_canny_source.png (any photo: load your own image)"),
     "04_sdxl_lora": (
         "SDXL + a LoRA with a Chinese prompt: the UNet is unchanged by PEA, so LoRAs apply as usual "
-        "(here on the MODEL only; the PEA CLIP replaces the checkpoint's text encoder).\n\n" + FILES_SDXL_ZH
+        "(here on the MODEL only). For a LoRA's trigger word, load it with Load LoRA on MODEL and CLIP, connect its "
+        "clip output to Apply PEA Adapter's clip input and write the trigger word between backticks, as workflow 12 "
+        "does.\n\n" + FILES_SDXL_ZH
         + "\n- models/loras/sdxl_style_lora.safetensors (any SDXL LoRA)"),
     "05_sdxl_lcm_lora_4_steps": (
         "SDXL + LCM-LoRA: 4 steps, cfg 1.5, sampler lcm, ModelSamplingDiscrete set to lcm.\n\n" + FILES_SDXL_ZH

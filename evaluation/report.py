@@ -71,6 +71,8 @@ def scorer_lines(scoring: dict) -> list[str]:
 
 def comparison_lines(compared: dict[str, list[dict]]) -> list[str]:
     """One table per score: each method against each baseline, language by language."""
+    if not any(compared.values()):
+        return ["Nothing to compare: the run has no `translate` or `english` baseline beside its other methods.", ""]
     lines = []
     for score, rows in compared.items():
         lines += [f"### {SCORE_NAMES[score]}", "",

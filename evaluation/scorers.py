@@ -55,7 +55,7 @@ def unknown_rate(tokenizer, texts: list[str]) -> float:
     token; 0 for a tokenizer without one (byte-level BPE reads any text)."""
     unk = tokenizer.unk_token_id
     ids = [i for row in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] for i in row]
-    if unk is None or not ids or unk == tokenizer.eos_token_id:  # CLIP's BPE names its end token as unknown
+    if unk is None or not ids:
         return 0.0
     return sum(i == unk for i in ids) / len(ids)
 

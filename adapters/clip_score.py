@@ -82,6 +82,16 @@ class ClipScorer(nn.Module):
     def text_features(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
+    text_limit: int
+    """The most tokens (specials included) the text tower reads; a longer text is cut to its start."""
+
+    def text_lengths(self, texts: Sequence[str]) -> list[int]:
+        raise NotImplementedError
+
+    def truncated(self, texts: Sequence[str]) -> list[bool]:
+        """Whether each text is longer than the text tower reads (then only its start is scored)."""
+        return [n > self.text_limit for n in self.text_lengths(list(texts))]
+
     @torch.no_grad()
     def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Projected image embeddings ``[B, D]`` (float32, not normalised)."""
@@ -137,6 +147,13 @@ class HFClipScorer(ClipScorer):
         out = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
 
+    @property
+    def text_limit(self) -> int:
+        return self.max_length
+
+    def text_lengths(self, texts):
+        return [len(ids) for ids in self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
+
     def image_features(self, pixel_values):
         return _features(self.model.get_image_features(pixel_values=pixel_values))
 
@@ -160,6 +177,13 @@ class OpenCLIPScorer(ClipScorer):
 
     def text_tokens(self, texts):
         return {"text": self.tokenizer(texts)}
+
+    @property
+    def text_limit(self) -> int:
+        return self.tokenizer.context_length
+
+    def text_lengths(self, texts):
+        return [len(ids) for ids in self.tokenizer.tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
 
     def image_features(self, pixel_values):
         return self.model.encode_image(pixel_values)

@@ -30,8 +30,12 @@ def scorer_patcher(clip_name: str, device: str) -> comfy.model_patcher.ModelPatc
     return _loaded[key]
 
 
-def ranking_text(scores: list[float], order: list[int]) -> str:
-    return "\n".join(f"{rank}. CLIPScore {scores[i]:.2f} (batch image {i + 1})" for rank, i in enumerate(order, start=1))
+def ranking_text(scores: list[float], order: list[int], truncated_at: int | None = None) -> str:
+    """One line per image, best first; ``truncated_at``: the token limit the prompt exceeded."""
+    lines = [f"{rank}. CLIPScore {scores[i]:.2f} (batch image {i + 1})" for rank, i in enumerate(order, start=1)]
+    if truncated_at:
+        lines.append(f"The prompt is longer than this CLIP reads ({truncated_at} tokens): only its start was scored.")
+    return "\n".join(lines)
 
 
 class PEALanguageCLIPScore:
@@ -76,7 +80,8 @@ class PEALanguageCLIPScore:
         scores = patcher.model.score(to_pil(images), text)
         order = torch.argsort(scores, descending=True, stable=True).tolist()
         values = scores.tolist()
-        return (images[order], [values[i] for i in order], ranking_text(values, order))
+        truncated_at = patcher.model.text_limit if patcher.model.truncated([text])[0] else None
+        return (images[order], [values[i] for i in order], ranking_text(values, order, truncated_at))
 
 
 NODE_CLASS_MAPPINGS = {"PEALanguageCLIPScore": PEALanguageCLIPScore}

@@ -4,12 +4,12 @@ Our format: a safetensors file whose tensors use the official key names
 (``layernorm.*``, ``projector.N.weight``, ``fc.*``) and whose header metadata holds
 ``pea_adapter`` = JSON (see :mod:`adapters.metadata`). The official release is a
 ``pytorch_model.bin`` state dict (fp16 or fp32, sometimes with a ``module.`` prefix);
-it is opened with ``torch.load(weights_only=True)`` only.
+it is opened with ``torch.load(weights_only=True)`` only, its sizes checked first
+(:mod:`adapters.pickle_file`).
 """
 from __future__ import annotations
 
 import os
-import pickle
 import re
 import secrets
 from pathlib import Path
@@ -23,6 +23,7 @@ from .errors import AdapterFileError
 from .finite import check_finite
 from .metadata import METADATA_KEY, AdapterInfo
 from .module import AdapterShape, PEAAdapter
+from .pickle_file import load_pickle
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -40,18 +41,6 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     except (safetensors.SafetensorError, OSError, ValueError) as e:
         raise AdapterFileError(
             f"Adapter file {path} is not a readable safetensors file (truncated or damaged?): {e}") from e
-
-
-def _read_pickle(path: Path) -> dict:
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise AdapterFileError(
-            f"Adapter file {path} contains Python objects, not just tensors; it is refused for "
-            f"safety (only plain state dicts are loaded, with weights_only=True)") from e
-    except (EOFError, RuntimeError, OSError, ValueError) as e:
-        raise AdapterFileError(f"Adapter file {path} cannot be read (truncated or damaged?): {e}") from e
-    return obj
 
 
 def _as_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -130,7 +119,7 @@ def _read_adapter(path: Path) -> tuple[dict[str, torch.Tensor], AdapterInfo]:
                 f"{path}: metadata describes {info.shape} but the tensors have {shape}")
         return state, info
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        state = _as_state_dict(_read_pickle(path), path)
+        state = _as_state_dict(load_pickle(path, AdapterFileError, f"Adapter file {path}"), path)
         return state, AdapterInfo(shape=infer_shape(state, str(path)), source="official")
     raise AdapterFileError(
         f"Adapter file {path} has an unknown extension; expected one of {ADAPTER_SUFFIXES}")

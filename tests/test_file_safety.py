@@ -2,6 +2,8 @@
 weights in every format, tokenizers without their vocabulary, malformed headers."""
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from adapters.encoders.extract import extract_encoder
 from adapters.encoders.single_file import pack_encoder
 from adapters.finite import check_conditioning
 from adapters.tiny import TINY, make_adapter, make_byt5
-from tests.broken_files import poison_pickle, poison_safetensors, repack, rewrite_safetensors, with_member
+from tests.broken_files import poison_pickle, poison_safetensors, repack, rewrite_safetensors, with_member, zip_bomb
 
 POISONS = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 
@@ -304,3 +306,42 @@ def test_a_pack_without_its_vocabulary_is_refused(tmp_path, encoder_dirs, kind, 
     with pytest.raises(EncoderLoadError, match=r"No tokenizer vocabulary in .*broken.safetensors.*: expected "
                                                r"tokenizer.json or"):
         load_language_encoder(broken)
+
+
+# ---- decompression bombs: zip-format pickles are sized before torch.load ----------------------
+
+@pytest.fixture(scope="module")
+def bombs(tmp_path_factory):
+    """A byT5 folder whose zip-format pytorch_model.bin (a few MB) has a data.pkl declaring 3 GB, the
+    same file as an official adapter, and an official adapter whose tensor storage declares 256 MB."""
+    folder = tmp_path_factory.mktemp("bombs")
+    official = make_adapter(folder / "official.bin", "sd15", TINY["hidden"], official=True)
+    byt5 = make_byt5(folder / "byt5", shard_size="50GB", pickled=True)
+    zip_bomb(byt5 / "pytorch_model.bin", folder / "pickle_bomb.bin", "data.pkl", 3 * 2**30)
+    shutil.copy(folder / "pickle_bomb.bin", byt5 / "pytorch_model.bin")
+    return {"pickle": folder / "pickle_bomb.bin", "official": official, "byt5": byt5,
+            "storage": zip_bomb(official, folder / "storage_bomb.bin", "data/0", 256 * 2**20)}
+
+
+def test_pickle_bombs_are_refused_fast_with_bounded_memory(bombs):
+    from tests.test_encoders import PEAK_MEMORY
+
+    assert bombs["pickle"].stat().st_size < 8 * 2**20 and bombs["storage"].stat().st_size < 2**20
+    tries = [f"adapters.load_adapter({str(bombs['pickle'])!r})", f"adapters.load_adapter({str(bombs['storage'])!r})",
+             f"adapters.load_language_encoder({str(bombs['byt5'])!r})"]
+    code = "".join(f"try:\n    {call}\nexcept adapters.PEAError as e:\n    print(e)\n" for call in tries)
+    script = (f"{PEAK_MEMORY}\nimport adapters, adapters.encoders, transformers\nbefore = peak_bytes()\n{code}"
+              f"print(peak_bytes() - before)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    *messages, grown = done.stdout.strip().splitlines()
+    assert int(grown) < 64 * 2**20, f"peak memory grew by {int(grown) / 2**20:.0f} MiB"
+    assert len(messages) == 3 and all(len(m) < 300 and "decompression bomb" in m for m in messages), messages
+    assert "pickle_bomb.bin is refused: its record 'pytorch_model/data.pkl' declares 3221225472 bytes" in messages[0]
+    assert "storage_bomb.bin is refused: its tensors declare 2685" in messages[1]
+    assert "byt5/pytorch_model.bin is refused" in messages[2]
+
+
+def test_a_zip_checkpoint_within_the_bounds_still_loads(bombs):
+    assert load_adapter(bombs["official"]).info.source == "official"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import pickle
 import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import EncoderLoadError
+from ..pickle_file import load_pickle
 
 WEIGHT_FILES = (
     "model.safetensors", "model.safetensors.index.json",
@@ -35,7 +35,8 @@ class TensorSource(Protocol):
 
 
 def read_pickle(path: Path, mmap: bool = False) -> dict:
-    """The state dict in a pickle, only through ``weights_only=True``. With ``mmap`` the tensors
+    """The state dict in a pickle, only through ``weights_only=True`` (sizes checked first:
+    :func:`adapters.pickle_file.load_pickle`). With ``mmap`` the tensors
     map the file instead of being read (only the zip format of torch >= 1.6 can be mapped)."""
     if mmap and not zipfile.is_zipfile(path):
         raise EncoderLoadError(
@@ -44,12 +45,7 @@ def read_pickle(path: Path, mmap: bool = False) -> dict:
             f"name (python -c \"import sys, torch; torch.save(torch.load(sys.argv[1], weights_only=True), "
             f"sys.argv[2])\" OLD NEW, which holds the whole checkpoint in memory once) or use a safetensors "
             f"copy of the checkpoint.")
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
-        raise EncoderLoadError(f"{path} holds Python objects besides tensors; refused for safety") from e
-    except Exception as e:  # truncated zip, bad header, ...: all mean a damaged file
-        raise EncoderLoadError(f"{path} cannot be read (truncated or damaged?): {e}") from e
+    obj = load_pickle(path, EncoderLoadError, mmap=mmap)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):

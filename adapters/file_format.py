@@ -141,7 +141,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
 
     The temp name is unique to this call (process id and random letters), so processes and
     threads writing the same file never share one; it is created with mode 0o666 less the
-    umask, as an ordinary file would be. On any error the temp file is removed."""
+    umask, as an ordinary file would be, and keeps that mode even when ``write`` replaces it
+    (the safetensors writer creates its files 0o600). On any error the temp file is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
@@ -152,7 +153,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
         except FileExistsError:
             continue
     try:
+        mode = tmp.stat().st_mode & 0o777  # 0o666 less the umask, read without changing the umask
         write(str(tmp))
+        if tmp.stat().st_mode & 0o777 != mode:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -2,11 +2,13 @@
 the loss log, the non-finite guard, batch prefetching, atomic writes, run folders."""
 import io
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from training.data import BucketBatches, ManifestError, make_buckets, nearest_bucket, read_manifest
 
@@ -161,6 +163,28 @@ def test_atomic_write_uses_unique_temp_names_and_the_umask(tmp_path):
         atomic_write(path, lambda tmp: (_ for _ in ()).throw(RuntimeError("disk full")))
     assert os.listdir(path.parent) == ["f.json"] and path.read_text() == "2"
 
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_adapters_and_checkpoints_follow_the_umask(tmp_path, umask, mode):
+    """The test above writes through open(), which keeps the temp file's mode; the safetensors writer
+    replaces the file with one of mode 0o600, which a ComfyUI running as another user cannot read."""
+    import os
+
+    from adapters.file_format import save_official
+    from adapters.tiny import make_adapter
+    from training.run_files import save_checkpoint
+
+    old = os.umask(umask)
+    try:
+        ours = make_adapter(tmp_path / "ours.safetensors", "sd15", 32)
+        official = save_official({"w": torch.zeros(2)}, tmp_path / "official.bin")
+        checkpoint = save_checkpoint(tmp_path / "checkpoints", 3, {"step": 3})
+    finally:
+        os.umask(old)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in (ours, official, checkpoint)} == {
+        "ours.safetensors": oct(mode), "official.bin": oct(mode), checkpoint.name: oct(mode)}
 
 # ---- manifests: every fault at once, by file and line ------------------------------------
 

@@ -97,3 +97,15 @@ def zip_bomb(src: Path, dest: Path, record: str, size: int) -> Path:
                     out.write(chunk)
                 out.write(bytes((size - len(data)) % len(chunk)))
     return dest
+
+
+def edit_safetensors_header(path: Path, edit: Callable[[dict], object]) -> Path:
+    """Rewrite the JSON header of a safetensors file in place as ``edit(header)`` (data kept)."""
+    import struct
+
+    raw = path.read_bytes()
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.dumps(edit(json.loads(raw[8:8 + size]))).encode()
+    header += b" " * (-len(header) % 8)
+    path.write_bytes(struct.pack("<Q", len(header)) + header + raw[8 + size:])
+    return path

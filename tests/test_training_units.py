@@ -186,6 +186,39 @@ def test_adapters_and_checkpoints_follow_the_umask(tmp_path, umask, mode):
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in (ours, official, checkpoint)} == {
         "ours.safetensors": oct(mode), "official.bin": oct(mode), checkpoint.name: oct(mode)}
 
+
+def test_a_run_folder_is_claimed_once_and_stale_locks_are_taken_over(tmp_path):
+    import os
+    import socket
+    import subprocess
+
+    import psutil
+
+    from training.run_folder import LOCK_NAME, RunFolderError, claim_run_folder, release_run_folder
+
+    out = tmp_path / "run"
+    lock = claim_run_folder(out)
+    assert claim_run_folder(out) == lock and json.loads(lock.read_text())["pid"] == os.getpid()
+    release_run_folder(out)
+    assert not lock.exists()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = {"pid": other.pid, "host": socket.gethostname(), "started": psutil.Process(other.pid).create_time()}
+        lock.write_text(json.dumps(live))
+        with pytest.raises(RunFolderError, match=rf"run is in use by another run \(process {other.pid} on .*delete "
+                                                 rf".*{LOCK_NAME}"):
+            claim_run_folder(out)
+        lock.write_text(json.dumps({**live, "host": "another-host"}))  # cannot be checked from here: refused
+        with pytest.raises(RunFolderError, match="another-host"):
+            claim_run_folder(out)
+    finally:
+        other.kill()
+        other.wait()
+    lock.write_text(json.dumps(live))  # its process is gone: stale
+    assert claim_run_folder(out) == lock and json.loads(lock.read_text())["pid"] == os.getpid()
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+    release_run_folder(out)
+
 # ---- manifests: every fault at once, by file and line ------------------------------------
 
 def test_manifest_lists_every_fault_with_file_and_line(tmp_path):

@@ -164,6 +164,30 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
     return path
 
 
+TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+"""The temp names of :func:`atomic_write`: ``.<target name>.<process id>.<8 hex digits>.tmp``."""
+
+
+def remove_abandoned_temp_files(folder: Path) -> list[Path]:
+    """Delete the temp files :func:`atomic_write` left in ``folder`` (not below) when its process was
+    killed mid-write: only names of its pattern, only regular files, only those whose process is gone
+    (a live writer's file is left alone). Returns what was deleted."""
+    if not folder.is_dir():
+        return []
+    found = [(Path(e.path), int(m["pid"])) for e in os.scandir(folder)
+             if (m := TEMP_NAME.match(e.name)) and e.is_file(follow_symlinks=False)]
+    if not found:
+        return []
+    import psutil  # a ComfyUI requirement; needed only when temp files are found
+
+    removed = []
+    for path, pid in found:
+        if pid != os.getpid() and not psutil.pid_exists(pid):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def save_adapter(state: dict[str, torch.Tensor] | PEAAdapter, info: AdapterInfo,
                  path: str | os.PathLike) -> Path:
     """Write an adapter in our safetensors format, atomically (temp file, then rename)."""

@@ -403,7 +403,7 @@ def test_temp_files_of_interrupted_writes_are_cleaned_at_start(tmp_path, caplog)
     import time
 
     from tests.broken_training_files import interrupted_writes
-    from training.run_folder import STALE_AFTER_S, prepare_run_folder
+    from training.run_folder import STALE_AFTER_S, prepare_run_folder, release_run_folder
 
     out, cache = tmp_path / "run", tmp_path / "cache"
     interrupted_writes(out / "adapter.safetensors", out / "checkpoints" / "step_0000100.pt",
@@ -415,10 +415,11 @@ def test_temp_files_of_interrupted_writes_are_cleaned_at_start(tmp_path, caplog)
     with caplog.at_level("WARNING"):
         prepare_run_folder(out, "adapter.safetensors", cache_dir=cache)
     assert "removed 3 temp file(s) left by interrupted writes" in caplog.text
-    assert sorted(p.name for p in out.iterdir()) == [".hidden.tmp", "checkpoints", "notes.tmp"]
+    assert sorted(p.name for p in out.iterdir()) == [".hidden.tmp", ".pea-run.lock", "checkpoints", "notes.tmp"]
     assert list((out / "checkpoints").iterdir()) == [] and list((cache / "latents" / "ab").iterdir()) == []
     fresh = list((cache / "teacher" / "cd").iterdir())  # another run sharing the cache may be writing it
     assert len(fresh) == 1 and fresh[0].name.startswith(".cdef.safetensors.")
+    release_run_folder(out)
 
 
 def test_torn_log_line_is_dropped_on_resume_and_the_log_rewritten(tmp_path, caplog):

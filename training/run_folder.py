@@ -23,14 +23,14 @@ from pathlib import Path
 
 import psutil
 
+from adapters.file_format import TEMP_NAME
+
 from .run_files import checkpoints, find_checkpoint
 
 log = logging.getLogger(__name__)
 
 RUN_FILES = ("log.jsonl", "loss.png", "summary.json")
 PREVIEW_NAME = re.compile(r"^(step_\d+|final)\.png$")
-TEMP_NAME = re.compile(r"^\..+\.[^.]+\.tmp$")
-"""The temp names of ``adapters.file_format.atomic_write``: ``.<target name>.<unique part>.tmp``."""
 STALE_AFTER_S = 15 * 60
 """A temp file in a cache folder (which other runs may share) untouched this long is abandoned."""
 

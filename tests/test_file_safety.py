@@ -430,21 +430,38 @@ def hostile_byt5_folders(root: Path, secret: Path) -> dict[str, Path]:
     return folders
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="/dev/zero, named pipes and symlinks as an unprivileged user")
-def test_hostile_extract_inputs_end_in_one_line_errors_and_write_nothing(tmp_path):
-    secret = tmp_path / "credentials.json"
+@pytest.fixture(scope="module")
+def packing_runs(tmp_path_factory, encoder_dirs):
+    """Both packing tools run (in one fresh Python) on the hostile byT5 folders and on two good folders
+    beside which lie a notes.json linking to a credentials file and a 110 MB big.txt."""
+    root = tmp_path_factory.mktemp("packing")
+    secret = root / "credentials.json"
     secret.write_text(json.dumps({"token": SECRET}))
-    folders = hostile_byt5_folders(tmp_path / "in", secret)
-    out = tmp_path / "out"
+    folders = hostile_byt5_folders(root / "in", secret)
+    byt5, clip = make_byt5(root / "byt5"), shutil.copytree(encoder_dirs["chinese_clip"], root / "chinese_clip")
+    for folder in (byt5, clip):
+        (folder / "notes.json").symlink_to(secret)
+        with open(folder / "big.txt", "wb") as f:
+            f.truncate(110 * 2**20)
+    out = root / "out"
     out.mkdir()
     runs = [(name, "adapters.encoders.extract", [str(folder), str(out / "x.safetensors")])
             for name, folder in folders.items()]
-    runs.append(("--context-length -5", "adapters.encoders.extract",
-                 [str(tmp_path / "in" / "single"), str(out / "x.safetensors"), "--context-length", "-5"]))
-    results = run_clis(runs)
-    assert set(results) == {name for name, _, _ in runs}
+    runs += [("--context-length -5", "adapters.encoders.extract",
+              [str(root / "in" / "single"), str(out / "x.safetensors"), "--context-length", "-5"]),
+             ("good extract", "adapters.encoders.extract", [str(byt5), str(root / "byt5.safetensors")]),
+             ("good single_file", "adapters.encoders.single_file", [str(clip), str(root / "clip.safetensors")])]
+    return {"root": root, "out": out, "folders": folders, "runs": runs, "results": run_clis(runs)}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="/dev/zero, named pipes and symlinks as an unprivileged user")
+def test_hostile_extract_inputs_end_in_one_line_errors_and_write_nothing(packing_runs):
+    results, folders = packing_runs["results"], packing_runs["folders"]
+    assert set(results) == {name for name, _, _ in packing_runs["runs"]}
     loaded_back = "a transposed shape (valid file, will not load)"  # transformers logs its load report first
     for name, (rc, err, seconds) in results.items():
+        if name.startswith("good "):
+            continue
         lines = err.strip().splitlines()
         errors = [line for line in lines if line.startswith("error: ")]
         assert rc == 2 and errors == lines[-1:] and "Traceback" not in err, (name, rc, err)
@@ -454,9 +471,9 @@ def test_hostile_extract_inputs_end_in_one_line_errors_and_write_nothing(tmp_pat
     assert "not a regular file" in results["a named pipe as a shard"][1]
     assert "larger than 32 MiB" in results["a 110 MB tokenizer_config.json"][1]
     assert "links outside" in results["a tokenizer file linking outside"][1]
-    assert "was not written: it would not load" in results["a transposed shape (valid file, will not load)"][1]
+    assert "was not written: it would not load" in results[loaded_back][1]
     assert "expected a whole number above 0, not '-5'" in results["--context-length -5"][1]
-    assert list(out.iterdir()) == []
+    assert list(packing_runs["out"].iterdir()) == []
     # the loader the nodes use finds weights through the same lookup
     with pytest.raises(EncoderLoadError, match="maps .* to '/dev/zero', expected the file name of a shard"):
         load_language_encoder(folders["index naming /dev/zero"])
@@ -464,23 +481,14 @@ def test_hostile_extract_inputs_end_in_one_line_errors_and_write_nothing(tmp_pat
         load_language_encoder(folders["a named pipe as a shard"])
 
 
-def test_extract_and_single_file_embed_only_what_they_need(tmp_path, encoder_dirs):
-    """A notes.json linking to a credentials file and a 110 MB big.txt beside the model never enter
-    the packed files people share; the outputs load."""
-    secret = tmp_path / "credentials.json"
-    secret.write_text(json.dumps({"token": SECRET}))
-    byt5 = make_byt5(tmp_path / "byt5")
-    clip = shutil.copytree(encoder_dirs["chinese_clip"], tmp_path / "chinese_clip")
-    for folder in (byt5, clip):
-        (folder / "notes.json").symlink_to(secret)
-        with open(folder / "big.txt", "wb") as f:
-            f.truncate(110 * 2**20)
-    results = run_clis([
-        ("extract", "adapters.encoders.extract", [str(byt5), str(tmp_path / "byt5.safetensors")]),
-        ("single_file", "adapters.encoders.single_file", [str(clip), str(tmp_path / "clip.safetensors")])])
-    assert all(rc == 0 for rc, _, _ in results.values()), results
+@pytest.mark.skipif(sys.platform == "win32", reason="symlinks as an unprivileged user")
+def test_extract_and_single_file_embed_only_what_they_need(packing_runs):
+    """The notes.json linking to a credentials file and the big.txt never enter the packed files
+    people share; the outputs load."""
+    results = packing_runs["results"]
+    assert results["good extract"][0] == 0 and results["good single_file"][0] == 0, results
     for name in ("byt5.safetensors", "clip.safetensors"):
-        path = tmp_path / name
+        path = packing_runs["root"] / name
         assert SECRET.encode() not in path.read_bytes()
         with safetensors.safe_open(str(path), framework="pt") as f:
             members = json.loads(f.metadata()["pea_language_clip"])["files"]

@@ -164,6 +164,8 @@ def test_sdxl_adapter_alone(eval_models, tmp_path, capsys):
      "chinese-clip-tiny-text.safetensors is a single file: .*only its text tower.*vision tower"),
     (lambda m, tmp: ["--prompt-set", str(write_prompt_set(tmp / "bad", {"zh": [("p1", "c", "", "an English text")]}))],
      r"zh.jsonl:1 \(id 'p1'\): field 'text' is missing or empty"),
+    (lambda m, tmp: ["--prompt-set", str(write_prompt_set(tmp / "long", {"zh": [("a" * 300, "c", "猫", "a cat")]}))],
+     r"zh.jsonl:1: id is 300 characters long, at most 200 allowed"),
     (lambda m, tmp: ["--baselines", "translate", "--translation-model", "ru=" + str(m["marian"])],
      "no --translation-model for the Chinese prompts"),
 ])

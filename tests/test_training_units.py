@@ -364,7 +364,7 @@ def previous_run(folder: Path) -> None:
 
 
 def test_a_new_run_refuses_a_folder_holding_a_previous_run(tmp_path):
-    from training.run_folder import RunFolderError, check_run_folder, prepare_run_folder
+    from training.run_folder import RunFolderError, check_run_folder, prepare_run_folder, release_run_folder
 
     out = tmp_path / "run"
     out.mkdir()
@@ -380,13 +380,14 @@ def test_a_new_run_refuses_a_folder_holding_a_previous_run(tmp_path):
     check_run_folder(out, "adapter.safetensors", resume=out)  # continuing it is fine
     check_run_folder(out, "adapter.safetensors", resume=out / "checkpoints" / "step_0000010.pt")
     prepare_run_folder(out, "adapter.safetensors", overwrite=True)
+    release_run_folder(out)  # as the run does when it ends
     left = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
     assert left == ["checkpoints", "checkpoints/keep_me.pt", "notes.txt", "previews", "previews/my_sketch.png"]
     check_run_folder(out, "adapter.safetensors")
 
 
 def test_overwrite_finds_an_adapter_written_under_another_name(tmp_path):
-    from training.run_folder import previous_run_files, prepare_run_folder
+    from training.run_folder import previous_run_files, prepare_run_folder, release_run_folder
 
     out = tmp_path / "run"
     out.mkdir()
@@ -395,6 +396,7 @@ def test_overwrite_finds_an_adapter_written_under_another_name(tmp_path):
     (out / "other.safetensors").write_bytes(b"the user's")
     assert previous_run_files(out, "adapter.safetensors") == [out / "pea_zh.safetensors", out / "summary.json"]
     prepare_run_folder(out, "adapter.safetensors", overwrite=True)
+    release_run_folder(out)
     assert [p.name for p in out.iterdir()] == ["other.safetensors"]
 
 

@@ -2,11 +2,13 @@
 the loss log, the non-finite guard, batch prefetching, atomic writes, run folders."""
 import io
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from training.data import BucketBatches, ManifestError, make_buckets, nearest_bucket, read_manifest
 
@@ -161,6 +163,61 @@ def test_atomic_write_uses_unique_temp_names_and_the_umask(tmp_path):
         atomic_write(path, lambda tmp: (_ for _ in ()).throw(RuntimeError("disk full")))
     assert os.listdir(path.parent) == ["f.json"] and path.read_text() == "2"
 
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_adapters_and_checkpoints_follow_the_umask(tmp_path, umask, mode):
+    """The test above writes through open(), which keeps the temp file's mode; the safetensors writer
+    replaces the file with one of mode 0o600, which a ComfyUI running as another user cannot read."""
+    import os
+
+    from adapters.file_format import save_official
+    from adapters.tiny import make_adapter
+    from training.run_files import save_checkpoint
+
+    old = os.umask(umask)
+    try:
+        ours = make_adapter(tmp_path / "ours.safetensors", "sd15", 32)
+        official = save_official({"w": torch.zeros(2)}, tmp_path / "official.bin")
+        checkpoint = save_checkpoint(tmp_path / "checkpoints", 3, {"step": 3})
+    finally:
+        os.umask(old)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in (ours, official, checkpoint)} == {
+        "ours.safetensors": oct(mode), "official.bin": oct(mode), checkpoint.name: oct(mode)}
+
+
+def test_a_run_folder_is_claimed_once_and_stale_locks_are_taken_over(tmp_path):
+    import os
+    import socket
+    import subprocess
+
+    import psutil
+
+    from training.run_folder import LOCK_NAME, RunFolderError, claim_run_folder, release_run_folder
+
+    out = tmp_path / "run"
+    lock = claim_run_folder(out)
+    assert claim_run_folder(out) == lock and json.loads(lock.read_text())["pid"] == os.getpid()
+    release_run_folder(out)
+    assert not lock.exists()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = {"pid": other.pid, "host": socket.gethostname(), "started": psutil.Process(other.pid).create_time()}
+        lock.write_text(json.dumps(live))
+        with pytest.raises(RunFolderError, match=rf"run is in use by another run \(process {other.pid} on .*delete "
+                                                 rf".*{LOCK_NAME}"):
+            claim_run_folder(out)
+        lock.write_text(json.dumps({**live, "host": "another-host"}))  # cannot be checked from here: refused
+        with pytest.raises(RunFolderError, match="another-host"):
+            claim_run_folder(out)
+    finally:
+        other.kill()
+        other.wait()
+    lock.write_text(json.dumps(live))  # its process is gone: stale
+    assert claim_run_folder(out) == lock and json.loads(lock.read_text())["pid"] == os.getpid()
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+    release_run_folder(out)
 
 # ---- manifests: every fault at once, by file and line ------------------------------------
 
@@ -363,7 +420,7 @@ def previous_run(folder: Path) -> None:
 
 
 def test_a_new_run_refuses_a_folder_holding_a_previous_run(tmp_path):
-    from training.run_folder import RunFolderError, check_run_folder, prepare_run_folder
+    from training.run_folder import RunFolderError, check_run_folder, prepare_run_folder, release_run_folder
 
     out = tmp_path / "run"
     out.mkdir()
@@ -379,13 +436,14 @@ def test_a_new_run_refuses_a_folder_holding_a_previous_run(tmp_path):
     check_run_folder(out, "adapter.safetensors", resume=out)  # continuing it is fine
     check_run_folder(out, "adapter.safetensors", resume=out / "checkpoints" / "step_0000010.pt")
     prepare_run_folder(out, "adapter.safetensors", overwrite=True)
+    release_run_folder(out)  # as the run does when it ends
     left = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
     assert left == ["checkpoints", "checkpoints/keep_me.pt", "notes.txt", "previews", "previews/my_sketch.png"]
     check_run_folder(out, "adapter.safetensors")
 
 
 def test_overwrite_finds_an_adapter_written_under_another_name(tmp_path):
-    from training.run_folder import previous_run_files, prepare_run_folder
+    from training.run_folder import previous_run_files, prepare_run_folder, release_run_folder
 
     out = tmp_path / "run"
     out.mkdir()
@@ -394,6 +452,7 @@ def test_overwrite_finds_an_adapter_written_under_another_name(tmp_path):
     (out / "other.safetensors").write_bytes(b"the user's")
     assert previous_run_files(out, "adapter.safetensors") == [out / "pea_zh.safetensors", out / "summary.json"]
     prepare_run_folder(out, "adapter.safetensors", overwrite=True)
+    release_run_folder(out)
     assert [p.name for p in out.iterdir()] == ["other.safetensors"]
 
 
@@ -402,7 +461,7 @@ def test_temp_files_of_interrupted_writes_are_cleaned_at_start(tmp_path, caplog)
     import time
 
     from tests.broken_training_files import interrupted_writes
-    from training.run_folder import STALE_AFTER_S, prepare_run_folder
+    from training.run_folder import STALE_AFTER_S, prepare_run_folder, release_run_folder
 
     out, cache = tmp_path / "run", tmp_path / "cache"
     interrupted_writes(out / "adapter.safetensors", out / "checkpoints" / "step_0000100.pt",
@@ -414,10 +473,11 @@ def test_temp_files_of_interrupted_writes_are_cleaned_at_start(tmp_path, caplog)
     with caplog.at_level("WARNING"):
         prepare_run_folder(out, "adapter.safetensors", cache_dir=cache)
     assert "removed 3 temp file(s) left by interrupted writes" in caplog.text
-    assert sorted(p.name for p in out.iterdir()) == [".hidden.tmp", "checkpoints", "notes.tmp"]
+    assert sorted(p.name for p in out.iterdir()) == [".hidden.tmp", ".pea-run.lock", "checkpoints", "notes.tmp"]
     assert list((out / "checkpoints").iterdir()) == [] and list((cache / "latents" / "ab").iterdir()) == []
     fresh = list((cache / "teacher" / "cd").iterdir())  # another run sharing the cache may be writing it
     assert len(fresh) == 1 and fresh[0].name.startswith(".cdef.safetensors.")
+    release_run_folder(out)
 
 
 def test_torn_log_line_is_dropped_on_resume_and_the_log_rewritten(tmp_path, caplog):

@@ -28,7 +28,7 @@ from .objective import LossWeights
 from .preview import render_previews
 from .run_files import (RunLog, find_checkpoint, load_checkpoint, plot_losses, prune_checkpoints, save_checkpoint,
                         set_rng_state, write_summary)
-from .run_folder import check_later_checkpoints, prepare_run_folder
+from .run_folder import check_later_checkpoints, prepare_run_folder, release_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,15 @@ class Trainer:
 
     def run(self) -> Path:
         """Train to ``cfg.steps``; write the adapter, the log, the loss plot and the summary.
-        Raises NonFiniteError (after writing the summary) when the guard stops the run."""
+        Raises NonFiniteError (after writing the summary) when the guard stops the run. The run
+        folder's lock is released at the end, whatever happens."""
+        try:
+            return self._run()
+        finally:
+            if self.dist.main:
+                release_run_folder(self.cfg.output)
+
+    def _run(self) -> Path:
         cfg, out = self.cfg, self.cfg.output
         if cfg.resume:
             self.restore(cfg.resume)

@@ -157,7 +157,7 @@ def train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from training.distributed import DistInfo
     from training.loop import TrainConfig, Trainer
     from training.objective import LossWeights
-    from training.run_folder import check_run_folder
+    from training.run_folder import check_run_folder, claim_run_folder
 
     cfg = TrainConfig(
         output=args.output, steps=args.steps or 1000, batch_size=args.batch_size, grad_accum=args.grad_accum,
@@ -171,7 +171,8 @@ def train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         save_every=args.save_every, log_every=args.log_every, preview_every=args.preview_every,
         preview_prompts=args.preview_prompt, languages=args.languages, overwrite=args.overwrite,
         keep_checkpoints=args.keep_checkpoints, memory_budget=args.memory_budget, compile=args.compile)
-    check_run_folder(cfg.output, cfg.adapter_name, cfg.resume, cfg.overwrite)  # before minutes of loading
+    claim_run_folder(cfg.output)  # before minutes of loading: one run at a time in a folder
+    check_run_folder(cfg.output, cfg.adapter_name, cfg.resume, cfg.overwrite)
     records = read_manifest(args.manifest, args.image_root) if args.manifest else None
     shards = [url for pattern in args.shards or [] for url in braceexpand(pattern)]
     import_comfy(cpu=args.cpu or None)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from adapters import tiny as standins
 from adapters.clip_score import load_clip_scorer
+from tests.broken_training_files import interrupted_writes
 from tests.evaluation_standins import write_inception_weights, write_random_images
 
 pytestmark = pytest.mark.once  # the evaluator runs the stock nodes the workflow tests run on every release
@@ -130,8 +131,11 @@ def test_evaluator_runs_end_to_end_then_resumes_without_generating(eval_models, 
             assert grid.size == (140 + 3 * 160, 24 + rows * 160)
 
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("images/*/*/*.png")}
+    interrupted_writes(out / "images" / "pea-pea_zh_sd15" / "zh" / "general-009_0.png")  # a run killed mid-write
+    assert len(list(out.rglob("*.tmp"))) == 1
     assert evaluate(eval_models, out, *fid) == 0
     assert "0 new images (9 already there)" in capsys.readouterr().out
+    assert not list(out.rglob("*.tmp")), "the next run removes what a killed one left"
     assert {p: p.stat().st_mtime_ns for p in out.glob("images/*/*/*.png")} == stamps
 
     assert evaluate(eval_models, out, "--images-per-prompt", "2", "--baselines", "none") == 0
@@ -179,6 +183,8 @@ def test_sdxl_adapter_alone(eval_models, tmp_path, capsys):
      "chinese-clip-tiny-text.safetensors is a single file: .*only its text tower.*vision tower"),
     (lambda m, tmp: ["--prompt-set", str(write_prompt_set(tmp / "bad", {"zh": [("p1", "c", "", "an English text")]}))],
      r"zh.jsonl:1 \(id 'p1'\): field 'text' is missing or empty"),
+    (lambda m, tmp: ["--prompt-set", str(write_prompt_set(tmp / "long", {"zh": [("a" * 300, "c", "猫", "a cat")]}))],
+     r"zh.jsonl:1: id is 300 characters long, at most 200 allowed"),
     (lambda m, tmp: ["--baselines", "translate", "--translation-model", "ru=" + str(m["marian"])],
      "no --translation-model for the Chinese prompts"),
     (lambda m, tmp: ["--languages", "ru", "--judge-clip", str(m["language_clip"])],

@@ -5,8 +5,10 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -484,6 +486,38 @@ def test_cli_refuses_a_reused_run_folder_and_a_faulty_manifest_before_loading(co
     assert f"{manifest}:1: not UTF-8 text" in result.stderr and f"{manifest}:2: a JSON list" in result.stderr
     assert (out / "log.jsonl").is_file()  # --overwrite deletes nothing before the run can start
 
+
+@pytest.mark.once
+@pytest.mark.skipif(sys.platform == "win32", reason="holds the first run with a named pipe")
+def test_two_runs_on_one_new_folder_at_once_one_is_refused(comfy_path, tmp_path):
+    """The first run claims the folder, then waits reading its manifest (a named pipe); a second run
+    started on the same folder meanwhile is refused before loading anything."""
+    out, held = tmp_path / "out", tmp_path / "held.jsonl"
+    os.mkfifo(held)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"image": "a.png", "text": "猫", "en": "cat"}\n')
+    cmd = [sys.executable, str(Path(__file__).resolve().parents[2] / "training" / "train_adapter.py"),
+           "--checkpoint", "not_loaded.safetensors", "--encoder", str(tmp_path / "not_loaded"), "--cpu",
+           "--output", str(out), "--manifest"]
+    env = dict(os.environ, COMFYUI_PATH=str(comfy_path))
+    first = subprocess.Popen(cmd + [str(held)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / ".pea-run.lock").is_file() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (out / ".pea-run.lock").is_file(), first.communicate(timeout=10)
+        second = subprocess.run(cmd + [str(manifest)], capture_output=True, text=True, timeout=300, env=env)
+        assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr
+        assert second.stderr.strip() == (f"error: {out} is in use by another run (process {first.pid} on "
+                                         f"{socket.gethostname()}); wait for it to finish or choose another --output. "
+                                         f"If no run is using it, delete {out / '.pea-run.lock'}.")
+        with open(held, "w") as f:  # let the first run go on: a faulty manifest ends it
+            f.write("[]\n")
+        assert first.wait(timeout=120) == 1 and "faulty line" in first.stderr.read()
+    finally:
+        first.kill()
+        first.wait()
+    assert not (out / ".pea-run.lock").exists()  # released when its process exited
 
 @pytest.mark.once
 def test_benchmark_cpu_configuration_prints_ratios(comfy_path, tmp_path, capsys, monkeypatch):

@@ -40,7 +40,7 @@ class Batch:
 class Distiller(nn.Module):
     """One distillation step: the PEA loss of a batch; ``adapter`` is the only module with trainable weights.
 
-    The trainer and ``training/benchmark.py`` both run this module. The UNet runs in its own
+    The trainer and ``benchmarks/train_step.py`` both run this module. The UNet runs in its own
     weight dtype without autocast (bf16 where the card has it: see ``base.load_base``);
     only the frozen language encoder runs under bf16 autocast on CUDA. ``memory_budget`` (0..1)
     is the share of the UNet's attention blocks whose student-pass activations are kept (the

@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the pack's packages impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.families import FAMILIES  # noqa: E402
-from training.comfy_runtime import import_comfy  # noqa: E402
+from comfy_runtime import import_comfy  # noqa: E402
 
 DEMO_HONOURS = ("demo", "output", "steps", "seed", "overwrite", "cpu")
 """What ``--demo`` uses; it trains its own miniature world, so every other option is refused."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from training.comfy_runtime import PACK_ROOT, load_pack  # noqa: F401  (load_pack: used by the fixtures)
+from comfy_runtime import PACK_ROOT, load_pack  # noqa: F401  (load_pack: used by the fixtures)
 
 REPO = PACK_ROOT
 

@@ -19,7 +19,7 @@ from adapters.encoders.single_file import pack_encoder
 from adapters import tiny as standins
 from tests import broken_files
 from tests.host import comfy_host, releases
-from training.comfy_runtime import find_comfyui, import_comfy
+from comfy_runtime import find_comfyui, import_comfy
 
 ZH = EncoderSpec("chinese_clip", "chinese-clip-tiny", context_length=52, attention_mask=True)
 XLMR = EncoderSpec("open_clip", "xlm-roberta-tiny", context_length=77, attention_mask=True)

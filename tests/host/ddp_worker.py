@@ -19,7 +19,7 @@ def train(manifest: str, encoder_dir: str, out: Path, batch: int, cache: Path, d
 
 
 if __name__ == "__main__":
-    from training.comfy_runtime import import_comfy
+    from comfy_runtime import import_comfy
 
     import_comfy(cpu=True)
     from training.distributed import DistInfo

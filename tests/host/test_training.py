@@ -487,7 +487,7 @@ def test_cli_refuses_a_reused_run_folder_and_a_faulty_manifest_before_loading(co
 
 @pytest.mark.once
 def test_benchmark_cpu_configuration_prints_ratios(comfy_path, tmp_path, capsys, monkeypatch):
-    from training.benchmark import MIN_STEPS, MIN_WARMUP, main
+    from benchmarks.train_step import MIN_STEPS, MIN_WARMUP, main
     from training.distill import Distiller
 
     calls = []

@@ -122,7 +122,7 @@ if __name__ == "__main__":
     import argparse
     import tempfile
 
-    from ..comfy_runtime import import_comfy
+    from comfy_runtime import import_comfy
 
     parser = argparse.ArgumentParser(description="Rebuild the shipped demo teacher (a few minutes on a CPU).")
     parser.add_argument("--write-teacher", action="store_true", required=True)

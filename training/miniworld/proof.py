@@ -29,22 +29,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import torch
 
-import torch  # noqa: E402
-
-from adapters import LanguageEncoder, load_language_encoder  # noqa: E402
-from adapters.file_format import atomic_write  # noqa: E402
-from adapters.tiny import make_chinese_clip  # noqa: E402
-from training.caching import TeacherText  # noqa: E402
-from training.data import read_manifest  # noqa: E402
-from training.loop import TrainConfig, Trainer  # noqa: E402
-from training.miniworld.demo import prepare_teacher  # noqa: E402
-from training.miniworld.judge import Judge, accuracy, drawn_images, load_judge  # noqa: E402
-from training.miniworld.tiny_base import tiny_sd15_parts  # noqa: E402
-from training.miniworld.world import read_pairs, write_dataset  # noqa: E402
-from training.objective import LossWeights  # noqa: E402
+from adapters import LanguageEncoder, load_language_encoder
+from adapters.file_format import atomic_write
+from adapters.tiny import make_chinese_clip
+from training.caching import TeacherText
+from training.data import read_manifest
+from training.loop import TrainConfig, Trainer
+from training.miniworld.demo import prepare_teacher
+from training.miniworld.judge import Judge, accuracy, drawn_images, load_judge
+from training.miniworld.tiny_base import tiny_sd15_parts
+from training.miniworld.world import read_pairs, write_dataset
+from training.objective import LossWeights
 
 STUDENTS = {  # the ablation rows of the paper's Table 2 give every sample L_SD (sd_on_parallel)
     "fine-tuning only (L_SD)": LossWeights(1.0, 0.0, 0.0, sd_on_parallel=True),
@@ -295,7 +292,7 @@ def main(argv=None) -> int:
     if args.merge:
         merge_proofs(args.merge, args.output)
         return 0
-    from training.comfy_runtime import import_comfy
+    from comfy_runtime import import_comfy
 
     import_comfy(cpu=args.cpu or None)
     rows = (OURS,) if args.quick else tuple(STUDENTS)

@@ -1,8 +1,8 @@
 """Training-step benchmark: the trainer's own step against the official step as it runs, one process.
 
-    python training/benchmark.py --model sdxl --batch 4 --compile --max-batch   # GPU: SDXL 1024x1024
-    python training/benchmark.py --model sdxl --resolution 512 --batch 1 --dtype bf16 --saved-only  # CPU
-    python training/benchmark.py                                                # CPU: a tiny configuration
+    python -m benchmarks.train_step --model sdxl --batch 4 --compile --max-batch   # GPU: SDXL 1024x1024
+    python -m benchmarks.train_step --model sdxl --resolution 512 --batch 1 --dtype bf16 --saved-only  # CPU
+    python -m benchmarks.train_step                                                # CPU: a tiny configuration
 
 Both sides get full-size UNets with random weights, built from ComfyUI's own model classes
 (SD1.5 at 512x512, SDXL at 1024x1024 unless ``--resolution``), random latents, random teacher
@@ -40,15 +40,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import torch.nn.functional as F
+from torch.multiprocessing.reductions import StorageWeakRef
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.multiprocessing.reductions import StorageWeakRef  # noqa: E402
-
-from adapters.families import FAMILIES  # noqa: E402
-from training.comfy_runtime import import_comfy  # noqa: E402
+from adapters.families import FAMILIES
+from comfy_runtime import import_comfy
 
 SD15, SDXL = FAMILIES["sd15"], FAMILIES["sdxl"]
 

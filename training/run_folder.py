@@ -10,6 +10,8 @@ import re
 import time
 from pathlib import Path
 
+from adapters.errors import PEAError
+
 from .run_files import checkpoints, find_checkpoint
 
 log = logging.getLogger(__name__)
@@ -22,7 +24,7 @@ STALE_AFTER_S = 15 * 60
 """A temp file in a cache folder (which other runs may share) untouched this long is abandoned."""
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(PEAError):
     """The run folder holds another run's files; the message says what to do."""
 
 

@@ -119,13 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.keep_checkpoints < 0:
         parser.error("--keep-checkpoints must be 0 (keep all) or more")
     from adapters import PEAError
-    from training.data import ManifestError
-    from training.nonfinite import NonFiniteError
-    from training.run_folder import RunFolderError
 
     try:
         return train(parser, args)
-    except (ManifestError, RunFolderError, PEAError, NonFiniteError) as e:
+    except PEAError as e:
         raise SystemExit(f"error: {e}") from None
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from adapters import LanguageEncoder, load_language_encoder
+from adapters import LanguageEncoder, PEAError, load_language_encoder
 from adapters.file_format import atomic_write
 from adapters.tiny import make_chinese_clip
 from training.caching import TeacherText
@@ -289,16 +289,19 @@ def main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even where CUDA is available")
     args = p.parse_args(argv)
-    if args.merge:
-        merge_proofs(args.merge, args.output)
-        return 0
-    from comfy_runtime import import_comfy
+    try:
+        if args.merge:
+            merge_proofs(args.merge, args.output)
+            return 0
+        from comfy_runtime import import_comfy
 
-    import_comfy(cpu=args.cpu or None)
-    rows = (OURS,) if args.quick else tuple(STUDENTS)
-    seeds = [0] if args.quick else [args.seed] if args.seed is not None else list(range(args.seeds))
-    steps = args.steps or (QUICK_STEPS if args.quick else STUDENT_STEPS)
-    run_proof(args.output, seeds, rows, steps, not args.no_progress, concept=not args.quick)
+        import_comfy(cpu=args.cpu or None)
+        rows = (OURS,) if args.quick else tuple(STUDENTS)
+        seeds = [0] if args.quick else [args.seed] if args.seed is not None else list(range(args.seeds))
+        steps = args.steps or (QUICK_STEPS if args.quick else STUDENT_STEPS)
+        run_proof(args.output, seeds, rows, steps, not args.no_progress, concept=not args.quick)
+    except PEAError as e:
+        raise SystemExit(f"error: {e}") from None
     return 0
 
 

@@ -83,14 +83,15 @@ SHARED_PACKAGES = ("adapters",)
 """The pack's packages the nodes import (``from ..adapters import ...``)."""
 
 
-def share_packages() -> None:
-    """Make ``<PACK_MODULE>.adapters`` (and each of its modules) the very module this process
-    imports as ``adapters``, so that an error the nodes raise is the class the commands catch."""
+def share_packages(pack) -> None:
+    """Make ``pack.adapters`` (and each of its modules) the very module this process imports as
+    ``adapters``, so that an error the nodes raise is the class the commands catch."""
     for package in SHARED_PACKAGES:
-        for info in pkgutil.walk_packages(importlib.import_module(package).__path__, f"{package}."):
+        setattr(pack, package, importlib.import_module(package))
+        for info in pkgutil.walk_packages(getattr(pack, package).__path__, f"{package}."):
             importlib.import_module(info.name)
     for name in [n for n in sys.modules if n.split(".")[0] in SHARED_PACKAGES]:
-        sys.modules.setdefault(f"{PACK_MODULE}.{name}", sys.modules[name])
+        sys.modules.setdefault(f"{pack.__name__}.{name}", sys.modules[name])
 
 
 def load_pack():
@@ -99,10 +100,10 @@ def load_pack():
     ``NODE_CLASS_MAPPINGS`` are the pack's nodes."""
     if PACK_MODULE in sys.modules:
         return sys.modules[PACK_MODULE]
-    share_packages()
     spec = importlib.util.spec_from_file_location(PACK_MODULE, PACK_ROOT / "__init__.py",
                                                   submodule_search_locations=[str(PACK_ROOT)])
     module = importlib.util.module_from_spec(spec)
+    share_packages(module)
     sys.modules[PACK_MODULE] = module
     spec.loader.exec_module(module)
     return module

@@ -55,7 +55,7 @@ print(json.dumps({{"seconds": seconds, "peak_bytes": peak}}))
 BUILD = """
 import sys
 import transformers
-from adapters.tiny import bert_tokenizer
+from adapters.demo_files import bert_tokenizer
 tokenizer = bert_tokenizer()
 text = transformers.ChineseCLIPTextConfig(vocab_size=len(tokenizer), hidden_size=256, num_hidden_layers=4,
                                           num_attention_heads=4, intermediate_size=1024,

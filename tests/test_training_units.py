@@ -277,7 +277,7 @@ def test_skipped_images_are_counted_once_each():
 
 
 def test_captions_over_the_window_are_counted_with_tokens_cut():
-    from adapters.tiny import bert_tokenizer
+    from adapters.demo_files import bert_tokenizer
     from training.captions import CaptionWindow
     from training.data import Record
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from adapters import load_adapter, load_language_encoder
-from adapters.tiny import make_chinese_clip
+from adapters.demo_files import make_chinese_clip
 
 SD15_TAPS = ["input_blocks.3", "input_blocks.6", "input_blocks.9", "input_blocks.11", "middle_block",
              "output_blocks.2", "output_blocks.5", "output_blocks.8", "output_blocks.11"]

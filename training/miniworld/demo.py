@@ -17,7 +17,7 @@ import torch
 
 from adapters import load_language_encoder
 from adapters.file_format import atomic_write
-from adapters.tiny import make_chinese_clip
+from adapters.demo_files import make_chinese_clip
 
 from ..data import Record, load_image, read_manifest
 from ..loop import TrainConfig, Trainer

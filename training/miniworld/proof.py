@@ -33,7 +33,7 @@ import torch
 
 from adapters import LanguageEncoder, PEAError, load_language_encoder
 from adapters.file_format import atomic_write
-from adapters.tiny import make_chinese_clip
+from adapters.demo_files import make_chinese_clip
 from training.caching import TeacherText
 from training.data import read_manifest
 from training.loop import TrainConfig, Trainer

@@ -9,7 +9,7 @@ Both sides get full-size UNets with random weights, built from ComfyUI's own mod
 encodings and random language-encoder states (a frozen embedding table stands in for the
 encoder: both sides run it, and it is not what is compared):
 
-* ours: ``training.distill.Distiller``, the module the trainer runs, then the trainer's
+* ours: ``training.step.distill.Distiller``, the module the trainer runs, then the trainer's
   optimiser step (AdamW, no clipping by default). One frozen UNet in the training dtype (bf16 on a GPU) shared by
   the teacher and the student pass, no autocast around it, hook-free taps; ``--compile`` and
   ``--memory-budget`` as in ``train_adapter.py``.
@@ -23,7 +23,7 @@ compile happens there); every timed step is synchronised and the median is repor
 min and max. Peak memory is each side's own resident tensors (weights, kept gradients, optimiser
 state, batch) plus the most its timed steps allocated on top. FLOPs are counted in a separate
 eager pass without recompute (model FLOPs; MFU is against the card's dense bf16 peak), and the
-bytes kept for backward per sample in a separate eager forward pass (``training.memory``), also
+bytes kept for backward per sample in a separate eager forward pass (``training.step.memory``), also
 for each memory budget of ours. On a CPU the timings and peaks only show that the script runs.
 """
 from __future__ import annotations
@@ -106,7 +106,7 @@ def stand_in_encoder(spec: dict, device: torch.device) -> torch.nn.Module:
 
 
 def make_batch(spec: dict, batch: int, resolution: int, device: torch.device):
-    from training.distill import Batch
+    from training.step.distill import Batch
 
     g = torch.Generator().manual_seed(0)
     lat = resolution // 8
@@ -133,7 +133,7 @@ class OursStep:
     name = "ours"
 
     def __init__(self, spec: dict, device: torch.device, dtype: torch.dtype, memory_budget: float, compile: bool):
-        from training.distill import Distiller
+        from training.step.distill import Distiller
 
         self.base = build_base(spec, dtype, device)
         ctx = spec["unet"]["context_dim"]
@@ -163,7 +163,7 @@ class OursStep:
     @contextlib.contextmanager
     def eager(self, recompute: frozenset[str] = frozenset()):
         """The same step with eager UNet passes recomputing ``recompute`` (for counting)."""
-        from training.unet_pass import UNetPasses
+        from training.step.unet_pass import UNetPasses
 
         passes = self.distiller.passes
         self.distiller.passes = UNetPasses(passes.unet, list(passes.taps), recompute)
@@ -188,7 +188,7 @@ class OfficialStep:
     recompute: frozenset[str] = frozenset()
 
     def __init__(self, spec: dict, device: torch.device, two_copies: bool = True):
-        from training.taps import tap_names
+        from training.step.taps import tap_names
 
         self.student = build_base(spec, torch.float16, device).requires_grad_(True)  # never frozen officially
         self.teacher = build_base(spec, torch.float16, device).requires_grad_(False) if two_copies else self.student
@@ -201,9 +201,9 @@ class OfficialStep:
         self.sizes: dict = {}
 
     def loss(self, batch) -> torch.Tensor:
-        from training.distill import sdxl_label
-        from training.objective import prediction_target
-        from training.unet_pass import tapped_forward, unet_inputs
+        from training.step.distill import sdxl_label
+        from training.step.objective import prediction_target
+        from training.step.unet_pass import tapped_forward, unet_inputs
 
         ms = self.student.model_sampling
         device = batch.latents.device
@@ -292,7 +292,7 @@ def model_flops(step, batch) -> int:
 
 def saved_bytes_per_sample(step, batch, recompute: frozenset[str] = frozenset()) -> float:
     """Bytes a step keeps from its forward pass for its backward pass, per sample (eager)."""
-    from training.memory import RetainedTensors
+    from training.step.memory import RetainedTensors
 
     with step.eager(recompute), RetainedTensors() as kept:
         loss = step.loss(batch)
@@ -349,7 +349,7 @@ def compiled_gradient_error(step: OursStep, batch) -> float:
 
 def budget_sweep(step: OursStep, batch, budget: float) -> dict[str, float]:
     """Bytes kept per sample by ours at each memory budget (``BUDGETS`` and ``budget``)."""
-    from training.unet_pass import recompute_plan
+    from training.step.unet_pass import recompute_plan
 
     unet = step.base.diffusion_model
     budgets = sorted(set(BUDGETS) | {budget}, reverse=True)
@@ -470,7 +470,7 @@ def main(argv=None) -> int:
     if not 0.0 <= args.memory_budget <= 1.0:
         p.error(f"--memory-budget must lie in [0, 1], got {args.memory_budget}")
     import_comfy()
-    from training.base import unet_weight_dtype
+    from training.base_checkpoint import unet_weight_dtype
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = args.model or ("sdxl" if device.type == "cuda" else "tiny")

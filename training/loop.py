@@ -15,20 +15,20 @@ from tqdm import tqdm
 from adapters import AdapterInfo, EncoderSpec, LanguageEncoder, PEAAdapter, check_pairing, load_adapter, save_adapter
 from adapters.families import Family
 from adapters.pairing import check_base_model
-from .base import BaseParts, new_adapter, trainable_family
-from .batches import BatchMaker, Prefetcher, Prepared
-from .caching import LatentCache, TeacherText
-from .captions import CaptionWindow
-from .data import ManifestBatches, ManifestError, Record, ShardBatches, SkipCounter, assign_buckets, make_buckets
-from .distill import Batch, Distiller
-from .distributed import DistInfo
-from .loss_window import SUMS, LossWindow, loss_sums, non_finite
-from .nonfinite import NonFiniteError, StepGuard, check_weights_finite, gradients_finite
-from .objective import LossWeights
-from .preview import render_previews
-from .run_files import (RunLog, find_checkpoint, load_checkpoint, plot_losses, prune_checkpoints, save_checkpoint,
+from training.base_checkpoint import BaseParts, new_adapter, trainable_family
+from training.data.batches import BatchMaker, Prefetcher, Prepared
+from training.data.caches import LatentCache, TeacherText
+from training.data.captions import CaptionWindow
+from training.data.sampling import ManifestBatches, ManifestError, Record, ShardBatches, SkipCounter, assign_buckets, make_buckets
+from training.step.distill import Batch, Distiller
+from training.distributed import DistInfo
+from training.runs.loss_window import SUMS, LossWindow, loss_sums, non_finite
+from training.step.guard import NonFiniteError, StepGuard, check_weights_finite, gradients_finite
+from training.step.objective import LossWeights
+from training.runs.previews import render_previews
+from training.runs.records import (RunLog, find_checkpoint, load_checkpoint, plot_losses, prune_checkpoints, save_checkpoint,
                         set_rng_state, write_summary)
-from .run_folder import check_later_checkpoints, prepare_run_folder
+from training.runs.previous import check_later_checkpoints, prepare_run_folder
 
 log = logging.getLogger(__name__)
 

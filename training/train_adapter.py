@@ -26,8 +26,8 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the pack's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a script: the pack's folder, not training/, heads the import path
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from adapters.families import FAMILIES  # noqa: E402
 from comfy_runtime import import_comfy  # noqa: E402
@@ -141,12 +141,12 @@ def train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from braceexpand import braceexpand
 
     from adapters import load_language_encoder
-    from training.base import load_base
-    from training.data import read_manifest
+    from training.base_checkpoint import load_base
+    from training.data.sampling import read_manifest
     from training.distributed import DistInfo
     from training.loop import TrainConfig, Trainer
-    from training.objective import LossWeights
-    from training.run_folder import check_run_folder
+    from training.step.objective import LossWeights
+    from training.runs.previous import check_run_folder
 
     cfg = TrainConfig(
         output=args.output, steps=args.steps or 1000, batch_size=args.batch_size, grad_accum=args.grad_accum,

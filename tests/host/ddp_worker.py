@@ -8,7 +8,7 @@ from pathlib import Path
 
 def train(manifest: str, encoder_dir: str, out: Path, batch: int, cache: Path, dist=None) -> None:
     from adapters import load_language_encoder
-    from training.data import read_manifest
+    from training.data.sampling import read_manifest
     from training.loop import Trainer
     from training.miniworld.demo import demo_config
     from training.miniworld.tiny_base import tiny_sd15_parts

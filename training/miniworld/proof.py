@@ -34,14 +34,14 @@ import torch
 from adapters import LanguageEncoder, PEAError, load_language_encoder
 from adapters.file_format import atomic_write
 from adapters.demo_files import make_chinese_clip
-from training.caching import TeacherText
-from training.data import read_manifest
+from training.data.caches import TeacherText
+from training.data.sampling import read_manifest
 from training.loop import TrainConfig, Trainer
 from training.miniworld.demo import prepare_teacher
 from training.miniworld.judge import Judge, accuracy, drawn_images, load_judge
 from training.miniworld.tiny_base import tiny_sd15_parts
 from training.miniworld.world import read_pairs, write_dataset
-from training.objective import LossWeights
+from training.step.objective import LossWeights
 
 STUDENTS = {  # the ablation rows of the paper's Table 2 give every sample L_SD (sd_on_parallel)
     "fine-tuning only (L_SD)": LossWeights(1.0, 0.0, 0.0, sd_on_parallel=True),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .data import Record
+    from training.data.sampling import Record
 
 CHUNK = 1024
 

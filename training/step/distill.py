@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from adapters import LanguageEncoder
-from .objective import LossWeights, distillation_loss, prediction_target, text_alignment
-from .taps import check_features, tap_names
-from .unet_pass import UNetPasses, recompute_plan, unet_inputs
+from training.step.objective import LossWeights, distillation_loss, prediction_target, text_alignment
+from training.step.taps import check_features, tap_names
+from training.step.unet_pass import UNetPasses, recompute_plan, unet_inputs
 
 TIMESTEPS = 1000
 

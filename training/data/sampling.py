@@ -23,8 +23,8 @@ from PIL import Image
 
 from adapters.errors import PEAError
 
-from .captions import CaptionWindow
-from .images import IMAGE_ERRORS, check_size, decode_image
+from training.data.captions import CaptionWindow
+from training.data.images import IMAGE_ERRORS, check_size, decode_image
 
 KINDS = ("parallel", "native")
 MAX_LISTED_FAULTS = 20

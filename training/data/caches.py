@@ -16,7 +16,7 @@ import safetensors.torch
 import torch
 
 from adapters.file_format import atomic_write
-from .data import Record
+from training.data.sampling import Record
 
 
 def cache_key(*parts: object) -> str:

@@ -46,6 +46,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 
 from adapters.families import FAMILIES
 from comfy_runtime import import_comfy
+from training.step.unet_pass import budget_option
 
 SD15, SDXL = FAMILIES["sd15"], FAMILIES["sdxl"]
 
@@ -133,7 +134,7 @@ class OursStep:
     name = "ours"
 
     def __init__(self, spec: dict, device: torch.device, dtype: torch.dtype, memory_budget: float, compile: bool):
-        from training.step.distill import Distiller
+        from training.step.distill import Distiller, StepConfig
 
         self.base = build_base(spec, dtype, device)
         ctx = spec["unet"]["context_dim"]
@@ -141,8 +142,8 @@ class OursStep:
         empty = (torch.randn(1, TOKENS, ctx, generator=g),
                  torch.randn(1, SDXL.pooled_dim, generator=g) if spec["family"] == "sdxl" else None)
         self.distiller = Distiller(self.base, stand_in_encoder(spec, device), build_adapter(spec, device),
-                                   torch.zeros(1, TOKENS, dtype=torch.long), empty,
-                                   memory_budget=memory_budget, compile=compile)
+                                   empty_ids=torch.zeros(1, TOKENS, dtype=torch.long), empty_teacher=empty,
+                                   config=StepConfig(memory_budget=memory_budget, compile=compile))
         self.adapter = self.distiller.adapter
         self.opt = torch.optim.AdamW(self.adapter.parameters(), lr=1e-5)
         self.step = 0
@@ -459,7 +460,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto",
                    help="our UNet's weight dtype (auto: the trainer's, bf16 where the device has it)")
     p.add_argument("--compile", action="store_true", help="compile our UNet passes, as train_adapter.py --compile")
-    p.add_argument("--memory-budget", type=float, default=1.0, help="as train_adapter.py --memory-budget")
+    p.add_argument("--memory-budget", type=budget_option, default=1.0, help="as train_adapter.py --memory-budget")
     p.add_argument("--max-batch", action="store_true", help="also find the largest batch each side fits (CUDA)")
     p.add_argument("--saved-only", action="store_true",
                    help="only the bytes kept for backward per sample, one side at a time (no timing)")
@@ -467,8 +468,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.steps < MIN_STEPS or args.warmup < MIN_WARMUP:
         p.error(f"at least {MIN_WARMUP} warm-up and {MIN_STEPS} timed steps")
-    if not 0.0 <= args.memory_budget <= 1.0:
-        p.error(f"--memory-budget must lie in [0, 1], got {args.memory_budget}")
     import_comfy()
     from training.base_checkpoint import unet_weight_dtype
 

@@ -20,7 +20,8 @@ from adapters.file_format import atomic_write
 from adapters.demo_files import make_chinese_clip
 
 from training.data.sampling import Record, load_image, read_manifest
-from training.loop import TrainConfig, Trainer
+from training.config import TrainConfig
+from training.loop import Trainer
 from training.step.objective import LossWeights
 from training.runs.previous import RunFolderError, previous_run_files
 from training.miniworld.teacher import load_unet, save_unet, train_teacher

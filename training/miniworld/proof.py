@@ -36,7 +36,8 @@ from adapters.file_format import atomic_write
 from adapters.demo_files import make_chinese_clip
 from training.data.caches import TeacherText
 from training.data.sampling import read_manifest
-from training.loop import TrainConfig, Trainer
+from training.config import TrainConfig
+from training.loop import Trainer
 from training.miniworld.demo import prepare_teacher
 from training.miniworld.judge import Judge, accuracy, drawn_images, load_judge
 from training.miniworld.tiny_base import tiny_sd15_parts

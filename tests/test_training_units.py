@@ -365,7 +365,7 @@ def test_temp_files_of_interrupted_writes_are_cleaned_at_start(tmp_path, caplog)
 
 
 def test_torn_log_line_is_dropped_on_resume_and_the_log_rewritten(tmp_path, caplog):
-    from training.runs.records import RunLog
+    from training.runs.files import RunLog
 
     path = tmp_path / "log.jsonl"
     lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2, 3, 4)]
@@ -381,7 +381,7 @@ def test_torn_log_line_is_dropped_on_resume_and_the_log_rewritten(tmp_path, capl
 
 
 def test_older_checkpoints_are_pruned_never_the_newest(tmp_path):
-    from training.runs.records import checkpoints, find_checkpoint, prune_checkpoints
+    from training.runs.files import checkpoints, find_checkpoint, prune_checkpoints
 
     folder = tmp_path / "checkpoints"
     folder.mkdir()

@@ -19,8 +19,8 @@ from training.runs.loss_window import SUMS, LossWindow, loss_sums, non_finite
 from training.step.guard import NonFiniteError, check_weights_finite, gradients_finite
 from training.runs.previews import render_previews
 from training.runs.previous import check_later_checkpoints
-from training.runs.records import RunLog, plot_losses
-from training.runs.run_state import RunRecords
+from training.runs.files import RunLog, plot_losses
+from training.runs.records import RunRecords
 from training.setup import RunSetup
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 class Trainer(RunRecords, RunSetup):
     """Distils a PEA adapter from ``parts`` (a loaded checkpoint) behind ``encoder``: built by
-    :class:`training.setup.RunSetup`, recorded by :class:`training.runs.run_state.RunRecords`,
+    :class:`training.setup.RunSetup`, recorded by :class:`training.runs.records.RunRecords`,
     stepped here."""
 
     def next_batch(self, stream: Iterator[Prepared]) -> Batch:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from adapters.errors import PEAError
 
-from training.runs.records import checkpoints, find_checkpoint
+from training.runs.files import checkpoints, find_checkpoint
 
 log = logging.getLogger(__name__)
 

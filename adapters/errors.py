@@ -18,7 +18,8 @@ class IncompatibleError(PEAError):
 
 
 class NonFiniteError(PEAError):
-    """Conditioning came out with NaN or infinite values."""
+    """NaN or infinite values where finite ones are needed (conditioning, a training step's loss
+    or gradients, weights about to be written); the message says where and what to do."""
 
 
 def json_type(value: object) -> str:

@@ -193,7 +193,7 @@ def run(args) -> str:
         raise EvaluationError("FID needs both --fid-reference and --inception-weights")
     translations = translate_prompts(prompts, models, args.out, device) if needs_translation else {}
 
-    from training.comfy_runtime import import_comfy
+    from comfy_runtime import import_comfy
 
     import_comfy(cpu=True if args.cpu else None)
     generator = Generator(args.checkpoint, args.language_clip)

@@ -78,7 +78,7 @@ class Generator:
     def __init__(self, checkpoint: Path, language_clip: Path | None):
         import nodes as comfy_nodes
 
-        from training.comfy_runtime import load_pack
+        from comfy_runtime import load_pack
 
         self.runner = GraphRunner({**comfy_nodes.NODE_CLASS_MAPPINGS, **load_pack().NODE_CLASS_MAPPINGS})
         self.checkpoint = self._register("checkpoints", checkpoint)

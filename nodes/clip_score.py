@@ -11,7 +11,7 @@ import comfy.model_patcher
 from ..adapters.clip_score import load_clip_scorer, to_pil
 from .folders import find_language_clip, list_language_clips
 from .language_clip import model_options
-from .pea_nodes import CATEGORY, LANGUAGES, _found_or_message as found_or_message
+from .pea_nodes import CATEGORY, LANGUAGES, found_or_message
 
 _loaded: dict[tuple, comfy.model_patcher.ModelPatcher] = {}
 """The last scorer loaded (one at a time), in a ModelPatcher so ComfyUI can offload it."""

@@ -1,4 +1,5 @@
-"""The three PEA nodes: Load Language CLIP, Apply PEA Adapter, PEA Encode Prompt."""
+"""The prompt nodes of the pack: Load Language CLIP, Apply PEA Adapter, PEA Encode Prompt (the fourth
+node, PEA CLIPScore, is in clip_score.py); the category, languages and name checks they share."""
 from __future__ import annotations
 
 import folder_paths
@@ -20,7 +21,7 @@ LANGUAGES = ["multilingual", "Chinese", "Russian", "Korean", "Japanese", "non-En
 their language (ComfyUI's node search reads ``SEARCH_ALIASES``)."""
 
 
-def _found_or_message(find, name: str) -> bool | str:
+def found_or_message(find, name: str) -> bool | str:
     try:
         find(name)
     except FileNotFoundError as e:
@@ -62,7 +63,7 @@ class PEALoadLanguageCLIP:
 
     @classmethod
     def VALIDATE_INPUTS(cls, clip_name):
-        return _found_or_message(find_language_clip, clip_name)
+        return found_or_message(find_language_clip, clip_name)
 
     def load(self, clip_name, dtype, device, context_length=0):
         return (load_language_clip(find_language_clip(clip_name), dtype=dtype, device=device,
@@ -96,7 +97,7 @@ class PEAApplyAdapter:
 
     @classmethod
     def VALIDATE_INPUTS(cls, adapter_name):
-        return _found_or_message(find_adapter, adapter_name)
+        return found_or_message(find_adapter, adapter_name)
 
     def apply(self, language_clip: LanguageClip, adapter_name: str, model=None):
         adapter = load_adapter(find_adapter(adapter_name), dtype=language_clip.model_options["dtype"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers
 
-from adapters import tiny as standins
+from tests.standins import encoders as standins
 from evaluation.errors import EvaluationError, PromptSetError
 from evaluation.prompts import SHIPPED_ROOT, check_collection, load_prompt_set, read_prompt_file
 from tests.evaluation_standins import MINIMUMS, PROMPT_SETS, write_inception_weights, write_random_images

@@ -17,7 +17,7 @@ from adapters.check import main as check_main
 from adapters.encoders.extract import extract_encoder
 from adapters.encoders.single_file import pack_encoder
 from adapters.finite import check_conditioning
-from adapters.tiny import TINY, make_adapter, make_byt5
+from tests.standins.encoders import TINY, make_adapter, make_byt5
 from tests.broken_files import (edit_safetensors_header, poison_pickle, poison_safetensors, repack, rewrite_safetensors,
                                 with_member, zip_bomb)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.data import BucketBatches, ManifestError, make_buckets, nearest_bucket, read_manifest
+from training.data.sampling import BucketBatches, ManifestError, make_buckets, nearest_bucket, read_manifest
 
 
 def test_manifest_errors_name_line_and_field(tmp_path):
@@ -49,7 +49,7 @@ def test_sharded_batches_partition_the_global_batches():
 def test_objective_gives_parallel_samples_kd_and_native_samples_sd():
     import torch
 
-    from training.objective import LossWeights, distillation_loss
+    from training.step.objective import LossWeights, distillation_loss
 
     student = {"output": torch.full((2, 1, 2, 2), 2.0), "t": torch.full((2, 3), 1.0)}
     teacher = {"output": torch.full((2, 1, 2, 2), 1.0), "t": torch.full((2, 3), 3.0)}
@@ -65,7 +65,7 @@ def test_objective_gives_parallel_samples_kd_and_native_samples_sd():
 
 
 def test_loss_weights_say_when_nothing_can_train():
-    from training.objective import LossWeights
+    from training.step.objective import LossWeights
 
     pea = LossWeights()
     assert pea.terms(native=True, parallel=True) == ["L_SD", "logit KD", "feature KD"]
@@ -78,7 +78,7 @@ def test_loss_weights_say_when_nothing_can_train():
 def test_loss_window_averages_each_part_over_the_samples_that_get_it():
     import torch
 
-    from training.loss_window import LossWindow, loss_sums, non_finite
+    from training.runs.loss_window import LossWindow, loss_sums, non_finite
 
     kd = torch.tensor([1.0, 1.0, 0.0])
     parts = {"loss": torch.tensor([1.0, 2.0, 3.0]), "sd": torch.tensor([9.0, 9.0, 3.0]),
@@ -95,7 +95,7 @@ def test_loss_window_averages_each_part_over_the_samples_that_get_it():
 
 
 def test_step_guard_stops_after_too_many_skips_in_a_row(tmp_path):
-    from training.nonfinite import NonFiniteError, StepGuard
+    from training.step.guard import NonFiniteError, StepGuard
 
     guard = StepGuard(max_in_a_row=2)
     guard.skip(4, ["loss"], None)
@@ -110,7 +110,7 @@ def test_step_guard_stops_after_too_many_skips_in_a_row(tmp_path):
 def test_prefetcher_keeps_order_and_hands_on_worker_errors():
     import threading
 
-    from training.batches import Prefetcher
+    from training.data.batches import Prefetcher
 
     threads = set()
 
@@ -173,7 +173,7 @@ def test_adapters_and_checkpoints_follow_the_umask(tmp_path, umask, mode):
     import os
 
     from adapters.file_format import save_official
-    from adapters.tiny import make_adapter
+    from tests.standins.encoders import make_adapter
     from training.run_files import save_checkpoint
 
     old = os.umask(umask)
@@ -194,7 +194,7 @@ def test_a_run_folder_is_claimed_once_and_stale_locks_are_taken_over(tmp_path):
 
     import psutil
 
-    from training.run_folder import LOCK_NAME, RunFolderError, claim_run_folder, release_run_folder
+    from training.runs.previous import LOCK_NAME, RunFolderError, claim_run_folder, release_run_folder
 
     out = tmp_path / "run"
     lock = claim_run_folder(out)
@@ -268,7 +268,7 @@ def test_a_jpeg_corrupted_in_the_middle_is_refused(tmp_path):
     from PIL import Image
 
     from tests.broken_training_files import corrupt_middle, jpeg_bytes, photo
-    from training.images import IMAGE_ERRORS, decode_image
+    from training.data.images import IMAGE_ERRORS, decode_image
 
     for mode in ("L", "CMYK", "RGB"):  # the strict decoder gives Pillow's pixels
         good = jpeg_bytes(photo().convert(mode))
@@ -285,7 +285,7 @@ def test_a_jpeg_corrupted_in_the_middle_is_refused(tmp_path):
 
 def test_a_png_corrupted_in_the_middle_or_truncated_is_refused():
     from tests.broken_training_files import corrupt_middle, photo
-    from training.images import IMAGE_ERRORS, decode_image
+    from training.data.images import IMAGE_ERRORS, decode_image
 
     buf = io.BytesIO()
     photo().save(buf, "PNG")
@@ -301,8 +301,8 @@ def test_extreme_images_are_refused_from_the_header(tmp_path):
     """The files hold a header and no pixels: decoding them would fail as truncated, so a refusal
     that names the size shows it came from the header, before any decoding."""
     from tests.broken_training_files import header_only_png
-    from training.data import Record, SkipCounter, assign_buckets
-    from training.images import ImageRefused, decode_image, size_problem
+    from training.data.sampling import Record, SkipCounter, assign_buckets
+    from training.data.images import ImageRefused, decode_image, size_problem
 
     wide = header_only_png(tmp_path / "wide.png", 10000, 10)
     huge = header_only_png(tmp_path / "huge.png", 10000, 9000)
@@ -321,7 +321,7 @@ def test_extreme_images_are_refused_from_the_header(tmp_path):
 
 
 def test_skipped_images_are_counted_once_each():
-    from training.data import Record, SkipCounter
+    from training.data.sampling import Record, SkipCounter
 
     skipped = SkipCounter()
     a, b = Record(Path("a.jpg"), "t", "t", False, where="m.jsonl:3"), Record(Path("b.jpg"), "t", "t", False)
@@ -357,8 +357,8 @@ def test_shard_ranks_get_disjoint_sample_ids_and_different_draws(tmp_path):
     noise or dropout flag; a resumed rank gets the ids it had."""
     import torch
 
-    from training.data import ShardBatches, SkipCounter
-    from training.distill import sample_draws
+    from training.data.sampling import ShardBatches, SkipCounter
+    from training.step.distill import sample_draws
 
     sizes = [(64, 64), (64, 64), (64, 128), (64, 64), (64, 128), (64, 64), (64, 128), (64, 128)]
     urls = write_shards(tmp_path, [sizes, sizes[::-1]])
@@ -378,7 +378,7 @@ def test_shard_ranks_get_disjoint_sample_ids_and_different_draws(tmp_path):
 def test_manifest_ranks_get_disjoint_sample_ids_in_every_step():
     """A manifest sample's id is its record's index: the ranks' slices of a global batch never
     share one, over several epochs; a resumed rank gets the ids it had."""
-    from training.data import ManifestBatches, Record
+    from training.data.sampling import ManifestBatches, Record
 
     records = [Record(Path(f"{i}.png"), "猫", "a cat", False) for i in range(30)]
     buckets = [(64, 64)] * 20 + [(64, 128)] * 10
@@ -390,9 +390,9 @@ def test_manifest_ranks_get_disjoint_sample_ids_in_every_step():
 
 
 def test_captions_over_the_window_are_counted_with_tokens_cut():
-    from adapters.tiny import bert_tokenizer
-    from training.captions import CaptionWindow
-    from training.data import Record
+    from adapters.demo_files import bert_tokenizer
+    from training.data.captions import CaptionWindow
+    from training.data.sampling import Record
 
     window = CaptionWindow(bert_tokenizer(), 12)
     texts = ["猫", "一只猫" * 5, "狗" * 30]  # 3, 17 and 32 tokens with [CLS] and [SEP]
@@ -420,7 +420,7 @@ def previous_run(folder: Path) -> None:
 
 
 def test_a_new_run_refuses_a_folder_holding_a_previous_run(tmp_path):
-    from training.run_folder import RunFolderError, check_run_folder, prepare_run_folder, release_run_folder
+    from training.runs.previous import RunFolderError, check_run_folder, prepare_run_folder, release_run_folder
 
     out = tmp_path / "run"
     out.mkdir()
@@ -443,7 +443,7 @@ def test_a_new_run_refuses_a_folder_holding_a_previous_run(tmp_path):
 
 
 def test_overwrite_finds_an_adapter_written_under_another_name(tmp_path):
-    from training.run_folder import previous_run_files, prepare_run_folder, release_run_folder
+    from training.runs.previous import previous_run_files, prepare_run_folder, release_run_folder
 
     out = tmp_path / "run"
     out.mkdir()
@@ -461,7 +461,7 @@ def test_temp_files_of_interrupted_writes_are_cleaned_at_start(tmp_path, caplog)
     import time
 
     from tests.broken_training_files import interrupted_writes
-    from training.run_folder import STALE_AFTER_S, prepare_run_folder, release_run_folder
+    from training.runs.previous import STALE_AFTER_S, prepare_run_folder, release_run_folder
 
     out, cache = tmp_path / "run", tmp_path / "cache"
     interrupted_writes(out / "adapter.safetensors", out / "checkpoints" / "step_0000100.pt",
@@ -481,7 +481,7 @@ def test_temp_files_of_interrupted_writes_are_cleaned_at_start(tmp_path, caplog)
 
 
 def test_torn_log_line_is_dropped_on_resume_and_the_log_rewritten(tmp_path, caplog):
-    from training.run_files import RunLog
+    from training.runs.files import RunLog
 
     path = tmp_path / "log.jsonl"
     lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2, 3, 4)]
@@ -497,7 +497,7 @@ def test_torn_log_line_is_dropped_on_resume_and_the_log_rewritten(tmp_path, capl
 
 
 def test_older_checkpoints_are_pruned_never_the_newest(tmp_path):
-    from training.run_files import checkpoints, find_checkpoint, prune_checkpoints
+    from training.runs.files import checkpoints, find_checkpoint, prune_checkpoints
 
     folder = tmp_path / "checkpoints"
     folder.mkdir()
@@ -513,7 +513,7 @@ def test_older_checkpoints_are_pruned_never_the_newest(tmp_path):
 
 
 def test_resuming_before_later_checkpoints_is_refused_unless_overwrite(tmp_path):
-    from training.run_folder import RunFolderError, check_later_checkpoints
+    from training.runs.previous import RunFolderError, check_later_checkpoints
 
     folder = tmp_path / "checkpoints"
     folder.mkdir()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from adapters import tiny as standins
+from tests.standins import encoders as standins
 from adapters.clip_score import load_clip_scorer
 from tests.broken_training_files import interrupted_writes
 from tests.evaluation_standins import write_inception_weights, write_random_images

@@ -19,7 +19,7 @@ import torch
 from adapters.errors import PEAError
 from adapters.file_format import atomic_write
 from adapters.pickle_file import load_pickle
-from .data import Record
+from training.data.sampling import Record
 
 
 def cache_key(*parts: object) -> str:

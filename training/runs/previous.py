@@ -23,9 +23,10 @@ from pathlib import Path
 
 import psutil
 
+from adapters.errors import PEAError
 from adapters.file_format import TEMP_NAME
 
-from .run_files import checkpoints, find_checkpoint
+from training.runs.files import checkpoints, find_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ STALE_AFTER_S = 15 * 60
 """A temp file in a cache folder (which other runs may share) untouched this long is abandoned."""
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(PEAError):
     """The run folder holds another run's files; the message says what to do."""
 
 

@@ -2,12 +2,15 @@
 ``context_length`` tokens, so the trainer counts them and says how much is cut."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .data import Record
+from typing import Protocol
 
 CHUNK = 1024
+
+
+class Captioned(Protocol):
+    """A sample with a caption (``sampling.Record``)."""
+
+    text: str
 
 
 class CaptionWindow:
@@ -18,7 +21,7 @@ class CaptionWindow:
         self.checked = self.over = self.tokens_cut = self.most_cut = 0
         self.examples: list[str] = []
 
-    def measure(self, records: list[Record]) -> None:
+    def measure(self, records: list[Captioned]) -> None:
         for lo in range(0, len(records), CHUNK):
             chunk = records[lo:lo + CHUNK]
             ids = self.tokenizer([r.text for r in chunk], truncation=False, verbose=False)["input_ids"]

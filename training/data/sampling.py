@@ -21,8 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .captions import CaptionWindow
-from .images import IMAGE_ERRORS, check_size, decode_image
+from adapters.errors import PEAError
+
+from training.data.captions import CaptionWindow
+from training.data.images import IMAGE_ERRORS, check_size, decode_image
 
 KINDS = ("parallel", "native")
 MAX_LISTED_FAULTS = 20
@@ -53,7 +55,7 @@ class Record:
         return self.data if self.data is not None else self.image.read_bytes()
 
 
-class ManifestError(ValueError):
+class ManifestError(PEAError):
     """A manifest is not what the trainer expects; the message names file, line and field."""
 
 
@@ -323,7 +325,7 @@ class ShardBatches:
                 image = next((sample[k] for k in self.IMAGE_KEYS if k in sample), None)
                 try:
                     text, en, native = caption_fields(json.loads(sample.get("json", b"{}")), where)
-                except ValueError as e:  # bad JSON, not UTF-8, missing fields
+                except (ValueError, ManifestError) as e:  # bad JSON, not UTF-8, missing fields
                     self.skipped.add(where, e)
                     continue
                 if image is None:

@@ -28,6 +28,7 @@ from torch import nn
 from .encoders.hf_text import hf_model_type, load_tokenizer
 from .encoders.open_clip_text import (CONFIG_NAME as OPEN_CLIP_CONFIG, WEIGHT_NAMES as OPEN_CLIP_WEIGHTS,
                                       find_text_tower, import_open_clip, read_model_config)
+from .encoders.tokenizer_guard import tokenizer_panics
 from .encoders.weights import load_into, open_checkpoint, pick
 from .errors import EncoderLoadError
 
@@ -93,7 +94,8 @@ class ClipScorer(nn.Module):
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """Projected text embeddings ``[B, D]`` (float32, not normalised)."""
         device = next(self.parameters()).device
-        tokens = {k: v.to(device) for k, v in self.text_tokens(list(texts)).items()}
+        with tokenizer_panics(self.path):
+            tokens = {k: v.to(device) for k, v in self.text_tokens(list(texts)).items()}
         return self._finite(self.text_features(tokens).float(), "text")
 
     def score(self, images: Sequence[Image.Image], texts: Sequence[str] | str) -> torch.Tensor:
@@ -237,9 +239,11 @@ def load_open_clip_scorer(folder: Path, dtype: torch.dtype = torch.float32) -> O
     transform = open_clip.transform.image_transform_v2(
         open_clip.transform.PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
     load_tokenizer(tower)  # a clear error when the subfolder has no tokenizer files
-    tokenizer = open_clip.tokenizer.HFTokenizer(
-        str(tower), context_length=text_cfg.get("context_length", 77), tokenizer_mode=text_cfg.get("tokenizer_mode"),
-        local_files_only=True, trust_remote_code=False, **text_cfg.get("tokenizer_kwargs", {}))
+    with tokenizer_panics(tower):
+        tokenizer = open_clip.tokenizer.HFTokenizer(
+            str(tower), context_length=text_cfg.get("context_length", 77),
+            tokenizer_mode=text_cfg.get("tokenizer_mode"),
+            local_files_only=True, trust_remote_code=False, **text_cfg.get("tokenizer_kwargs", {}))
     return OpenCLIPScorer(model.to(dtype).eval().requires_grad_(False), transform, tokenizer,
                           name=folder.name, path=folder)
 

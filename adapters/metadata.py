@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from .encoders.base import MAX_CONTEXT_LENGTH
 from .errors import AdapterFileError, json_type
 from .module import AdapterShape
 
@@ -88,7 +89,8 @@ _ENCODER_FIELDS = {
     "kind": ("a string or null", _optional(str)),
     "name": ("a string or null", _optional(str)),
     "hidden_state": ("a string", lambda v: isinstance(v, str)),
-    "context_length": ("a positive integer or null", lambda v: _optional(int)(v) and (v is None or v > 0)),
+    "context_length": (f"a whole number from 1 to {MAX_CONTEXT_LENGTH} or null",
+                       lambda v: _optional(int)(v) and (v is None or 0 < v <= MAX_CONTEXT_LENGTH)),
     "attention_mask": ("true, false or null", _optional(bool)),
 }
 

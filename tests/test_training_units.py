@@ -281,7 +281,7 @@ def test_captions_over_the_window_are_counted_with_tokens_cut():
     from training.captions import CaptionWindow
     from training.data import Record
 
-    window = CaptionWindow(bert_tokenizer(), 12)
+    window = CaptionWindow(bert_tokenizer(), 12, "tiny-bert")
     texts = ["猫", "一只猫" * 5, "狗" * 30]  # 3, 17 and 32 tokens with [CLS] and [SEP]
     window.measure([Record(Path(f"{i}.png"), t, None, True, where=f"m.jsonl:{i}") for i, t in enumerate(texts, 1)])
     assert window.summary() == {"window": 12, "checked": 3, "over_window": 2, "tokens_cut": 5 + 20,

@@ -115,7 +115,7 @@ class Trainer:
         self.distiller = Distiller(self.base, self.encoder, self.trained, encoder.tokenize([""]),
                                    (empty["tokens"], empty.get("pooled")), cfg.weights, cfg.cfg_dropout, cfg.seed,
                                    cfg.noise_offset, cfg.memory_budget, cfg.compile)
-        self.captions = CaptionWindow(encoder.tokenizer, encoder.context_length)
+        self.captions = CaptionWindow(encoder.tokenizer, encoder.context_length, encoder.path)
         self.records, self.batches = self.batch_order(records, shards)
         self.optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_schedule(cfg.warmup))

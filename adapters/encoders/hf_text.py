@@ -18,8 +18,9 @@ from typing import Iterator
 import torch
 import transformers
 
-from ..errors import EncoderLoadError, json_type
-from .base import LanguageEncoder
+from ..errors import EncoderLoadError, TokenizerError, json_type
+from .base import LanguageEncoder, check_context_length, position_count
+from .tokenizer_guard import tokenizer_panics
 from .weights import TensorSource, open_checkpoint, pick
 
 
@@ -111,15 +112,51 @@ VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
 """Files holding a tokenizer's vocabulary; ``tokenizer_config.json`` alone holds none."""
 
 
-def _tokenizer_class(folder: Path):
+GENERIC_TOKENIZERS = ("PreTrainedTokenizerFast", "TokenizersBackend")
+"""Tokenizer classes built from ``tokenizer.json`` alone, accepted for every model type."""
+TOKENIZERS_BY_MODEL_TYPE = {
+    "chinese_clip": ("BertTokenizer",), "chinese_clip_text_model": ("BertTokenizer",),
+    "clip": ("CLIPTokenizer", "XLMRobertaTokenizer", "BertTokenizer"),
+    "clip_text_model": ("CLIPTokenizer", "XLMRobertaTokenizer", "BertTokenizer"),
+    "altclip": ("XLMRobertaTokenizer",), "altclip_text_model": ("XLMRobertaTokenizer",),
+    "t5": ("T5Tokenizer", "ByT5Tokenizer"), "mt5": ("T5Tokenizer", "MT5Tokenizer", "ByT5Tokenizer"),
+    "umt5": ("T5Tokenizer",), "xlm-roberta": ("XLMRobertaTokenizer",),
+    "m2m_100": ("NllbTokenizer", "M2M100Tokenizer"), "marian": ("MarianTokenizer",),
+}
+"""Tokenizer classes the models of each config ``model_type`` are published with (the pack's
+encoders, open_clip text towers, scorers and translators), besides transformers' own choice for
+the type; each also as its ``...Fast`` variant."""
+
+
+def accepted_tokenizers(model_type: object) -> set[str]:
+    """The tokenizer class names a folder whose config has ``model_type`` may name."""
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
+
+    mapped = TOKENIZER_MAPPING_NAMES.get(model_type) if isinstance(model_type, str) else None
+    mapped = (mapped,) if isinstance(mapped, str) else tuple(n for n in mapped or () if n)
+    names = {*TOKENIZERS_BY_MODEL_TYPE.get(model_type, ()), *mapped}
+    fast = {n + "Fast" for n in names - set(GENERIC_TOKENIZERS) if not n.endswith("Fast")}
+    return {*GENERIC_TOKENIZERS, *names, *fast}
+
+
+def _tokenizer_class(folder: Path, where: str | Path):
     """The transformers tokenizer class ``folder`` names (tokenizer_config.json, else config.json),
-    or None where it names none that transformers has."""
+    or None where it names none. A class not made for the folder's model type is refused: a
+    tokenizer_config.json must not make transformers build something else."""
+    config = read_config(folder) or {}
     for name in ("tokenizer_config.json", "config.json"):
         path = folder / name
         if path.is_file():
             class_name = parse_json_object(path.read_bytes(), path).get("tokenizer_class")
-            if isinstance(class_name, str):
-                return getattr(transformers, class_name, None)
+            if class_name is None:
+                continue
+            accepted = accepted_tokenizers(config.get("model_type"))
+            if not isinstance(class_name, str) or class_name not in accepted:
+                shown = repr(class_name)[:80]
+                raise TokenizerError(
+                    f"{where}: {name} names tokenizer_class {shown}, which is not a tokenizer for model_type "
+                    f"{config.get('model_type')!r} (accepted: {', '.join(sorted(accepted))})")
+            return getattr(transformers, class_name, None)
     return None
 
 
@@ -133,7 +170,7 @@ def _required_argument(tokenizer_class, name: str) -> bool:
 def _check_vocabulary_files(folder: Path, where: str | Path) -> None:
     """Refuse a tokenizer folder without its vocabulary (a tokenizer_config.json alone would load a
     tokenizer knowing only its special tokens: every prompt the same ``[UNK]`` ids)."""
-    tokenizer_class = _tokenizer_class(folder)
+    tokenizer_class = _tokenizer_class(folder, where)
     needed = None if tokenizer_class is None else [
         f for key, f in tokenizer_class.vocab_files_names.items() if _required_argument(tokenizer_class, key)]
     if needed == [] or (folder / "tokenizer.json").is_file():
@@ -156,8 +193,9 @@ def load_tokenizer(folder: Path, where: str | Path | None = None):
                                f"{', '.join(VOCABULARY_FILES)}")
     _check_vocabulary_files(folder, where)
     try:
-        return transformers.AutoTokenizer.from_pretrained(
-            str(folder), local_files_only=True, trust_remote_code=False)
+        with tokenizer_panics(where):
+            return transformers.AutoTokenizer.from_pretrained(
+                str(folder), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, TypeError) as e:
         raise EncoderLoadError(
             f"No usable tokenizer in {where} (expected tokenizer.json, vocab.txt, spiece.model, "
@@ -282,6 +320,8 @@ def hf_encoder_from_parts(config: dict, tokenizer, tensors: TensorSource, *, nam
     byt5 = _is_byt5(tokenizer)
     if context_length is None:
         context_length = 256 if byt5 else (kind.default_context or model.config.max_position_embeddings)
+    check_context_length(context_length, f"Language encoder {path}: context length",
+                         positions=position_count(model.config))
     if attention_mask is None:
         attention_mask = not byt5
     hidden = getattr(model.config, "project_dim", None) if kind.kind == "altclip" else None

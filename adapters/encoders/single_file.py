@@ -34,7 +34,7 @@ import torch
 
 from ..errors import EncoderLoadError, PEAError, json_type
 from ..file_format import atomic_write
-from .base import LanguageEncoder
+from .base import LanguageEncoder, check_context_length
 from .hf_text import HF_KINDS, hf_encoder_from_parts, hf_kind, load_tokenizer, parse_json_object
 from .open_clip_text import CONFIG_NAME as OPEN_CLIP_CONFIG, build_open_clip_encoder, model_config
 from .weights import pick, under_prefix
@@ -171,7 +171,7 @@ def read_pack(path: Path) -> Pack:
     kinds = ("open_clip", *(k.kind for k in HF_KINDS))
     kind = _header_field(info, "kind", lambda v: v in kinds, f"one of {', '.join(kinds)}", path)
     name = _header_field(info, "name", lambda v: v is None or isinstance(v, str), "a string", path)
-    context = _header_field(info, "context_length", lambda v: type(v) is int and v > 0, "a positive number", path)
+    context = check_context_length(info.get("context_length"), f"{path}: header field 'context_length'")
     files = _header_field(info, "files", lambda v: isinstance(v, dict), "an object of packed files", path)
     members = {check_member_name(n, path): _member_bytes(n, content, path) for n, content in files.items()}
     folded = {}

@@ -25,7 +25,8 @@ import transformers
 from PIL import Image
 from torch import nn
 
-from .encoders.hf_text import hf_model_type, load_tokenizer
+from .encoders.hf_text import hf_model_type, load_tokenizer, read_config
+from .encoders.model_size import check_model_size
 from .encoders.open_clip_text import (CONFIG_NAME as OPEN_CLIP_CONFIG, WEIGHT_NAMES as OPEN_CLIP_WEIGHTS,
                                       find_text_tower, import_open_clip, read_model_config)
 from .encoders.tokenizer_guard import tokenizer_panics
@@ -187,6 +188,10 @@ def _image_processor(folder: Path, model_type: str, image_size: int):
 def load_hf_scorer(folder: Path, dtype: torch.dtype = torch.float32) -> HFClipScorer:
     model_type = hf_model_type(check_scorer_path(folder))
     class_name, _, context = HF_TWO_TOWER[model_type]
+    config = read_config(folder)
+    for part in ("text_config", "vision_config"):
+        if isinstance(config.get(part), dict):
+            check_model_size(config[part], f"{folder / 'config.json'} ({part})")
     try:
         model, info = getattr(transformers, class_name).from_pretrained(
             str(folder), local_files_only=True, trust_remote_code=False, output_loading_info=True, dtype=dtype)
@@ -222,12 +227,15 @@ def _quiet_open_clip_random_init():
 def load_open_clip_scorer(folder: Path, dtype: torch.dtype = torch.float32) -> OpenCLIPScorer:
     open_clip = import_open_clip()
     cfg = read_model_config(folder)
+    if isinstance(cfg.get("vision_cfg"), dict):
+        check_model_size(cfg["vision_cfg"], f"{folder / OPEN_CLIP_CONFIG} (vision_cfg)")
     with open_checkpoint(folder, OPEN_CLIP_WEIGHTS) as tensors:
         state = pick(tensors, lambda key: key)
     if not any(k.startswith("visual.") for k in state):
         found = next(n for n in OPEN_CLIP_WEIGHTS if (folder / n).is_file())
         raise EncoderLoadError(f"{folder / found} holds no vision tower (no visual.* weights). {NEEDS_VISION}")
     tower = find_text_tower(folder, cfg["text_cfg"]["hf_model_name"])
+    check_model_size(read_config(tower) or {}, f"{tower / 'config.json'}")
     text_cfg = {**cfg["text_cfg"], "hf_model_name": str(tower), "hf_tokenizer_name": str(tower),
                 "hf_model_pretrained": False}
     # open_clip's own factory builds the architecture and its eval preprocessing from the folder's

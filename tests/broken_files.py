@@ -85,3 +85,11 @@ def edit_json(path: Path, **fields) -> Path:
 
 UNREADABLE_LINKS = {"self-loop": "self-loop", "org-with-loop/loop": "loop"}
 """Links in a model folder that cannot be followed (errno 40, too many levels of symbolic links): name -> target."""
+
+
+def with_adapter_metadata(path: Path, edit: Callable[[str], str]) -> Path:
+    """Rewrite the ``pea_adapter`` metadata text of an adapter file as ``edit(text)``."""
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    safetensors.torch.save_file(tensors, str(path), metadata={**metadata, "pea_adapter": edit(metadata["pea_adapter"])})
+    return path

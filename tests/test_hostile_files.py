@@ -5,15 +5,18 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from adapters import EncoderLoadError, load_language_encoder
+from adapters import AdapterFileError, EncoderLoadError, EncoderSpec, load_language_encoder
 from adapters.clip_score import load_clip_scorer
 from adapters.errors import TokenizerError
+from adapters.file_format import read_adapter
+from adapters.tiny import make_adapter
 from adapters.encoders.single_file import pack_encoder
-from tests.broken_files import PANIC_PROMPT, edit_json, repack, with_panicking_tokenizer
+from tests.broken_files import PANIC_PROMPT, edit_json, repack, with_adapter_metadata, with_panicking_tokenizer
 from training.captions import CaptionWindow
 from training.data import Record
 
@@ -61,7 +64,7 @@ def test_only_tokenizer_classes_made_for_the_model_type_are_accepted(tmp_path, e
 
 PEAK_RSS = """
 import json, resource, sys, time
-from adapters import EncoderLoadError, load_language_encoder
+from adapters import AdapterFileError, EncoderLoadError, EncoderSpec, load_language_encoder
 before, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.monotonic()
 try:
     load_language_encoder(sys.argv[1]).encode(["一只红色的猫"])
@@ -108,3 +111,84 @@ def test_a_context_length_beyond_the_encoders_positions_is_refused(encoder_dirs,
     with pytest.raises(EncoderLoadError, match=f"Language encoder .*{kind}: {message}$"):
         load_language_encoder(encoder_dirs[kind], context_length=length)
     assert load_language_encoder(encoder_dirs[kind], context_length=fits).context_length == fits
+
+
+# --- adapter metadata and model configs: numbers, nesting and sizes ---------------------------
+
+def _set(field: str, value: str):
+    """A metadata edit putting the raw JSON ``value`` at ``field`` (shape.in_dim, encoder.context_length, ...)."""
+    def edit(text: str) -> str:
+        data = json.loads(text)
+        group, key = field.split(".")
+        data[group][key] = "VALUE"
+        return json.dumps(data).replace('"VALUE"', value)
+    return edit
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("shape.in_dim", "1e999", "metadata field 'shape.in_dim' is inf, expected a whole number from 1 to 65536"),
+    ("shape.in_dim", "9" * 5000, "metadata 'pea_adapter' is not valid JSON: Exceeds the limit (4300 digits)"),
+    ("shape.in_dim", "-3", "metadata field 'shape.in_dim' is -3, expected a whole number from 1 to 65536"),
+    ("shape.hidden_dims", json.dumps([48] * 10**6),
+     "metadata field 'shape.hidden_dims' is an array of 1000000, expected an array of at most 64 widths"),
+    ("shape.head", json.dumps("x" * 10**6), f"metadata field 'shape.head' is '{'x' * 39}..., expected one of"),
+    ("encoder.context_length", "1e9", "metadata field 'encoder.context_length' is 1000000000.0, expected a whole "
+                                      "number from 1 to 1024 or null"),
+    ("encoder.context_length", "1000000000", "metadata field 'encoder.context_length' is 1000000000, expected"),
+    ("encoder.name", "[" * 10000 + "]" * 10000, "metadata 'pea_adapter' nests arrays or objects too deep to be read"),
+])
+def test_adapter_metadata_numbers_nesting_and_lengths_are_bounded_with_short_messages(tmp_path, field, value, message):
+    path = make_adapter(tmp_path / "meta.safetensors", "sd15", 32, encoder=EncoderSpec("chinese_clip", "x", 52, True))
+    with_adapter_metadata(path, _set(field, value))
+    with pytest.raises(AdapterFileError) as refused:
+        read_adapter(path)
+    assert str(refused.value).startswith(f"{path}: {message}"), str(refused.value)[:300]
+    assert len(str(refused.value)) < 400
+
+
+def _edit_config(folder: Path, *keys: str, value) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    target = config
+    for key in keys[:-1]:
+        target = target[key]
+    target[keys[-1]] = value
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("kind,keys,value,message", [
+    ("chinese_clip", ("text_config", "num_hidden_layers"), 100000, "num_hidden_layers is 100000, expected a whole "
+                                                                   "number up to 256"),
+    ("chinese_clip", ("text_config", "hidden_size"), 2.5, "hidden_size is 2.5, expected a whole number up to 32768"),
+    ("t5", ("num_layers",), 256, None),  # fits the bounds; the budget below refuses the width
+    ("clip", ("text_config", "intermediate_size"), 131072, None),
+    ("altclip", ("text_config", "vocab_size"), 2**22, None),
+])
+def test_a_config_describing_a_model_beyond_the_budget_is_refused_before_it_is_built(tmp_path, encoder_dirs, kind,
+                                                                                    keys, value, message):
+    folder = tmp_path / kind
+    shutil.copytree(encoder_dirs[kind], folder)
+    _edit_config(folder, *keys, value=value)
+    if message is None:  # make the model big as well as deep
+        width = ("text_config", "hidden_size") if keys[0] == "text_config" else ("d_model",)
+        _edit_config(folder, *width, value=32768)
+        message = r"describes a model of about \d+ billion parameters \(\d+ layers of width 32768\), more than the 12"
+    start = time.monotonic()
+    with pytest.raises(EncoderLoadError, match=rf"{kind}/config.json:? {message}"):
+        load_language_encoder(folder)
+    assert time.monotonic() - start < 10
+
+
+def test_an_open_clip_text_tower_and_a_scorer_config_are_held_to_the_budget(tmp_path, encoder_dirs):
+    folder = tmp_path / "oc"
+    shutil.copytree(encoder_dirs["open_clip"], folder)
+    tower = next(p for p in folder.iterdir() if (p / "config.json").is_file())
+    _edit_config(tower, "num_hidden_layers", value=100000)
+    with pytest.raises(EncoderLoadError, match=r"\(its config.json\): num_hidden_layers is 100000, expected"):
+        load_language_encoder(folder)
+    with pytest.raises(EncoderLoadError, match=r"config.json: num_hidden_layers is 100000, expected"):
+        load_clip_scorer(folder)
+    zh = tmp_path / "zh"
+    shutil.copytree(encoder_dirs["chinese_clip"], zh)
+    _edit_config(zh, "vision_config", "num_hidden_layers", value=100000)
+    with pytest.raises(EncoderLoadError, match=r"zh/config.json \(vision_config\): num_hidden_layers is 100000"):
+        load_clip_scorer(zh)

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import huggingface_hub.errors
 import torch
 import transformers
 
 from ..errors import EncoderLoadError, TokenizerError, json_type
+from ..json_text import parse_json
 from .base import LanguageEncoder, check_context_length, position_count
+from .model_size import check_model_size
 from .tokenizer_guard import tokenizer_panics
 from .weights import TensorSource, open_checkpoint, pick
 
@@ -41,6 +43,8 @@ class TextTower:
     checkpoint's tensor names itself, as CLIPTextModel does)."""
 
 
+CONFIG_FIELD_ERROR = getattr(huggingface_hub.errors, "StrictDataclassError", ValueError)
+"""What transformers 5 raises for a config field of the wrong type (4.x raised ValueError/TypeError)."""
 TINY_VISION = dict(hidden_size=8, intermediate_size=8, num_attention_heads=1, num_hidden_layers=1,
                    image_size=16, patch_size=16)
 """The stand-in vision tower config of a two-tower class built for its text tower only."""
@@ -81,10 +85,7 @@ def read_config(folder: Path) -> dict | None:
 
 def parse_json_object(data: bytes, where: str | Path) -> dict:
     """A JSON object (a config) from UTF-8 bytes; EncoderLoadError naming ``where`` otherwise."""
-    try:
-        config = json.loads(data.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EncoderLoadError(f"{where} is not valid JSON: {e}") from e
+    config = parse_json(data, str(where), EncoderLoadError)
     if not isinstance(config, dict):
         raise EncoderLoadError(f"{where} is a JSON {json_type(config)}, expected an object")
     return config
@@ -196,7 +197,7 @@ def load_tokenizer(folder: Path, where: str | Path | None = None):
         with tokenizer_panics(where):
             return transformers.AutoTokenizer.from_pretrained(
                 str(folder), local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, ValueError, TypeError, CONFIG_FIELD_ERROR) as e:
         raise EncoderLoadError(
             f"No usable tokenizer in {where} (expected tokenizer.json, vocab.txt, spiece.model, "
             f"sentencepiece.bpe.model or vocab.json+merges.txt with tokenizer_config.json): {e}") from e
@@ -251,14 +252,23 @@ def _without_load_report(stand_in: bool) -> Iterator[None]:
 
 def tower_config(config: dict, where: Path) -> tuple[TextTower, transformers.PretrainedConfig]:
     """The text tower a ``config.json`` dict describes, and the transformers config it is built from."""
-    tower = hf_kind(config, where).model_types[config["model_type"]]
+    tower = check_text_config(config, f"{where} (its config.json)").model_types[config["model_type"]]
     if tower.attr is not None:  # (older configs repeat the vision config as vision_config_dict)
         config = {**{k: v for k, v in config.items() if k != "vision_config_dict"}, "vision_config": TINY_VISION}
     try:
         model_config = transformers.CONFIG_MAPPING[config["model_type"]].from_dict(config)
-    except (ValueError, TypeError, KeyError) as e:
+    except (ValueError, TypeError, KeyError, CONFIG_FIELD_ERROR) as e:
         raise EncoderLoadError(f"{where}: config.json does not describe a {config['model_type']} model: {e}") from e
     return tower, model_config.text_config if tower.text_config else model_config
+
+
+def check_text_config(config: dict, where: str | Path) -> HFKind:
+    """The family of the model a ``config.json`` dict describes, its text tower's sizes checked
+    against the parameter budget (:func:`~adapters.encoders.model_size.check_model_size`)."""
+    kind = hf_kind(config, where)
+    text = config["text_config"] if isinstance(config.get("text_config"), dict) else config
+    check_model_size(text, str(where))
+    return kind
 
 
 def build_text_tower(config: dict, tensors: TensorSource, dtype: torch.dtype, where: Path) -> torch.nn.Module:
@@ -336,7 +346,7 @@ def load_hf_encoder(folder: Path, context_length: int | None = None, attention_m
     config = read_config(folder)
     if config is None:
         raise EncoderLoadError(f"{folder} has no config.json")
-    hf_kind(config, folder / "config.json")  # an unsupported model type is named before the tokenizer is read
+    check_text_config(config, folder / "config.json")  # named before the tokenizer reads the config
     tokenizer = load_tokenizer(folder)
     with open_checkpoint(folder) as tensors:
         return hf_encoder_from_parts(config, tokenizer, tensors, name=folder.name, path=folder,

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from ..errors import EncoderLoadError
 from .base import LanguageEncoder, check_context_length, position_count
-from .hf_text import check_vocabulary, load_tokenizer, parse_json_object
+from .hf_text import check_vocabulary, load_tokenizer, parse_json_object, read_config
+from .model_size import check_model_size
 from .weights import load_into, open_checkpoint, pick, under_prefix
 
 CONFIG_NAME = "open_clip_config.json"
@@ -99,6 +100,7 @@ def build_open_clip_encoder(cfg: dict, tower_dir: Path, state: dict, where: Path
     ``tower_dir``, its weights in ``state`` (without the checkpoint's ``text.`` prefix). ``where`` names the model and
     ``tower_where`` the tower's files in messages."""
     tower_where = tower_where or tower_dir
+    check_model_size(read_config(tower_dir) or {}, f"{tower_where} (its config.json)")
     open_clip = import_open_clip()
     try:
         text_cfg = open_clip.model.CLIPTextCfg(**cfg["text_cfg"])  # open_clip's own defaults

@@ -34,8 +34,9 @@ import torch
 
 from ..errors import EncoderLoadError, PEAError, json_type
 from ..file_format import atomic_write
+from ..json_text import parse_json
 from .base import LanguageEncoder, check_context_length
-from .hf_text import HF_KINDS, hf_encoder_from_parts, hf_kind, load_tokenizer, parse_json_object
+from .hf_text import HF_KINDS, check_text_config, hf_encoder_from_parts, load_tokenizer, parse_json_object
 from .open_clip_text import CONFIG_NAME as OPEN_CLIP_CONFIG, build_open_clip_encoder, model_config
 from .weights import pick, under_prefix
 
@@ -159,10 +160,7 @@ def read_pack(path: Path) -> Pack:
             f"{path} is a safetensors file without the config and tokenizer of a language encoder. "
             f"Use the model's folder, or pack it into one file with "
             f"'python -m adapters.encoders.single_file FOLDER {path.name}'.")
-    try:
-        info = json.loads(header[PACK_KEY])
-    except json.JSONDecodeError as e:
-        raise EncoderLoadError(f"{path}: its header '{PACK_KEY}' is not valid JSON ({e})") from e
+    info = parse_json(header[PACK_KEY], f"{path}: its header '{PACK_KEY}'", EncoderLoadError)
     if not isinstance(info, dict):
         raise EncoderLoadError(f"{path}: its header '{PACK_KEY}' is a JSON {json_type(info)}, expected an object")
     version = _header_field(info, "format_version", lambda v: type(v) is int, "a number", path)
@@ -197,7 +195,7 @@ def load_packed(path: Path, context_length: int | None = None, dtype: torch.dtyp
                                               tower_where=f"{path} (its {towers[0]}/)")
     else:
         config = pack.json("config.json")
-        hf_kind(config, f"{path} (its config.json)")  # an unsupported model type is named before the tokenizer is read
+        check_text_config(config, f"{path} (its config.json)")  # named before the tokenizer reads the config
         with pack.folder() as folder, _weights(path) as tensors:
             tokenizer = load_tokenizer(folder, path)
             encoder = hf_encoder_from_parts(config, tokenizer, tensors, name=pack.name, path=path,

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.broken_files import PANIC_PROMPT, UNREADABLE_LINKS
 from tests.host.test_workflows import api_workflows, with_stand_ins
@@ -87,3 +88,15 @@ def test_links_that_cannot_be_followed_leave_the_listing_working_and_are_logged_
     log = Path(server.log.name).read_text(encoding="utf-8", errors="replace")
     for link in UNREADABLE_LINKS:
         assert len(re.findall(rf"PEA: skipping \S*language_clip/{link} in the language_clip listing", log)) == 1, link
+
+
+def test_the_nodes_resolve_names_at_load_time_too(pack, base_dir):
+    """A graph that skipped validation (or a node called from another pack) cannot load outside either."""
+    loader = pack.NODE_CLASS_MAPPINGS["PEALoadLanguageCLIP"]()
+    scorer = pack.NODE_CLASS_MAPPINGS["PEALanguageCLIPScore"]()
+    inside = base_dir / "models" / "language_clip" / "chinese-clip-tiny"
+    for name in (str(inside), "../language_clip/chinese-clip-tiny"):
+        with pytest.raises(FileNotFoundError, match=NOT_A_NAME):
+            loader.load(name, "default", "cpu")
+        with pytest.raises(FileNotFoundError, match=NOT_A_NAME):
+            scorer.score(torch.zeros(1, 32, 32, 3), "一只猫", name, "cpu")

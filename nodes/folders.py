@@ -42,8 +42,9 @@ _reported: set[tuple[str, str]] = set()
 
 def _entries(folder: str) -> Iterator[tuple[os.DirEntry, bool, bool]]:
     """``(entry, is a file, is a folder)`` for the entries of ``folder`` that can be read, hidden ones
-    left out. An entry that cannot (a symlink loop, a dangling link, a folder without read
-    permission) is skipped and logged once: one bad entry must not take the nodes off the menu."""
+    left out. An entry that cannot (a symlink loop, a folder without read permission) is skipped
+    and logged once: one bad entry must not take the nodes off the menu. (A dangling link is
+    neither a file nor a folder: it is not listed.)"""
     try:
         entries = list(os.scandir(folder))
     except OSError as e:

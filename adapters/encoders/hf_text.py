@@ -18,7 +18,7 @@ import huggingface_hub.errors
 import torch
 import transformers
 
-from ..errors import EncoderLoadError, TokenizerError, json_type
+from ..errors import EncoderLoadError, TokenizerError, json_type, shown
 from ..json_text import parse_json
 from .base import LanguageEncoder, check_context_length, position_count
 from .model_size import check_model_size
@@ -153,10 +153,9 @@ def _tokenizer_class(folder: Path, where: str | Path):
                 continue
             accepted = accepted_tokenizers(config.get("model_type"))
             if not isinstance(class_name, str) or class_name not in accepted:
-                shown = repr(class_name)[:80]
                 raise TokenizerError(
-                    f"{where}: {name} names tokenizer_class {shown}, which is not a tokenizer for model_type "
-                    f"{config.get('model_type')!r} (accepted: {', '.join(sorted(accepted))})")
+                    f"{where}: {name} names tokenizer_class {shown(class_name)}, which is not a tokenizer for "
+                    f"model_type {shown(config.get('model_type'))} (accepted: {', '.join(sorted(accepted))})")
             return getattr(transformers, class_name, None)
     return None
 

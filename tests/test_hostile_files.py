@@ -12,10 +12,12 @@ import pytest
 
 from adapters import AdapterFileError, EncoderLoadError, EncoderSpec, load_language_encoder
 from adapters.clip_score import load_clip_scorer
+from adapters.encoders.hf_text import load_tokenizer
+from adapters.encoders.single_file import pack_encoder
 from adapters.errors import TokenizerError
 from adapters.file_format import read_adapter
-from adapters.tiny import make_adapter
-from adapters.encoders.single_file import pack_encoder
+from adapters.tiny import make_adapter, make_marian
+from evaluation.translate import Translator, load_translator
 from tests.broken_files import PANIC_PROMPT, edit_json, repack, with_adapter_metadata, with_panicking_tokenizer
 from training.captions import CaptionWindow
 from training.data import Record
@@ -39,6 +41,15 @@ def test_a_tokenizer_panic_is_the_packs_error_naming_the_model(panicking):
     with pytest.raises(TokenizerError, match=f"The tokenizer of {panicking} crashed on this text .*"
                                              f"retry-limit-in-match over.*damaged or hostile"):
         encoder.encode([PANIC_PROMPT])
+
+
+def test_the_evaluators_translator_turns_the_panic_into_the_packs_error(tmp_path, panicking):
+    """A translation model whose tokenizer.json panics (MarianMT's own tokenizer is sentencepiece, so
+    the panicking tokenizer is put beside a real MarianMT model)."""
+    marian = load_translator(make_marian(tmp_path / "opus-mt-zh-en"))
+    hostile = Translator(marian.model, load_tokenizer(panicking), marian.folder)
+    with pytest.raises(TokenizerError, match="The tokenizer of .*opus-mt-zh-en crashed on this text"):
+        hostile.translate([PANIC_PROMPT], "zh")
 
 
 def test_the_scorer_and_the_trainers_caption_check_turn_the_panic_into_the_packs_error(panicking):
@@ -78,16 +89,22 @@ print(json.dumps({"outcome": outcome, "seconds": time.monotonic() - start,
 far the process's peak resident memory (getrusage's ru_maxrss, KiB on Linux) grew past its level after imports."""
 
 
-@pytest.mark.parametrize("length", [10**9, 10**8, 100000])
-def test_a_huge_context_length_in_a_packed_header_is_refused_fast_with_bounded_memory(tmp_path, chinese_pack,
-                                                                                     length):
-    hostile = repack(chinese_pack, tmp_path / "long.safetensors", lambda h: {**h, "context_length": length})
+def test_a_huge_context_length_in_a_packed_header_is_refused_fast_with_bounded_memory(tmp_path, chinese_pack):
+    hostile = repack(chinese_pack, tmp_path / "long.safetensors", lambda h: {**h, "context_length": 10**9})
     run = subprocess.run([sys.executable, "-c", PEAK_RSS, str(hostile)], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"})
     result = json.loads(run.stdout.splitlines()[-1])
-    assert result["outcome"] == (f"{hostile}: header field 'context_length' is {length}, expected a whole number "
+    assert result["outcome"] == (f"{hostile}: header field 'context_length' is 1000000000, expected a whole number "
                                  f"from 1 to 1024")
     assert result["seconds"] < 5 and result["growth_mb"] < 100, result
+
+
+@pytest.mark.parametrize("length", [10**8, 100000, 1025])
+def test_a_context_length_in_a_packed_header_beyond_the_nodes_maximum_is_refused(tmp_path, chinese_pack, length):
+    hostile = repack(chinese_pack, tmp_path / "long.safetensors", lambda h: {**h, "context_length": length})
+    with pytest.raises(EncoderLoadError, match=f"header field 'context_length' is {length}, expected a whole number "
+                                               f"from 1 to 1024$"):
+        load_language_encoder(hostile)
 
 
 @pytest.mark.parametrize("value", ["77", -5, 77.5, 0, True, None, 10**9, float("inf"), [77] * 100000])
@@ -136,7 +153,8 @@ def _set(field: str, value: str):
                                       "number from 1 to 1024 or null"),
     ("encoder.context_length", "1000000000", "metadata field 'encoder.context_length' is 1000000000, expected"),
     ("encoder.name", "[" * 10000 + "]" * 10000, "metadata 'pea_adapter' nests arrays or objects too deep to be read"),
-])
+], ids=["1e999", "5000-digits", "negative", "million-widths", "million-character-head", "1e9-float", "1e9",
+        "nested-10000-deep"])
 def test_adapter_metadata_numbers_nesting_and_lengths_are_bounded_with_short_messages(tmp_path, field, value, message):
     path = make_adapter(tmp_path / "meta.safetensors", "sd15", 32, encoder=EncoderSpec("chinese_clip", "x", 52, True))
     with_adapter_metadata(path, _set(field, value))

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tests.broken_files import PANIC_PROMPT, UNREADABLE_LINKS
-from tests.host.test_workflows import api_workflows, with_stand_ins
 from tests.host.test_server import error_message, pea_graph
+from tests.host.test_workflows import api_workflows, with_stand_ins
 
 NOT_A_NAME = "is not a model name: pick one from the list"
 

@@ -41,6 +41,7 @@ def test_a_tokenizer_panic_is_the_packs_error_naming_the_model(panicking):
     with pytest.raises(TokenizerError, match=f"The tokenizer of {panicking} crashed on this text .*"
                                              f"retry-limit-in-match over.*damaged or hostile"):
         encoder.encode([PANIC_PROMPT])
+    assert encoder.tokenize(["一只猫"]).shape == (1, encoder.context_length)  # and still do after a panic
 
 
 def test_the_evaluators_translator_turns_the_panic_into_the_packs_error(tmp_path, panicking):

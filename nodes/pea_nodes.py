@@ -6,6 +6,7 @@ import folder_paths
 import nodes as comfy_nodes
 
 from ..adapters import load_adapter
+from ..adapters.encoders.base import MAX_CONTEXT_LENGTH
 from ..adapters.families import family_of, model_label
 from ..adapters.pairing import check_base_model, check_pairing
 from .folders import PEA_ADAPTERS, find_adapter, find_language_clip, list_language_clips
@@ -47,7 +48,7 @@ class PEALoadLanguageCLIP:
             },
             "optional": {
                 "context_length": ("INT", {
-                    "default": 0, "min": 0, "max": 1024,
+                    "default": 0, "min": 0, "max": MAX_CONTEXT_LENGTH,
                     "tooltip": "Padded token length. 0: the length PEA adapters use for this encoder "
                                "(Chinese-CLIP 52, byT5 256, others 77). Must match the adapter's."}),
             },

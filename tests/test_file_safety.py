@@ -18,8 +18,8 @@ from adapters.encoders.extract import extract_encoder
 from adapters.encoders.single_file import pack_encoder
 from adapters.finite import check_conditioning
 from tests.standins.encoders import TINY, make_adapter, make_byt5
-from tests.broken_files import (edit_safetensors_header, poison_pickle, poison_safetensors, repack, rewrite_safetensors,
-                                with_member, zip_bomb)
+from tests.broken_files import (edit_json, edit_safetensors_header, poison_pickle, poison_safetensors, repack,
+                                rewrite_safetensors, with_member, zip_bomb)
 
 POISONS = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 
@@ -75,7 +75,7 @@ def test_members_differing_only_in_case_are_refused(tmp_path, chinese_pack):
     (lambda h: json.dumps([h]), r"header 'pea_language_clip' is a JSON array, expected an object"),
     (lambda h: {**h, "format_version": "1"}, r"header field 'format_version' is '1', expected a number"),
     (lambda h: {**h, "kind": "bert"}, r"header field 'kind' is 'bert', expected one of open_clip, chinese_clip"),
-    (lambda h: {**h, "context_length": "52"}, r"header field 'context_length' is '52', expected a positive number"),
+    (lambda h: {**h, "context_length": "52"}, r"header field 'context_length' is '52', expected a whole number from 1 to 1024"),
     (lambda h: {**h, "files": list(h["files"])}, r"header field 'files' is \[.*\], expected an object"),
     (lambda h: {**h, "files": {**h["files"], "vocab.txt": "[PAD]"}},
      r"header field 'files.vocab.txt' is not \{\"text\": ...\} or valid \{\"base64\": ...\}"),
@@ -283,11 +283,18 @@ def test_a_vocabulary_much_smaller_than_the_embedding_is_refused(tmp_path, encod
         load_language_encoder(folder)
 
 
-def test_a_tokenizer_of_another_model_is_refused(tmp_path, encoder_dirs):
+@pytest.mark.parametrize("tokenizer_class,message", [
+    (None, r"other: tokenizer_config.json names tokenizer_class 'T5Tokenizer', which is not a tokenizer for "
+           r"model_type 'chinese_clip'"),
+    ("PreTrainedTokenizerFast", r"other gives token ids up to 1\d\d, but the model embeds only 1\d\d"),
+])
+def test_a_tokenizer_of_another_model_is_refused(tmp_path, encoder_dirs, tokenizer_class, message):
     folder = copy_without(encoder_dirs["chinese_clip"], tmp_path / "other", "tokenizer.json", "tokenizer_config.json")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(encoder_dirs["t5"] / name, folder / name)
-    with pytest.raises(EncoderLoadError, match=r"other gives token ids up to 1\d\d, but the model embeds only 1\d\d"):
+    if tokenizer_class:  # a generic tokenizer.json class passes the class check; its ids do not fit
+        edit_json(folder / "tokenizer_config.json", tokenizer_class=tokenizer_class)
+    with pytest.raises(EncoderLoadError, match=message):
         load_language_encoder(folder)
 
 

@@ -174,7 +174,7 @@ def test_adapters_and_checkpoints_follow_the_umask(tmp_path, umask, mode):
 
     from adapters.file_format import save_official
     from tests.standins.encoders import make_adapter
-    from training.run_files import save_checkpoint
+    from training.runs.files import save_checkpoint
 
     old = os.umask(umask)
     try:
@@ -394,7 +394,7 @@ def test_captions_over_the_window_are_counted_with_tokens_cut():
     from training.data.captions import CaptionWindow
     from training.data.sampling import Record
 
-    window = CaptionWindow(bert_tokenizer(), 12)
+    window = CaptionWindow(bert_tokenizer(), 12, "tiny-bert")
     texts = ["猫", "一只猫" * 5, "狗" * 30]  # 3, 17 and 32 tokens with [CLS] and [SEP]
     window.measure([Record(Path(f"{i}.png"), t, None, True, where=f"m.jsonl:{i}") for i, t in enumerate(texts, 1)])
     assert window.summary() == {"window": 12, "checked": 3, "over_window": 2, "tokens_cut": 5 + 20,

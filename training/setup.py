@@ -61,7 +61,7 @@ class RunSetup:
         empty = self.teacher.encode("")
         self.distiller = Distiller(self.base, self.encoder, self.trained, empty_ids=encoder.tokenize([""]),
                                    empty_teacher=(empty["tokens"], empty.get("pooled")), config=cfg.step_config())
-        self.captions = CaptionWindow(encoder.tokenizer, encoder.context_length)
+        self.captions = CaptionWindow(encoder.tokenizer, encoder.context_length, encoder.path)
         self.records, self.batches = self.batch_order(records, shards)
         self.optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_schedule(cfg.warmup))

@@ -35,9 +35,10 @@ import torch
 
 from ..errors import EncoderLoadError, PEAError, json_type
 from ..file_format import atomic_write
-from .base import LanguageEncoder
+from ..json_text import parse_json
+from .base import LanguageEncoder, check_context_length
 from .folder_files import read_small_file
-from .hf_text import HF_KINDS, hf_encoder_from_parts, hf_kind, load_tokenizer, parse_json_object
+from .hf_text import HF_KINDS, check_text_config, hf_encoder_from_parts, load_tokenizer, parse_json_object
 from .open_clip_text import CONFIG_NAME as OPEN_CLIP_CONFIG, build_open_clip_encoder, model_config
 from .weights import pick, under_prefix
 
@@ -197,10 +198,7 @@ def read_pack(path: Path) -> Pack:
             f"{path} is a safetensors file without the config and tokenizer of a language encoder. "
             f"Use the model's folder, or pack it into one file with "
             f"'python -m adapters.encoders.single_file FOLDER {path.name}'.")
-    try:
-        info = json.loads(header[PACK_KEY])
-    except json.JSONDecodeError as e:
-        raise EncoderLoadError(f"{path}: its header '{PACK_KEY}' is not valid JSON ({e})") from e
+    info = parse_json(header[PACK_KEY], f"{path}: its header '{PACK_KEY}'", EncoderLoadError)
     if not isinstance(info, dict):
         raise EncoderLoadError(f"{path}: its header '{PACK_KEY}' is a JSON {json_type(info)}, expected an object")
     version = _header_field(info, "format_version", lambda v: type(v) is int, "a number", path)
@@ -209,7 +207,7 @@ def read_pack(path: Path) -> Pack:
     kinds = ("open_clip", *(k.kind for k in HF_KINDS))
     kind = _header_field(info, "kind", lambda v: v in kinds, f"one of {', '.join(kinds)}", path)
     name = _header_field(info, "name", lambda v: v is None or isinstance(v, str), "a string", path)
-    context = _header_field(info, "context_length", lambda v: type(v) is int and v > 0, "a positive number", path)
+    context = check_context_length(info.get("context_length"), f"{path}: header field 'context_length'")
     files = _header_field(info, "files", lambda v: isinstance(v, dict), "an object of packed files", path)
     members = {check_member_name(n, path): _member_bytes(n, content, path) for n, content in files.items()}
     folded = {}
@@ -235,7 +233,7 @@ def load_packed(path: Path, context_length: int | None = None, dtype: torch.dtyp
                                               tower_where=f"{path} (its {towers[0]}/)")
     else:
         config = pack.json("config.json")
-        hf_kind(config, f"{path} (its config.json)")  # an unsupported model type is named before the tokenizer is read
+        check_text_config(config, f"{path} (its config.json)")  # named before the tokenizer reads the config
         with pack.folder() as folder, _weights(path) as tensors:
             tokenizer = load_tokenizer(folder, path)
             encoder = hf_encoder_from_parts(config, tokenizer, tensors, name=pack.name, path=path,

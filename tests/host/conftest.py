@@ -94,8 +94,9 @@ def write_stand_ins(base: Path) -> None:
 
 
 def write_hostile_files(base: Path, clips: Path, adapters: Path) -> None:
-    """A NaN adapter, one whose 1e30 weights overflow when run, and a packed language CLIP naming a
-    file in custom_nodes/ (where the old loader would have written it, relative to the temp folder)."""
+    """A NaN adapter, one whose 1e30 weights overflow when run, a packed language CLIP naming a file
+    in custom_nodes/ (where the old loader would have written it, relative to the temp folder), a
+    language CLIP whose tokenizer panics, and links the language_clip listing cannot follow."""
     nan = standins.make_adapter(adapters / "bad" / "nan_sdxl.safetensors", "sdxl", 32, encoder=ZH, seed=5)
     broken_files.poison_safetensors(nan, "projector.0.weight", float("nan"))
     huge = standins.make_adapter(adapters / "bad" / "huge_sd15.safetensors", "sd15", 32, encoder=ZH, seed=6)
@@ -103,6 +104,10 @@ def write_hostile_files(base: Path, clips: Path, adapters: Path) -> None:
     target = "../" * len(Path(tempfile.gettempdir()).resolve().parts) + f"{base.resolve()}/custom_nodes/pea_evil.py"[1:]
     broken_files.repack(clips / "chinese-clip-tiny-text.safetensors", clips / "hostile-text.safetensors",
                         broken_files.with_member(target, "raise SystemExit('written by a model file')"))
+    broken_files.with_panicking_tokenizer(clips / "chinese-clip-tiny", clips / "panicking-tokenizer")
+    for link, target in broken_files.UNREADABLE_LINKS.items():  # the listing must skip these
+        (clips / link).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, clips / link)
 
 
 def write_flux_files(base: Path, models: Path) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from adapters.errors import PEAError
 from training.data.sampling import BucketBatches, ManifestError, make_buckets, nearest_bucket, read_manifest
 
 
@@ -45,6 +46,16 @@ def test_sharded_batches_partition_the_global_batches():
     first = [next(stream) for _ in range(15)]
     assert list(zip(range(5), one.iterate(10))) == list(enumerate(first[10:15]))
 
+
+
+def test_data_that_cannot_fill_a_batch_is_a_pack_error_not_a_traceback():
+    from training.data.sampling import BatchingError, ShardBatches, SkipCounter
+
+    with pytest.raises(BatchingError, match="no bucket holds a full global batch of 8 images"):
+        BucketBatches([(64, 64)] * 7, batch_size=4, world=2)
+    with pytest.raises(BatchingError, match="1 shards cannot be split over 2 processes"):
+        ShardBatches(["a.tar"], [(64, 64)], 4, SkipCounter(), world=2)
+    assert issubclass(BatchingError, PEAError)
 
 def test_objective_gives_parallel_samples_kd_and_native_samples_sd():
     import torch
@@ -564,5 +575,5 @@ def test_world_proof_merges_seeds_run_side_by_side(tmp_path, capsys):
     assert json.loads((tmp_path / "table" / "proof.json").read_text())["summary"] == merged["summary"]
     assert (tmp_path / "table" / "samples.png").read_bytes() == b"seed 0's grid"
     assert "2 seed(s)" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="repeat a seed"):
+    with pytest.raises(PEAError, match="repeat a seed"):
         merge_proofs([folders[0], folders[0]], tmp_path / "again")

@@ -59,6 +59,10 @@ class ManifestError(PEAError):
     """A manifest is not what the trainer expects; the message names file, line and field."""
 
 
+class BatchingError(PEAError):
+    """The data cannot fill the batches asked for (too few images in a bucket, too few shards)."""
+
+
 def is_text(value: object) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
@@ -243,7 +247,7 @@ class BucketBatches:
             self.by_bucket.setdefault(b, []).append(i)
         self.batch_size, self.world, self.rank, self.seed = batch_size, world, rank, seed
         if self.batches_per_epoch() == 0:
-            raise ValueError(f"no bucket holds a full global batch of {batch_size * world} images; "
+            raise BatchingError(f"no bucket holds a full global batch of {batch_size * world} images; "
                              f"lower the batch size or add images")
 
     def epoch(self, epoch: int) -> list[tuple[tuple[int, int], list[int]]]:
@@ -309,7 +313,7 @@ class ShardBatches:
     def __init__(self, urls: list[str], buckets: list[tuple[int, int]], batch_size: int, skipped: SkipCounter,
                  world: int = 1, rank: int = 0, captions: CaptionWindow | None = None):
         if len(urls) < world:
-            raise ValueError(f"{len(urls)} shards cannot be split over {world} processes")
+            raise BatchingError(f"{len(urls)} shards cannot be split over {world} processes")
         self.urls, self.buckets, self.batch_size, self.skipped = urls[rank::world], buckets, batch_size, skipped
         self.rank, self.world, self.captions = rank, world, captions
 

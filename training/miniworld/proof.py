@@ -236,11 +236,11 @@ def merge_proofs(folders: list[Path], output: Path) -> dict:
                   key=lambda run: run[0]["seeds"])
     seeds = [seed for run, _ in runs for seed in run["seeds"]]
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"the runs to merge repeat a seed ({seeds}): give each seed's folder once")
+        raise PEAError(f"the runs to merge repeat a seed ({seeds}): give each seed's folder once")
     merged = {**runs[0][0], "seeds": seeds, "rows": {}, "minutes": sum(run["minutes"] for run, _ in runs)}
     for run, folder in runs:
         if run["rows"].keys() != runs[0][0]["rows"].keys():
-            raise ValueError(f"{folder / 'proof.json'} measured other rows than {runs[0][1] / 'proof.json'}")
+            raise PEAError(f"{folder / 'proof.json'} measured other rows than {runs[0][1] / 'proof.json'}")
         for row, accs in run["rows"].items():
             merged["rows"].setdefault(row, []).extend(accs)
         if 0 in run["seeds"] and (folder / "samples.png").is_file():

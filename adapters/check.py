@@ -27,12 +27,12 @@ DEMO_PROMPTS = ["一只红色的猫坐在桌子上", "红烧狮子头", ""]
 
 def build_demo(folder: Path) -> tuple[Path, Path]:
     """A tiny Chinese-CLIP and a matching SDXL adapter, written in the real layouts."""
-    from . import tiny
+    from .demo_files import TINY, make_adapter, make_chinese_clip
 
-    encoder = tiny.make_chinese_clip(folder / "language_clip" / "chinese-clip-tiny")
+    encoder = make_chinese_clip(folder / "language_clip" / "chinese-clip-tiny")
     spec = EncoderSpec("chinese_clip", "chinese-clip-tiny", context_length=52, attention_mask=True)
-    adapter = tiny.make_adapter(folder / "pea_adapters" / "pea_sdxl_zh_tiny.safetensors", "sdxl",
-                                in_dim=tiny.TINY["hidden"], encoder=spec)
+    adapter = make_adapter(folder / "pea_adapters" / "pea_sdxl_zh_tiny.safetensors", "sdxl",
+                                in_dim=TINY["hidden"], encoder=spec)
     return encoder, adapter
 
 

@@ -25,9 +25,11 @@ import transformers
 from PIL import Image
 from torch import nn
 
-from .encoders.hf_text import hf_model_type, load_tokenizer
+from .encoders.hf_text import hf_model_type, load_tokenizer, read_config
+from .encoders.model_size import check_model_size
 from .encoders.open_clip_text import (CONFIG_NAME as OPEN_CLIP_CONFIG, WEIGHT_NAMES as OPEN_CLIP_WEIGHTS,
                                       find_text_tower, import_open_clip, read_model_config)
+from .encoders.tokenizer_guard import tokenizer_panics
 from .encoders.weights import load_into, open_checkpoint, pick
 from .errors import EncoderLoadError
 
@@ -82,6 +84,16 @@ class ClipScorer(nn.Module):
     def text_features(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
+    text_limit: int
+    """The most tokens (specials included) the text tower reads; a longer text is cut to its start."""
+
+    def text_lengths(self, texts: Sequence[str]) -> list[int]:
+        raise NotImplementedError
+
+    def truncated(self, texts: Sequence[str]) -> list[bool]:
+        """Whether each text is longer than the text tower reads (then only its start is scored)."""
+        return [n > self.text_limit for n in self.text_lengths(list(texts))]
+
     @torch.no_grad()
     def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Projected image embeddings ``[B, D]`` (float32, not normalised)."""
@@ -93,7 +105,8 @@ class ClipScorer(nn.Module):
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """Projected text embeddings ``[B, D]`` (float32, not normalised)."""
         device = next(self.parameters()).device
-        tokens = {k: v.to(device) for k, v in self.text_tokens(list(texts)).items()}
+        with tokenizer_panics(self.path):
+            tokens = {k: v.to(device) for k, v in self.text_tokens(list(texts)).items()}
         return self._finite(self.text_features(tokens).float(), "text")
 
     def score(self, images: Sequence[Image.Image], texts: Sequence[str] | str) -> torch.Tensor:
@@ -137,6 +150,13 @@ class HFClipScorer(ClipScorer):
         out = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
 
+    @property
+    def text_limit(self) -> int:
+        return self.max_length
+
+    def text_lengths(self, texts):
+        return [len(ids) for ids in self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
+
     def image_features(self, pixel_values):
         return _features(self.model.get_image_features(pixel_values=pixel_values))
 
@@ -160,6 +180,13 @@ class OpenCLIPScorer(ClipScorer):
 
     def text_tokens(self, texts):
         return {"text": self.tokenizer(texts)}
+
+    @property
+    def text_limit(self) -> int:
+        return self.tokenizer.context_length
+
+    def text_lengths(self, texts):
+        return [len(ids) for ids in self.tokenizer.tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
 
     def image_features(self, pixel_values):
         return self.model.encode_image(pixel_values)
@@ -185,6 +212,10 @@ def _image_processor(folder: Path, model_type: str, image_size: int):
 def load_hf_scorer(folder: Path, dtype: torch.dtype = torch.float32) -> HFClipScorer:
     model_type = hf_model_type(check_scorer_path(folder))
     class_name, _, context = HF_TWO_TOWER[model_type]
+    config = read_config(folder)
+    for part in ("text_config", "vision_config"):
+        if isinstance(config.get(part), dict):
+            check_model_size(config[part], f"{folder / 'config.json'} ({part})")
     try:
         model, info = getattr(transformers, class_name).from_pretrained(
             str(folder), local_files_only=True, trust_remote_code=False, output_loading_info=True, dtype=dtype)
@@ -220,12 +251,15 @@ def _quiet_open_clip_random_init():
 def load_open_clip_scorer(folder: Path, dtype: torch.dtype = torch.float32) -> OpenCLIPScorer:
     open_clip = import_open_clip()
     cfg = read_model_config(folder)
+    if isinstance(cfg.get("vision_cfg"), dict):
+        check_model_size(cfg["vision_cfg"], f"{folder / OPEN_CLIP_CONFIG} (vision_cfg)")
     with open_checkpoint(folder, OPEN_CLIP_WEIGHTS) as tensors:
         state = pick(tensors, lambda key: key)
     if not any(k.startswith("visual.") for k in state):
         found = next(n for n in OPEN_CLIP_WEIGHTS if (folder / n).is_file())
         raise EncoderLoadError(f"{folder / found} holds no vision tower (no visual.* weights). {NEEDS_VISION}")
     tower = find_text_tower(folder, cfg["text_cfg"]["hf_model_name"])
+    check_model_size(read_config(tower) or {}, f"{tower / 'config.json'}")
     text_cfg = {**cfg["text_cfg"], "hf_model_name": str(tower), "hf_tokenizer_name": str(tower),
                 "hf_model_pretrained": False}
     # open_clip's own factory builds the architecture and its eval preprocessing from the folder's
@@ -237,9 +271,11 @@ def load_open_clip_scorer(folder: Path, dtype: torch.dtype = torch.float32) -> O
     transform = open_clip.transform.image_transform_v2(
         open_clip.transform.PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
     load_tokenizer(tower)  # a clear error when the subfolder has no tokenizer files
-    tokenizer = open_clip.tokenizer.HFTokenizer(
-        str(tower), context_length=text_cfg.get("context_length", 77), tokenizer_mode=text_cfg.get("tokenizer_mode"),
-        local_files_only=True, trust_remote_code=False, **text_cfg.get("tokenizer_kwargs", {}))
+    with tokenizer_panics(tower):
+        tokenizer = open_clip.tokenizer.HFTokenizer(
+            str(tower), context_length=text_cfg.get("context_length", 77),
+            tokenizer_mode=text_cfg.get("tokenizer_mode"),
+            local_files_only=True, trust_remote_code=False, **text_cfg.get("tokenizer_kwargs", {}))
     return OpenCLIPScorer(model.to(dtype).eval().requires_grad_(False), transform, tokenizer,
                           name=folder.name, path=folder)
 

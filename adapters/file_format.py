@@ -4,12 +4,12 @@ Our format: a safetensors file whose tensors use the official key names
 (``layernorm.*``, ``projector.N.weight``, ``fc.*``) and whose header metadata holds
 ``pea_adapter`` = JSON (see :mod:`adapters.metadata`). The official release is a
 ``pytorch_model.bin`` state dict (fp16 or fp32, sometimes with a ``module.`` prefix);
-it is opened with ``torch.load(weights_only=True)`` only.
+it is opened with ``torch.load(weights_only=True)`` only, its sizes checked first
+(:mod:`adapters.pickle_file`).
 """
 from __future__ import annotations
 
 import os
-import pickle
 import re
 import secrets
 from pathlib import Path
@@ -23,6 +23,7 @@ from .errors import AdapterFileError
 from .finite import check_finite
 from .metadata import METADATA_KEY, AdapterInfo
 from .module import AdapterShape, PEAAdapter
+from .pickle_file import load_pickle
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -40,18 +41,6 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     except (safetensors.SafetensorError, OSError, ValueError) as e:
         raise AdapterFileError(
             f"Adapter file {path} is not a readable safetensors file (truncated or damaged?): {e}") from e
-
-
-def _read_pickle(path: Path) -> dict:
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise AdapterFileError(
-            f"Adapter file {path} contains Python objects, not just tensors; it is refused for "
-            f"safety (only plain state dicts are loaded, with weights_only=True)") from e
-    except (EOFError, RuntimeError, OSError, ValueError) as e:
-        raise AdapterFileError(f"Adapter file {path} cannot be read (truncated or damaged?): {e}") from e
-    return obj
 
 
 def _as_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -130,7 +119,7 @@ def _read_adapter(path: Path) -> tuple[dict[str, torch.Tensor], AdapterInfo]:
                 f"{path}: metadata describes {info.shape} but the tensors have {shape}")
         return state, info
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        state = _as_state_dict(_read_pickle(path), path)
+        state = _as_state_dict(load_pickle(path, AdapterFileError, f"Adapter file {path}"), path)
         return state, AdapterInfo(shape=infer_shape(state, str(path)), source="official")
     raise AdapterFileError(
         f"Adapter file {path} has an unknown extension; expected one of {ADAPTER_SUFFIXES}")
@@ -152,7 +141,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
 
     The temp name is unique to this call (process id and random letters), so processes and
     threads writing the same file never share one; it is created with mode 0o666 less the
-    umask, as an ordinary file would be. On any error the temp file is removed."""
+    umask, as an ordinary file would be, and keeps that mode even when ``write`` replaces it
+    (the safetensors writer creates its files 0o600). On any error the temp file is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
@@ -163,12 +153,39 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
         except FileExistsError:
             continue
     try:
+        mode = tmp.stat().st_mode & 0o777  # 0o666 less the umask, read without changing the umask
         write(str(tmp))
+        if tmp.stat().st_mode & 0o777 != mode:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+"""The temp names of :func:`atomic_write`: ``.<target name>.<process id>.<8 hex digits>.tmp``."""
+
+
+def remove_abandoned_temp_files(folder: Path) -> list[Path]:
+    """Delete the temp files :func:`atomic_write` left in ``folder`` (not below) when its process was
+    killed mid-write: only names of its pattern, only regular files, only those whose process is gone
+    (a live writer's file is left alone). Returns what was deleted."""
+    if not folder.is_dir():
+        return []
+    found = [(Path(e.path), int(m["pid"])) for e in os.scandir(folder)
+             if (m := TEMP_NAME.match(e.name)) and e.is_file(follow_symlinks=False)]
+    if not found:
+        return []
+    import psutil  # a ComfyUI requirement; needed only when temp files are found
+
+    removed = []
+    for path, pid in found:
+        if pid != os.getpid() and not psutil.pid_exists(pid):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def save_adapter(state: dict[str, torch.Tensor] | PEAAdapter, info: AdapterInfo,

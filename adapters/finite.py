@@ -12,6 +12,7 @@ from typing import Iterable
 
 import torch
 
+from .encoders.tokenizer_guard import tokenizer_panics
 from .errors import NonFiniteError, PEAError
 
 BROKEN_FILE = ("The file is damaged, was saved from a training run that diverged, or holds values too large "
@@ -70,7 +71,8 @@ def check_conditioning(encoder, adapter_name: str, input_ids: torch.Tensor, hidd
     if not bad.any():
         return
     row = int(bad.nonzero()[0])
-    prompt = encoder.tokenizer.decode(input_ids[row].tolist(), skip_special_tokens=True)
+    with tokenizer_panics(encoder.path):
+        prompt = encoder.tokenizer.decode(input_ids[row].tolist(), skip_special_tokens=True)
     if len(prompt) > PROMPT_SHOWN:
         prompt = prompt[:PROMPT_SHOWN] + "…"
     if _rows_not_finite(hidden[row:row + 1]).any():

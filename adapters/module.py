@@ -43,17 +43,6 @@ class AdapterShape:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AdapterShape":
-        return cls(
-            head=d["head"],
-            in_dim=int(d["in_dim"]),
-            hidden_dims=tuple(int(h) for h in d["hidden_dims"]),
-            out_dim=int(d["out_dim"]),
-            token_dim=int(d["token_dim"]),
-            pooled_dim=None if d.get("pooled_dim") is None else int(d["pooled_dim"]),
-        )
-
-    @classmethod
     def for_family(cls, family: Family, in_dim: int, hidden_dims: tuple[int, ...] | None = None) -> "AdapterShape":
         """The shape that conditions ``family`` from ``in_dim``-d encoder states (default hidden
         widths: the family's)."""

@@ -3,10 +3,10 @@ built from the real config) and the FLUX PEA adapter encode a prompt through the
 exactly as *Load Language CLIP* → *Apply PEA Adapter* → *CLIP Text Encode* run it; then ComfyUI
 offloads it.
 
-    python benchmarks/flux_encoder.py                       # bf16 and fp8_e4m3fn storage, whole card
-    python benchmarks/flux_encoder.py --vram-gib 6          # as on a card with 6 GiB free: partial load
-    python benchmarks/flux_encoder.py --storage bf16 --json flux_encoder.json
-    python benchmarks/flux_encoder.py --tiny                # a tiny byT5 on any device (checks the script)
+    python -m benchmarks.flux_encoder                       # bf16 and fp8_e4m3fn storage, whole card
+    python -m benchmarks.flux_encoder --vram-gib 6          # as on a card with 6 GiB free: partial load
+    python -m benchmarks.flux_encoder --storage bf16 --json flux_encoder.json
+    python -m benchmarks.flux_encoder --tiny                # a tiny byT5 on any device (checks the script)
 
 Prints per weight storage: weight size, how much of it ComfyUI loaded to the GPU, the first
 encode (weights moved included), a warm encode, peak GPU memory while encoding, and GPU memory
@@ -19,19 +19,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
-
-from training.comfy_runtime import import_comfy  # noqa: E402
+from comfy_runtime import import_comfy, load_pack
 
 BYT5_XXL = dict(vocab_size=384, d_model=4672, d_kv=64, d_ff=12352, num_layers=36, num_decoder_layers=12,
                 num_heads=64, feed_forward_proj="gated-gelu", relative_attention_num_buckets=32,
@@ -40,16 +35,6 @@ BYT5_XXL = dict(vocab_size=384, d_model=4672, d_kv=64, d_ff=12352, num_layers=36
 """google/byt5-xxl's config.json (the encoder half is used)."""
 BYT5_TINY = {**BYT5_XXL, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_decoder_layers": 1, "num_heads": 4}
 PROMPT = "一盏红色的灯笼挂在古老的木门上，夜晚，细雨"
-
-
-def load_pack():
-    """Import the pack as ComfyUI's custom-node loader does (a package from its folder)."""
-    spec = importlib.util.spec_from_file_location("pea_pack", REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pea_pack"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def build_encoder(config: dict, dtype: torch.dtype, device: torch.device):

@@ -2,9 +2,9 @@
 text tower's tensors) against reading the whole model and dropping its vision tower, as the pack
 did before. CPU only; no ComfyUI needed.
 
-    python benchmarks/two_tower_load.py                  # a Chinese-CLIP with a ViT-L/14 vision tower, bf16
-    python benchmarks/two_tower_load.py --vision huge    # ViT-H/14, as OFA-Sys/chinese-clip-vit-huge-patch14
-    python benchmarks/two_tower_load.py --dtype float32  # as on the CPU
+    python -m benchmarks.two_tower_load                  # a Chinese-CLIP with a ViT-L/14 vision tower, bf16
+    python -m benchmarks.two_tower_load --vision huge    # ViT-H/14, as OFA-Sys/chinese-clip-vit-huge-patch14
+    python -m benchmarks.two_tower_load --dtype float32  # as on the CPU
 
 Builds the folder once in a temporary directory (random weights; a small BERT text tower, the
 real vision tower's config), then loads it in fresh processes, alternating the two ways, and
@@ -35,7 +35,6 @@ LOADERS = {
 }
 MEASURE = """
 import json, sys, time
-sys.path.insert(0, {repo!r})
 import torch, transformers
 from adapters import load_language_encoder
 transformers.ChineseCLIPModel, transformers.ChineseCLIPTextModel, transformers.BertTokenizerFast  # lazy imports
@@ -55,9 +54,8 @@ print(json.dumps({{"seconds": seconds, "peak_bytes": peak}}))
 
 BUILD = """
 import sys
-sys.path.insert(0, {repo!r})
 import transformers
-from adapters.tiny import bert_tokenizer
+from adapters.demo_files import bert_tokenizer
 tokenizer = bert_tokenizer()
 text = transformers.ChineseCLIPTextConfig(vocab_size=len(tokenizer), hidden_size=256, num_hidden_layers=4,
                                           num_attention_heads=4, intermediate_size=1024,
@@ -71,13 +69,13 @@ tokenizer.save_pretrained({folder!r})
 def build(folder: Path, vision: dict) -> int:
     """A Chinese-CLIP folder with random weights, built in a process of its own (Linux carries a
     process's peak memory over into the programs it starts); returns the weight file's size."""
-    code = BUILD.format(repo=str(REPO), vision=vision, folder=str(folder))
+    code = BUILD.format(vision=vision, folder=str(folder))
     subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     return (folder / "model.safetensors").stat().st_size
 
 
 def measure(folder: Path, load: str, dtype: str) -> dict:
-    code = MEASURE.format(repo=str(REPO), folder=str(folder), load=load, dtype=dtype)
+    code = MEASURE.format(folder=str(folder), load=load, dtype=dtype)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -10,6 +10,11 @@ Methods: each adapter (the prompt through Load Language CLIP -> Apply PEA Adapte
 Prompt), ``english`` (the English reference through the checkpoint's CLIP: the upper
 reference) and ``translate`` (a local translation model, then the checkpoint's CLIP). Rerun the
 same command to resume: images already in ``--out`` are kept.
+
+Each language is scored by a CLIP that reads it (``--score-clip LANG=FOLDER``; the
+``--language-clip`` folder where it reads that language, else the run is refused), optionally
+also by a second, judging CLIP (``--judge-clip``); each adapter is compared with ``translate``
+and ``english`` prompt by prompt (see :mod:`evaluation.paired`).
 """
 from __future__ import annotations
 
@@ -30,9 +35,11 @@ from .generate import (Generator, Method, check_record, fingerprint, method_name
                        run_record)
 from .graph import Sampling
 from .languages import LANGUAGES
-from .metrics import fid_by_method, score_images, summarize
+from .metrics import SCORES, fid_by_method, score_images, summarize, truncated_prompts
+from .paired import comparisons
 from .prompts import Prompt, load_prompt_set, resolve_prompt_set
 from .report import write_report
+from .scorers import ScorerChoice, choose_scorer
 
 BASELINES = ("english", "translate", "none")
 
@@ -57,6 +64,17 @@ def for_language(mapping: dict[str | None, Path], language: str, option: str, de
     return path
 
 
+def choose_scorers(values: list[str], default: Path | None, option: str, prompts: list[Prompt],
+                   languages: list[str]) -> dict[str, ScorerChoice]:
+    """The scorer of each language from ``option`` values (or ``default``), each checked to read
+    the language's prompts; {} where neither is given."""
+    mapping = by_language(values, option)
+    if not mapping and default is None:
+        return {}
+    return {lang: choose_scorer(for_language(mapping, lang, option, default), lang, prompts, option, lang in mapping)
+            for lang in languages}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m evaluation.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,7 +84,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prompt-set", default="general", help="general, culture, or a folder / .jsonl file of your own")
     p.add_argument("--languages", nargs="+", help="only these languages (ISO 639-1; default: all in the set)")
     p.add_argument("--limit", type=int, help="only the first N prompts of each language")
-    p.add_argument("--images-per-prompt", type=int, default=1, help="images per prompt and method (seeds seed..seed+N-1)")
+    p.add_argument("--images-per-prompt", type=int, default=4, help="images per prompt and method (seeds seed..seed+N-1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--cfg", type=float, default=7.0)
@@ -79,7 +97,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--translation-model", action="append", default=[], metavar="[LANG=]FOLDER",
                    help="a MarianMT / NLLB / M2M100 folder into English (repeat per language)")
     p.add_argument("--score-clip", action="append", default=[], metavar="[LANG=]FOLDER",
-                   help="a CLIP with a vision tower reading that language (default: --language-clip)")
+                   help="a CLIP with a vision tower reading that language (default: --language-clip, "
+                        "where it reads that language)")
+    p.add_argument("--judge-clip", action="append", default=[], metavar="[LANG=]FOLDER",
+                   help="a second, independent CLIP that scores the same images, reported beside the first")
     p.add_argument("--english-clip", type=Path, help="a Hugging Face CLIP folder to score the English references")
     p.add_argument("--fid-reference", type=Path, help="a folder of reference images: FID per method")
     p.add_argument("--inception-weights", type=Path, help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth")
@@ -159,19 +180,20 @@ def run(args) -> str:
     languages = list(dict.fromkeys(p.language for p in prompts))
     device = "cpu" if args.cpu or not torch.cuda.is_available() else "cuda"
     translation_models = by_language(args.translation_model, "--translation-model")
-    score_clips = by_language(args.score_clip, "--score-clip")
     needs_translation = any(m.kind == "translate" for m in methods)
     models = {lang: for_language(translation_models, lang, "--translation-model") for lang in languages} \
         if needs_translation else {}
-    scorer_paths = {lang: check_scorer_path(for_language(score_clips, lang, "--score-clip", args.language_clip))
-                    for lang in languages}
+    scorers = choose_scorers(args.score_clip, args.language_clip, "--score-clip", prompts, languages)
+    if not scorers:
+        raise EvaluationError("no CLIP to score with: give --score-clip [LANG=]FOLDER (or --language-clip)")
+    judges = choose_scorers(args.judge_clip, None, "--judge-clip", prompts, languages)
     if args.english_clip:
         check_scorer_path(args.english_clip)
     if (args.fid_reference is None) != (args.inception_weights is None):
         raise EvaluationError("FID needs both --fid-reference and --inception-weights")
     translations = translate_prompts(prompts, models, args.out, device) if needs_translation else {}
 
-    from training.comfy_runtime import import_comfy
+    from comfy_runtime import import_comfy
 
     import_comfy(cpu=True if args.cpu else None)
     generator = Generator(args.checkpoint, args.language_clip)
@@ -186,11 +208,16 @@ def run(args) -> str:
     made = generator.make(jobs, sampling)
     release_comfy_models()
 
-    loaded = {path: load_clip_scorer(path, device=device) for path in dict.fromkeys(scorer_paths.values())}
+    loaded = {c.path: load_clip_scorer(c.path, device=device) for c in [*scorers.values(), *judges.values()]}
+    own = {lang: loaded[c.path] for lang, c in scorers.items()}
+    judging = {lang: loaded[c.path] for lang, c in judges.items()}
     english = load_clip_scorer(args.english_clip, device=device) if args.english_clip else None
-    records = score_images(jobs, {lang: loaded[p] for lang, p in scorer_paths.items()}, english)
-    del loaded, english
+    records = score_images(jobs, own, judging, english)
+    scoring = scoring_report(prompts, scorers, own, judges, judging, english)
+    del loaded, own, judging, english
     summary = summarize(records)
+    compared = {score: comparisons(records, score) for score in SCORES
+                if any(r[score] is not None for r in records)}
     fid = None
     if args.fid_reference:
         from .fid import FID
@@ -203,13 +230,25 @@ def run(args) -> str:
                 "images_per_prompt": args.images_per_prompt, "prompt_set": args.prompt_set, "languages": languages,
                 "methods": {m.name: str(m.adapter) if m.adapter else m.kind for m in methods},
                 "language_clip": str(args.language_clip) if args.language_clip else None,
-                "score_clips": {lang: str(p) for lang, p in scorer_paths.items()},
                 "english_clip": str(args.english_clip) if args.english_clip else None,
                 "translation_models": {lang: str(p) for lang, p in models.items()},
                 "fid_reference": str(args.fid_reference) if args.fid_reference else None}
-    files = write_report(args.out, settings, summary, fid, records, args.grid_size)
+    files = write_report(args.out, settings, scoring, summary, compared, fid, records, args.grid_size)
     return (f"{made} new images ({len(jobs) - made} already there); wrote {files['json']}, {files['markdown']}, "
             f"{files['html']} and {len(files['grids'])} grid(s)")
+
+
+def scoring_report(prompts: list[Prompt], scorers: dict[str, ScorerChoice], own: dict, judges: dict[str, ScorerChoice],
+                   judging: dict, english) -> dict[str, dict]:
+    """language -> each scorer of its prompts (path, kind, unknown-token rate) with the prompts it
+    cut short ("truncated"), and the English references the English CLIP cut short."""
+    cut = truncated_prompts(prompts, own)
+    judge_cut = truncated_prompts(prompts, judging)
+    english_cut = truncated_prompts(prompts, {lang: english for lang in own}, english=True) if english else {}
+    return {lang: {"score_clip": {**choice.as_dict(), **cut[lang]},
+                   "judge_clip": {**judges[lang].as_dict(), **judge_cut[lang]} if lang in judges else None,
+                   "english_clip": english_cut.get(lang)}
+            for lang, choice in scorers.items()}
 
 
 def release_comfy_models() -> None:

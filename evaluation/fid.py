@@ -8,13 +8,14 @@ holding anything but tensors is refused before the library sees it.
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import torch
 from PIL import Image
+
+from adapters.pickle_file import load_pickle
 
 from .errors import EvaluationError
 
@@ -36,12 +37,7 @@ def _check_weights(path: Path) -> None:
     if not path.is_file():
         raise EvaluationError(f"Inception weights not found: {path} (torch-fidelity's "
                               f"weights-inception-2015-12-05-6726825d.pth; nothing is downloaded)")
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise EvaluationError(f"{path} holds Python objects besides tensors; refused for safety") from e
-    except Exception as e:
-        raise EvaluationError(f"{path} cannot be read as PyTorch weights (truncated or damaged?): {e}") from e
+    state = load_pickle(path, EvaluationError)
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
         raise EvaluationError(f"{path} is not a state dict of tensors (expected torch-fidelity's InceptionV3 weights)")
 

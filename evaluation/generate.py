@@ -18,7 +18,7 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
 from adapters.clip_score import to_pil
-from adapters.file_format import atomic_write
+from adapters.file_format import atomic_write, remove_abandoned_temp_files
 
 from .errors import EvaluationError
 from .graph import GraphRunner, Sampling, checkpoint_graph, english_graph, pea_graph
@@ -78,7 +78,7 @@ class Generator:
     def __init__(self, checkpoint: Path, language_clip: Path | None):
         import nodes as comfy_nodes
 
-        from training.comfy_runtime import load_pack
+        from comfy_runtime import load_pack
 
         self.runner = GraphRunner({**comfy_nodes.NODE_CLASS_MAPPINGS, **load_pack().NODE_CLASS_MAPPINGS})
         self.checkpoint = self._register("checkpoints", checkpoint)
@@ -128,6 +128,8 @@ class Generator:
         import comfy.utils
 
         comfy.utils.PROGRESS_BAR_ENABLED = False  # one bar for the run, not one per KSampler call
+        for folder in dict.fromkeys(j.path.parent for j in jobs):  # writes a killed run left half-done
+            remove_abandoned_temp_files(folder)
         todo = [j for j in jobs if not j.path.is_file()]
         with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="generating", unit="image") as bar:
             for job in todo:

@@ -5,9 +5,9 @@ Layout (the shipped sets live in ``evaluation/prompt_sets/``)::
     <root>/general/<lang>.jsonl     the same prompts in every language (same ids, same English)
     <root>/culture/<lang>.jsonl     culture-specific prompts of one language
 
-Every line is an object with string fields ``id`` (letters, digits, ``-``, ``_``, ``.``; unique in
-its file), ``language`` (ISO 639-1, the file's name), ``text`` (the prompt in that language),
-``en`` (its English reference), ``category`` and ``set`` (``general`` or ``culture``).
+Every line is an object with string fields ``id`` (letters, digits, ``-``, ``_``, ``.``; at most 200
+characters; unique in its file), ``language`` (ISO 639-1, the file's name), ``text`` (the prompt in
+that language), ``en`` (its English reference), ``category`` and ``set`` (``general`` or ``culture``).
 """
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ SHIPPED_ROOT = Path(__file__).resolve().parent / "prompt_sets"
 SETS = ("general", "culture")
 FIELDS = ("id", "language", "text", "en", "category", "set")
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+MAX_ID_LENGTH = 200
+"""An id names image files (``<id>_<k>.png``, and the writer's temp name around it): with this bound
+they stay within the 255 bytes file systems allow a name."""
 SHIPPED_MINIMUMS = {"general": {lang: 100 for lang in SHIPPED},
                     "culture": {lang: 40 if lang == "zh" else 20 for lang in SHIPPED}}
 """Prompts per language file the shipped sets must hold at least."""
@@ -56,6 +59,9 @@ def _parse_line(line: str, where: str, language: str) -> Prompt:
         if not isinstance(value, str) or not value.strip():
             raise PromptSetError(f"{label}: field {field!r} is missing or empty; every line needs "
                                  f"{', '.join(FIELDS)} as non-empty strings")
+    if len(obj["id"]) > MAX_ID_LENGTH:
+        raise PromptSetError(f"{where}: id is {len(obj['id'])} characters long, at most {MAX_ID_LENGTH} allowed "
+                             f"(it names image files, whose names file systems limit to 255 bytes)")
     if not SAFE_ID.fullmatch(obj["id"]):
         raise PromptSetError(f"{label}: id may hold only letters, digits, '-', '_' and '.' (it names image files)")
     check_language(obj["language"], label, PromptSetError)

@@ -12,7 +12,11 @@ from PIL import Image, ImageDraw, ImageOps
 
 from adapters.file_format import atomic_write
 
-from .metrics import ALL
+from .metrics import ALL, SCORES
+from .paired import ALPHA, verdict
+
+SCORE_NAMES = {"clip_score": "CLIPScore (prompt's language)", "clip_score_judge": "CLIPScore (judge)",
+               "clip_score_en": "CLIPScore (English reference)"}
 
 
 def relative(path: Path, out: Path) -> str:
@@ -30,26 +34,80 @@ def _number(value: float | None, spread: float | None = None) -> str:
     return f"{value:.2f}" if spread is None else f"{value:.2f} ± {spread:.2f}"
 
 
-def write_json(out: Path, settings: dict, summary: list[dict], fid: dict | None, records: list[dict]) -> Path:
+def _interval(row: dict) -> str:
+    low, high = row["interval"]
+    return "—" if low is None else f"{row['mean_difference']:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
+def write_json(out: Path, settings: dict, scoring: dict, summary: list[dict], compared: dict[str, list[dict]],
+               fid: dict | None, records: list[dict]) -> Path:
     images = [{**r, "path": relative(r["path"], out)} for r in records]
-    data = {"settings": settings, "summary": summary, "fid": fid, "images": images}
+    data = {"settings": settings, "scorers": scoring, "summary": summary, "comparisons": compared, "fid": fid,
+            "images": images}
     return _write_text(out / "results.json", json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def markdown(settings: dict, summary: list[dict], fid: dict | None) -> str:
+def _truncated(entry: dict | None) -> str:
+    if not entry:
+        return "—"
+    ids = entry["truncated"]
+    return f"{len(ids)} of {entry['prompts']}" + (f": {', '.join(ids)}" if ids else "")
+
+
+def _scorer(entry: dict | None) -> str:
+    return f"{Path(entry['path']).name} ({entry['kind']})" if entry else "—"
+
+
+def scorer_lines(scoring: dict) -> list[str]:
+    """The table of which CLIP scored each language and which prompts it cut short."""
+    lines = ["| language | scored by | unknown tokens | truncated prompts (token limit) | judge | judge truncated "
+             "| English references truncated |", "|---|---|---|---|---|---|---|"]
+    for lang, s in scoring.items():
+        own, judge = s["score_clip"], s["judge_clip"]
+        lines.append(f"| {lang} | {_scorer(own)} | {own['unknown_rate']:.1%} | {_truncated(own)} ({own['token_limit']}) "
+                     f"| {_scorer(judge)} | {_truncated(judge)} | {_truncated(s['english_clip'])} |")
+    return lines
+
+
+def comparison_lines(compared: dict[str, list[dict]]) -> list[str]:
+    """One table per score: each method against each baseline, language by language."""
+    if not any(compared.values()):
+        return ["Nothing to compare: the run has no `translate` or `english` baseline beside its other methods.", ""]
+    lines = []
+    for score, rows in compared.items():
+        lines += [f"### {SCORE_NAMES[score]}", "",
+                  "| language | method | against | prompts | mean difference [95% interval] | win / tie / loss "
+                  "| p (Wilcoxon) | p (Holm) | verdict |", "|---|---|---|---|---|---|---|---|---|",
+                  *(f"| {r['language']} | {r['method']} | {r['against']} | {r['prompts']} | {_interval(r)} "
+                    f"| {r['wins']} / {r['ties']} / {r['losses']} | {r['p_value']:.3g} | {r['p_holm']:.3g} "
+                    f"| {verdict(r)} |" for r in rows), ""]
+    return lines
+
+
+def markdown(settings: dict, scoring: dict, summary: list[dict], compared: dict[str, list[dict]],
+             fid: dict | None) -> str:
     """The tables of results.md."""
+    scores = [s for s in SCORES if any(r[s]["mean"] is not None for r in summary)]
+
     def rows(select) -> list[str]:
         return [f"| {r['method']} | {r['language']} | {r['category']} | {r['images']} | "
-                f"{_number(r['clip_score']['mean'], r['clip_score']['std'])} | "
-                f"{_number(r['clip_score_en']['mean'], r['clip_score_en']['std'])} |"
+                + " | ".join(_number(r[s]["mean"], r[s]["std"]) for s in scores) + " |"
                 for r in summary if select(r)]
 
-    header = ["| method | language | category | images | CLIPScore (prompt's language) | CLIPScore (English reference) |",
-              "|---|---|---|---|---|---|"]
+    header = ["| method | language | category | images | " + " | ".join(SCORE_NAMES[s] for s in scores) + " |",
+              "|---|---|---|---|" + "---|" * len(scores)]
     lines = ["# PEA evaluation", "",
              *(f"- {key}: {json.dumps(value, ensure_ascii=False)}" for key, value in settings.items()), "",
-             "CLIPScore = 100 × max(cos(image, text), 0), mean ± standard deviation over the images.", "",
+             "CLIPScore = 100 × max(cos(image, text), 0), mean ± standard deviation over the images. Each "
+             "language has its own scorer: compare methods within a language, never across languages.", "",
+             "## Scorers", "", *scorer_lines(scoring), "",
              "## Per method and language", "", *header, *rows(lambda r: r["category"] == ALL), "",
+             "## Paired comparisons", "",
+             "Per language, each prompt's score averaged over its seeds; the difference is method minus "
+             "against, over the prompts. 95% interval: paired bootstrap over prompts. p: two-sided Wilcoxon "
+             f"signed-rank test, Holm-corrected over the comparisons of a score. A difference counts only "
+             f"where its interval excludes 0 and p (Holm) < {ALPHA}; otherwise \"not distinguishable\".", "",
+             *comparison_lines(compared),
              "## Per category", "", *header, *rows(lambda r: r["category"] != ALL), ""]
     if fid:
         lines += ["## FID against the reference images", "", "| method | images | FID |", "|---|---|---|",
@@ -131,10 +189,10 @@ def page(out: Path, settings: dict, summary: list[dict], records: list[dict], si
     return "\n".join(parts) + "\n"
 
 
-def write_report(out: Path, settings: dict, summary: list[dict], fid: dict | None, records: list[dict],
-                 grid_size: int) -> dict[str, Path | list[Path]]:
+def write_report(out: Path, settings: dict, scoring: dict, summary: list[dict], compared: dict[str, list[dict]],
+                 fid: dict | None, records: list[dict], grid_size: int) -> dict[str, Path | list[Path]]:
     """Every output file; returns their paths."""
-    return {"json": write_json(out, settings, summary, fid, records),
-            "markdown": _write_text(out / "results.md", markdown(settings, summary, fid)),
+    return {"json": write_json(out, settings, scoring, summary, compared, fid, records),
+            "markdown": _write_text(out / "results.md", markdown(settings, scoring, summary, compared, fid)),
             "grids": write_grids(out, records, grid_size),
             "html": _write_text(out / "index.html", page(out, settings, summary, records, grid_size))}

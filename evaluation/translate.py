@@ -13,6 +13,7 @@ import torch
 import transformers
 
 from adapters.encoders.hf_text import hf_model_type, load_tokenizer
+from adapters.encoders.tokenizer_guard import tokenizer_panics
 from adapters.errors import EncoderLoadError
 
 from .errors import EvaluationError
@@ -39,14 +40,16 @@ class Translator:
     def translate(self, texts: list[str], source: str, batch_size: int = 16) -> list[str]:
         """English translations of ``texts`` written in ``source`` (ISO 639-1)."""
         check_language(source, f"translation with {self.folder}")
-        if hf_model_type(self.folder) == "m2m_100":
-            self.tokenizer.src_lang = nllb_code(source) if self.nllb else source
-        extra = {"forced_bos_token_id": self._target_token()} if self._target_token() is not None else {}
-        out = []
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, truncation=True)
-            ids = self.model.generate(**{k: v.to(self.model.device) for k, v in batch.items()}, **extra)
-            out += [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        with tokenizer_panics(self.folder):
+            if hf_model_type(self.folder) == "m2m_100":
+                self.tokenizer.src_lang = nllb_code(source) if self.nllb else source
+            extra = {"forced_bos_token_id": self._target_token()} if self._target_token() is not None else {}
+            out = []
+            for start in range(0, len(texts), batch_size):
+                batch = self.tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                                       truncation=True)
+                ids = self.model.generate(**{k: v.to(self.model.device) for k, v in batch.items()}, **extra)
+                out += [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
         return out
 
 

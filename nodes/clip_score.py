@@ -11,7 +11,7 @@ import comfy.model_patcher
 from ..adapters.clip_score import load_clip_scorer, to_pil
 from .folders import find_language_clip, list_language_clips
 from .language_clip import model_options
-from .pea_nodes import CATEGORY, LANGUAGES, _found_or_message as found_or_message
+from .pea_nodes import CATEGORY, LANGUAGES, found_or_message
 
 _loaded: dict[tuple, comfy.model_patcher.ModelPatcher] = {}
 """The last scorer loaded (one at a time), in a ModelPatcher so ComfyUI can offload it."""
@@ -30,8 +30,12 @@ def scorer_patcher(clip_name: str, device: str) -> comfy.model_patcher.ModelPatc
     return _loaded[key]
 
 
-def ranking_text(scores: list[float], order: list[int]) -> str:
-    return "\n".join(f"{rank}. CLIPScore {scores[i]:.2f} (batch image {i + 1})" for rank, i in enumerate(order, start=1))
+def ranking_text(scores: list[float], order: list[int], truncated_at: int | None = None) -> str:
+    """One line per image, best first; ``truncated_at``: the token limit the prompt exceeded."""
+    lines = [f"{rank}. CLIPScore {scores[i]:.2f} (batch image {i + 1})" for rank, i in enumerate(order, start=1)]
+    if truncated_at:
+        lines.append(f"The prompt is longer than this CLIP reads ({truncated_at} tokens): only its start was scored.")
+    return "\n".join(lines)
 
 
 class PEALanguageCLIPScore:
@@ -76,7 +80,8 @@ class PEALanguageCLIPScore:
         scores = patcher.model.score(to_pil(images), text)
         order = torch.argsort(scores, descending=True, stable=True).tolist()
         values = scores.tolist()
-        return (images[order], [values[i] for i in order], ranking_text(values, order))
+        truncated_at = patcher.model.text_limit if patcher.model.truncated([text])[0] else None
+        return (images[order], [values[i] for i in order], ranking_text(values, order, truncated_at))
 
 
 NODE_CLASS_MAPPINGS = {"PEALanguageCLIPScore": PEALanguageCLIPScore}

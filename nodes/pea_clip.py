@@ -25,6 +25,7 @@ import comfy.sd
 import comfy.sd1_clip
 
 from ..adapters import IncompatibleError, LanguageEncoder, PEAAdapter
+from ..adapters.encoders.tokenizer_guard import tokenizer_panics
 from ..adapters.families import FAMILIES
 from ..adapters.finite import check_conditioning
 from .comfy_layers import move_buffers_on_load, use_comfy_ops
@@ -53,27 +54,34 @@ class PEATokenizer:
         special = encoder.special_tokens
         self.keys = keys
         self.english = english
+        self.where = encoder.path
         # Textual-inversion embeddings belong to English CLIPs: they go to ``english`` (see english_route).
-        self.sd_tokenizer = comfy.sd1_clip.SDTokenizer(
-            tokenizer_path=str(encoder.path), max_length=encoder.context_length,
-            embedding_directory=None, embedding_size=encoder.hidden_size, embedding_key="pea",
-            tokenizer_class=_PreloadedTokenizer(encoder.tokenizer),
-            has_start_token=special.start is not None, has_end_token=special.end is not None,
-            pad_to_max_length=True, pad_token=special.pad, tokenizer_data=tokenizer_data)
+        with tokenizer_panics(self.where):
+            self.sd_tokenizer = comfy.sd1_clip.SDTokenizer(
+                tokenizer_path=str(encoder.path), max_length=encoder.context_length,
+                embedding_directory=None, embedding_size=encoder.hidden_size, embedding_key="pea",
+                tokenizer_class=_PreloadedTokenizer(encoder.tokenizer),
+                has_start_token=special.start is not None, has_end_token=special.end is not None,
+                pad_to_max_length=True, pad_token=special.pad, tokenizer_data=tokenizer_data)
 
     def tokenize_with_weights(self, text: str, return_word_ids: bool = False, **kwargs):
         """The language part's tokens under every key; with a checkpoint CLIP, each carries that
         CLIP's tokens of the English part (:class:`~nodes.english_route.EnglishTokens`)."""
         if self.english is None:
             refuse_without_clip(text)
-            tokens = self.sd_tokenizer.tokenize_with_weights(text, return_word_ids, **kwargs)
+            language = text
+        else:
+            prompt = route_prompt(text)
+            language = prompt.language
+        with tokenizer_panics(self.where):
+            tokens = self.sd_tokenizer.tokenize_with_weights(language, return_word_ids, **kwargs)
+        if self.english is None:
             return {k: list(tokens) for k in self.keys}
-        prompt = route_prompt(text)
-        tokens = self.sd_tokenizer.tokenize_with_weights(prompt.language, return_word_ids, **kwargs)
         return {k: self.english.tokens(tokens, prompt.english) for k in self.keys}
 
     def untokenize(self, token_weight_pair):
-        return self.sd_tokenizer.untokenize(token_weight_pair)
+        with tokenizer_panics(self.where):
+            return self.sd_tokenizer.untokenize(token_weight_pair)
 
     def state_dict(self):
         return {}

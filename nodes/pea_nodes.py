@@ -1,10 +1,12 @@
-"""The three PEA nodes: Load Language CLIP, Apply PEA Adapter, PEA Encode Prompt."""
+"""The prompt nodes of the pack: Load Language CLIP, Apply PEA Adapter, PEA Encode Prompt (the fourth
+node, PEA CLIPScore, is in clip_score.py); the category, languages and name checks they share."""
 from __future__ import annotations
 
 import folder_paths
 import nodes as comfy_nodes
 
 from ..adapters import load_adapter
+from ..adapters.encoders.base import MAX_CONTEXT_LENGTH
 from ..adapters.families import family_of, model_label
 from ..adapters.pairing import check_base_model, check_pairing
 from .folders import PEA_ADAPTERS, find_adapter, find_language_clip, list_language_clips
@@ -20,7 +22,7 @@ LANGUAGES = ["multilingual", "Chinese", "Russian", "Korean", "Japanese", "non-En
 their language (ComfyUI's node search reads ``SEARCH_ALIASES``)."""
 
 
-def _found_or_message(find, name: str) -> bool | str:
+def found_or_message(find, name: str) -> bool | str:
     try:
         find(name)
     except FileNotFoundError as e:
@@ -46,7 +48,7 @@ class PEALoadLanguageCLIP:
             },
             "optional": {
                 "context_length": ("INT", {
-                    "default": 0, "min": 0, "max": 1024,
+                    "default": 0, "min": 0, "max": MAX_CONTEXT_LENGTH,
                     "tooltip": "Padded token length. 0: the length PEA adapters use for this encoder "
                                "(Chinese-CLIP 52, byT5 256, others 77). Must match the adapter's."}),
             },
@@ -62,7 +64,7 @@ class PEALoadLanguageCLIP:
 
     @classmethod
     def VALIDATE_INPUTS(cls, clip_name):
-        return _found_or_message(find_language_clip, clip_name)
+        return found_or_message(find_language_clip, clip_name)
 
     def load(self, clip_name, dtype, device, context_length=0):
         return (load_language_clip(find_language_clip(clip_name), dtype=dtype, device=device,
@@ -101,7 +103,7 @@ class PEAApplyAdapter:
 
     @classmethod
     def VALIDATE_INPUTS(cls, adapter_name):
-        return _found_or_message(find_adapter, adapter_name)
+        return found_or_message(find_adapter, adapter_name)
 
     def apply(self, language_clip: LanguageClip, adapter_name: str, model=None, clip=None):
         adapter = load_adapter(find_adapter(adapter_name), dtype=language_clip.model_options["dtype"])

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from adapters import tiny as standins
+from tests.standins import encoders as standins
 from tests.host import releases
 
 

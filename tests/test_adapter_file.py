@@ -184,11 +184,11 @@ def test_flux_card_configuration_has_the_published_parameter_count():
 @pytest.mark.parametrize("metadata,message", [
     ("[1, 2]", r"metadata 'pea_adapter' is a JSON array, expected an object"),
     ('"sdxl"', r"metadata 'pea_adapter' is a JSON string, expected an object"),
-    ('{"format_version": 1, "shape": [16]}', r"metadata field 'shape' is malformed"),
+    ('{"format_version": 1, "shape": [16]}', r"metadata field 'shape' is a JSON array, expected an object"),
     ('{"format_version": 1, "shape": SHAPE, "encoder": ["chinese_clip"]}',
      r"metadata field 'encoder' is a JSON array, expected an object"),
     ('{"format_version": 1, "shape": SHAPE, "encoder": {"context_length": "52"}}',
-     r"metadata field 'encoder.context_length' is '52', expected a positive integer or null"),
+     r"metadata field 'encoder.context_length' is '52', expected a whole number from 1 to 1024 or null"),
     ('{"format_version": 1, "shape": SHAPE, "encoder": {"attention_mask": 1}}',
      r"metadata field 'encoder.attention_mask' is 1, expected true, false or null"),
     ('{"format_version": 1, "shape": SHAPE, "encoder": {"tokenizer": "x"}}',

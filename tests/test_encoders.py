@@ -14,7 +14,7 @@ import transformers
 
 from adapters import EncoderLoadError, load_language_encoder
 from adapters.encoders import padding_mask
-from adapters.tiny import make_byt5
+from tests.standins.encoders import make_byt5
 
 PROMPTS = ["一只红色的猫坐在桌子上", "a red cat", "красная кошка", ""]
 
@@ -232,7 +232,7 @@ def test_pickles_that_cannot_be_streamed_are_refused(tmp_path):
 @pytest.mark.parametrize("encoder_masks", [True, False], ids=["t5 masked", "byt5 unmasked"])
 def test_pairing_refuses_an_adapter_trained_with_the_other_padding_mask(tmp_path, encoder_dirs, encoder_masks):
     from adapters import EncoderSpec, IncompatibleError, check_pairing, load_adapter
-    from adapters.tiny import TINY, make_adapter
+    from tests.standins.encoders import TINY, make_adapter
 
     folder = encoder_dirs["t5"] if encoder_masks else make_byt5(tmp_path / "byt5-tiny")
     encoder = load_language_encoder(folder)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers
 
-from adapters import tiny as standins
+from tests.standins import encoders as standins
 from evaluation.errors import EvaluationError, PromptSetError
 from evaluation.prompts import SHIPPED_ROOT, check_collection, load_prompt_set, read_prompt_file
 from tests.evaluation_standins import MINIMUMS, PROMPT_SETS, write_inception_weights, write_random_images
@@ -56,11 +56,31 @@ def broken_copy(tmp_path: Path, lang: str, edit) -> Path:
     (lambda o: json.dumps({**o, "id": "../escape"}), r"id may hold only letters"),
     (lambda o: json.dumps({**o, "set": "other"}), r"set 'other' is neither of general, culture"),
     (lambda o: "{not json", r"zh.jsonl:2: not a JSON object"),
+    (lambda o: json.dumps({**o, "id": "a" * 300}), r"zh.jsonl:2: id is 300 characters long, at most 200 allowed "
+                                                   r"\(it names image files"),
 ])
 def test_a_bad_line_is_named_with_file_line_and_field(tmp_path, edit, message):
     root = broken_copy(tmp_path, "zh", edit)
     with pytest.raises(PromptSetError, match=message):
         read_prompt_file(root / "general" / "zh.jsonl")
+
+
+def test_temp_files_of_killed_image_writes_are_removed_and_only_those(tmp_path):
+    import os
+
+    from adapters.file_format import remove_abandoned_temp_files
+    from tests.broken_training_files import interrupted_writes
+
+    folder = tmp_path / "images" / "pea-x" / "zh"
+    interrupted_writes(folder / "general-001_0.png", folder / "settings.json")
+    killed = sorted(folder.iterdir())
+    assert len(killed) == 2 and all(p.name.endswith(".tmp") for p in killed)
+    kept = [folder / f".general-002_0.png.{os.getpid()}.0123abcd.tmp",  # a write of this live process
+            folder / ".notes.tmp", folder / "draft.1234.0123abcd.tmp", folder / "general-003_0.png"]
+    for path in kept:
+        path.write_text("not abandoned, or not ours")
+    assert sorted(remove_abandoned_temp_files(folder)) == killed
+    assert sorted(folder.iterdir()) == sorted(kept)
 
 
 def test_the_general_set_must_carry_the_same_english_in_every_language(tmp_path):

@@ -2,13 +2,16 @@
 the loss log, the non-finite guard, batch prefetching, atomic writes, run folders."""
 import io
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from training.data import BucketBatches, ManifestError, make_buckets, nearest_bucket, read_manifest
+from adapters.errors import PEAError
+from training.data.sampling import BucketBatches, ManifestError, make_buckets, nearest_bucket, read_manifest
 
 
 def test_manifest_errors_name_line_and_field(tmp_path):
@@ -44,10 +47,20 @@ def test_sharded_batches_partition_the_global_batches():
     assert list(zip(range(5), one.iterate(10))) == list(enumerate(first[10:15]))
 
 
+
+def test_data_that_cannot_fill_a_batch_is_a_pack_error_not_a_traceback():
+    from training.data.sampling import BatchingError, ShardBatches, SkipCounter
+
+    with pytest.raises(BatchingError, match="no bucket holds a full global batch of 8 images"):
+        BucketBatches([(64, 64)] * 7, batch_size=4, world=2)
+    with pytest.raises(BatchingError, match="1 shards cannot be split over 2 processes"):
+        ShardBatches(["a.tar"], [(64, 64)], 4, SkipCounter(), world=2)
+    assert issubclass(BatchingError, PEAError)
+
 def test_objective_gives_parallel_samples_kd_and_native_samples_sd():
     import torch
 
-    from training.objective import LossWeights, distillation_loss
+    from training.step.objective import LossWeights, distillation_loss
 
     student = {"output": torch.full((2, 1, 2, 2), 2.0), "t": torch.full((2, 3), 1.0)}
     teacher = {"output": torch.full((2, 1, 2, 2), 1.0), "t": torch.full((2, 3), 3.0)}
@@ -63,7 +76,7 @@ def test_objective_gives_parallel_samples_kd_and_native_samples_sd():
 
 
 def test_loss_weights_say_when_nothing_can_train():
-    from training.objective import LossWeights
+    from training.step.objective import LossWeights
 
     pea = LossWeights()
     assert pea.terms(native=True, parallel=True) == ["L_SD", "logit KD", "feature KD"]
@@ -76,7 +89,7 @@ def test_loss_weights_say_when_nothing_can_train():
 def test_loss_window_averages_each_part_over_the_samples_that_get_it():
     import torch
 
-    from training.loss_window import LossWindow, loss_sums, non_finite
+    from training.runs.loss_window import LossWindow, loss_sums, non_finite
 
     kd = torch.tensor([1.0, 1.0, 0.0])
     parts = {"loss": torch.tensor([1.0, 2.0, 3.0]), "sd": torch.tensor([9.0, 9.0, 3.0]),
@@ -93,7 +106,7 @@ def test_loss_window_averages_each_part_over_the_samples_that_get_it():
 
 
 def test_step_guard_stops_after_too_many_skips_in_a_row(tmp_path):
-    from training.nonfinite import NonFiniteError, StepGuard
+    from training.step.guard import NonFiniteError, StepGuard
 
     guard = StepGuard(max_in_a_row=2)
     guard.skip(4, ["loss"], None)
@@ -108,7 +121,7 @@ def test_step_guard_stops_after_too_many_skips_in_a_row(tmp_path):
 def test_prefetcher_keeps_order_and_hands_on_worker_errors():
     import threading
 
-    from training.batches import Prefetcher
+    from training.data.batches import Prefetcher
 
     threads = set()
 
@@ -162,6 +175,61 @@ def test_atomic_write_uses_unique_temp_names_and_the_umask(tmp_path):
     assert os.listdir(path.parent) == ["f.json"] and path.read_text() == "2"
 
 
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_adapters_and_checkpoints_follow_the_umask(tmp_path, umask, mode):
+    """The test above writes through open(), which keeps the temp file's mode; the safetensors writer
+    replaces the file with one of mode 0o600, which a ComfyUI running as another user cannot read."""
+    import os
+
+    from adapters.file_format import save_official
+    from tests.standins.encoders import make_adapter
+    from training.runs.files import save_checkpoint
+
+    old = os.umask(umask)
+    try:
+        ours = make_adapter(tmp_path / "ours.safetensors", "sd15", 32)
+        official = save_official({"w": torch.zeros(2)}, tmp_path / "official.bin")
+        checkpoint = save_checkpoint(tmp_path / "checkpoints", 3, {"step": 3})
+    finally:
+        os.umask(old)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in (ours, official, checkpoint)} == {
+        "ours.safetensors": oct(mode), "official.bin": oct(mode), checkpoint.name: oct(mode)}
+
+
+def test_a_run_folder_is_claimed_once_and_stale_locks_are_taken_over(tmp_path):
+    import os
+    import socket
+    import subprocess
+
+    import psutil
+
+    from training.runs.previous import LOCK_NAME, RunFolderError, claim_run_folder, release_run_folder
+
+    out = tmp_path / "run"
+    lock = claim_run_folder(out)
+    assert claim_run_folder(out) == lock and json.loads(lock.read_text())["pid"] == os.getpid()
+    release_run_folder(out)
+    assert not lock.exists()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = {"pid": other.pid, "host": socket.gethostname(), "started": psutil.Process(other.pid).create_time()}
+        lock.write_text(json.dumps(live))
+        with pytest.raises(RunFolderError, match=rf"run is in use by another run \(process {other.pid} on .*delete "
+                                                 rf".*{LOCK_NAME}"):
+            claim_run_folder(out)
+        lock.write_text(json.dumps({**live, "host": "another-host"}))  # cannot be checked from here: refused
+        with pytest.raises(RunFolderError, match="another-host"):
+            claim_run_folder(out)
+    finally:
+        other.kill()
+        other.wait()
+    lock.write_text(json.dumps(live))  # its process is gone: stale
+    assert claim_run_folder(out) == lock and json.loads(lock.read_text())["pid"] == os.getpid()
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+    release_run_folder(out)
+
 # ---- manifests: every fault at once, by file and line ------------------------------------
 
 def test_manifest_lists_every_fault_with_file_and_line(tmp_path):
@@ -211,7 +279,7 @@ def test_a_jpeg_corrupted_in_the_middle_is_refused(tmp_path):
     from PIL import Image
 
     from tests.broken_training_files import corrupt_middle, jpeg_bytes, photo
-    from training.images import IMAGE_ERRORS, decode_image
+    from training.data.images import IMAGE_ERRORS, decode_image
 
     for mode in ("L", "CMYK", "RGB"):  # the strict decoder gives Pillow's pixels
         good = jpeg_bytes(photo().convert(mode))
@@ -228,7 +296,7 @@ def test_a_jpeg_corrupted_in_the_middle_is_refused(tmp_path):
 
 def test_a_png_corrupted_in_the_middle_or_truncated_is_refused():
     from tests.broken_training_files import corrupt_middle, photo
-    from training.images import IMAGE_ERRORS, decode_image
+    from training.data.images import IMAGE_ERRORS, decode_image
 
     buf = io.BytesIO()
     photo().save(buf, "PNG")
@@ -244,8 +312,8 @@ def test_extreme_images_are_refused_from_the_header(tmp_path):
     """The files hold a header and no pixels: decoding them would fail as truncated, so a refusal
     that names the size shows it came from the header, before any decoding."""
     from tests.broken_training_files import header_only_png
-    from training.data import Record, SkipCounter, assign_buckets
-    from training.images import ImageRefused, decode_image, size_problem
+    from training.data.sampling import Record, SkipCounter, assign_buckets
+    from training.data.images import ImageRefused, decode_image, size_problem
 
     wide = header_only_png(tmp_path / "wide.png", 10000, 10)
     huge = header_only_png(tmp_path / "huge.png", 10000, 9000)
@@ -264,7 +332,7 @@ def test_extreme_images_are_refused_from_the_header(tmp_path):
 
 
 def test_skipped_images_are_counted_once_each():
-    from training.data import Record, SkipCounter
+    from training.data.sampling import Record, SkipCounter
 
     skipped = SkipCounter()
     a, b = Record(Path("a.jpg"), "t", "t", False, where="m.jsonl:3"), Record(Path("b.jpg"), "t", "t", False)
@@ -300,8 +368,8 @@ def test_shard_ranks_get_disjoint_sample_ids_and_different_draws(tmp_path):
     noise or dropout flag; a resumed rank gets the ids it had."""
     import torch
 
-    from training.data import ShardBatches, SkipCounter
-    from training.distill import sample_draws
+    from training.data.sampling import ShardBatches, SkipCounter
+    from training.step.distill import sample_draws
 
     sizes = [(64, 64), (64, 64), (64, 128), (64, 64), (64, 128), (64, 64), (64, 128), (64, 128)]
     urls = write_shards(tmp_path, [sizes, sizes[::-1]])
@@ -321,7 +389,7 @@ def test_shard_ranks_get_disjoint_sample_ids_and_different_draws(tmp_path):
 def test_manifest_ranks_get_disjoint_sample_ids_in_every_step():
     """A manifest sample's id is its record's index: the ranks' slices of a global batch never
     share one, over several epochs; a resumed rank gets the ids it had."""
-    from training.data import ManifestBatches, Record
+    from training.data.sampling import ManifestBatches, Record
 
     records = [Record(Path(f"{i}.png"), "猫", "a cat", False) for i in range(30)]
     buckets = [(64, 64)] * 20 + [(64, 128)] * 10
@@ -333,11 +401,11 @@ def test_manifest_ranks_get_disjoint_sample_ids_in_every_step():
 
 
 def test_captions_over_the_window_are_counted_with_tokens_cut():
-    from adapters.tiny import bert_tokenizer
-    from training.captions import CaptionWindow
-    from training.data import Record
+    from adapters.demo_files import bert_tokenizer
+    from training.data.captions import CaptionWindow
+    from training.data.sampling import Record
 
-    window = CaptionWindow(bert_tokenizer(), 12)
+    window = CaptionWindow(bert_tokenizer(), 12, "tiny-bert")
     texts = ["猫", "一只猫" * 5, "狗" * 30]  # 3, 17 and 32 tokens with [CLS] and [SEP]
     window.measure([Record(Path(f"{i}.png"), t, None, True, where=f"m.jsonl:{i}") for i, t in enumerate(texts, 1)])
     assert window.summary() == {"window": 12, "checked": 3, "over_window": 2, "tokens_cut": 5 + 20,
@@ -363,7 +431,7 @@ def previous_run(folder: Path) -> None:
 
 
 def test_a_new_run_refuses_a_folder_holding_a_previous_run(tmp_path):
-    from training.run_folder import RunFolderError, check_run_folder, prepare_run_folder
+    from training.runs.previous import RunFolderError, check_run_folder, prepare_run_folder, release_run_folder
 
     out = tmp_path / "run"
     out.mkdir()
@@ -379,13 +447,14 @@ def test_a_new_run_refuses_a_folder_holding_a_previous_run(tmp_path):
     check_run_folder(out, "adapter.safetensors", resume=out)  # continuing it is fine
     check_run_folder(out, "adapter.safetensors", resume=out / "checkpoints" / "step_0000010.pt")
     prepare_run_folder(out, "adapter.safetensors", overwrite=True)
+    release_run_folder(out)  # as the run does when it ends
     left = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
     assert left == ["checkpoints", "checkpoints/keep_me.pt", "notes.txt", "previews", "previews/my_sketch.png"]
     check_run_folder(out, "adapter.safetensors")
 
 
 def test_overwrite_finds_an_adapter_written_under_another_name(tmp_path):
-    from training.run_folder import previous_run_files, prepare_run_folder
+    from training.runs.previous import previous_run_files, prepare_run_folder, release_run_folder
 
     out = tmp_path / "run"
     out.mkdir()
@@ -394,6 +463,7 @@ def test_overwrite_finds_an_adapter_written_under_another_name(tmp_path):
     (out / "other.safetensors").write_bytes(b"the user's")
     assert previous_run_files(out, "adapter.safetensors") == [out / "pea_zh.safetensors", out / "summary.json"]
     prepare_run_folder(out, "adapter.safetensors", overwrite=True)
+    release_run_folder(out)
     assert [p.name for p in out.iterdir()] == ["other.safetensors"]
 
 
@@ -402,7 +472,7 @@ def test_temp_files_of_interrupted_writes_are_cleaned_at_start(tmp_path, caplog)
     import time
 
     from tests.broken_training_files import interrupted_writes
-    from training.run_folder import STALE_AFTER_S, prepare_run_folder
+    from training.runs.previous import STALE_AFTER_S, prepare_run_folder, release_run_folder
 
     out, cache = tmp_path / "run", tmp_path / "cache"
     interrupted_writes(out / "adapter.safetensors", out / "checkpoints" / "step_0000100.pt",
@@ -414,14 +484,15 @@ def test_temp_files_of_interrupted_writes_are_cleaned_at_start(tmp_path, caplog)
     with caplog.at_level("WARNING"):
         prepare_run_folder(out, "adapter.safetensors", cache_dir=cache)
     assert "removed 3 temp file(s) left by interrupted writes" in caplog.text
-    assert sorted(p.name for p in out.iterdir()) == [".hidden.tmp", "checkpoints", "notes.tmp"]
+    assert sorted(p.name for p in out.iterdir()) == [".hidden.tmp", ".pea-run.lock", "checkpoints", "notes.tmp"]
     assert list((out / "checkpoints").iterdir()) == [] and list((cache / "latents" / "ab").iterdir()) == []
     fresh = list((cache / "teacher" / "cd").iterdir())  # another run sharing the cache may be writing it
     assert len(fresh) == 1 and fresh[0].name.startswith(".cdef.safetensors.")
+    release_run_folder(out)
 
 
 def test_torn_log_line_is_dropped_on_resume_and_the_log_rewritten(tmp_path, caplog):
-    from training.run_files import RunLog
+    from training.runs.files import RunLog
 
     path = tmp_path / "log.jsonl"
     lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2, 3, 4)]
@@ -437,7 +508,7 @@ def test_torn_log_line_is_dropped_on_resume_and_the_log_rewritten(tmp_path, capl
 
 
 def test_older_checkpoints_are_pruned_never_the_newest(tmp_path):
-    from training.run_files import checkpoints, find_checkpoint, prune_checkpoints
+    from training.runs.files import checkpoints, find_checkpoint, prune_checkpoints
 
     folder = tmp_path / "checkpoints"
     folder.mkdir()
@@ -453,7 +524,7 @@ def test_older_checkpoints_are_pruned_never_the_newest(tmp_path):
 
 
 def test_resuming_before_later_checkpoints_is_refused_unless_overwrite(tmp_path):
-    from training.run_folder import RunFolderError, check_later_checkpoints
+    from training.runs.previous import RunFolderError, check_later_checkpoints
 
     folder = tmp_path / "checkpoints"
     folder.mkdir()
@@ -504,5 +575,5 @@ def test_world_proof_merges_seeds_run_side_by_side(tmp_path, capsys):
     assert json.loads((tmp_path / "table" / "proof.json").read_text())["summary"] == merged["summary"]
     assert (tmp_path / "table" / "samples.png").read_bytes() == b"seed 0's grid"
     assert "2 seed(s)" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="repeat a seed"):
+    with pytest.raises(PEAError, match="repeat a seed"):
         merge_proofs([folders[0], folders[0]], tmp_path / "again")

@@ -33,11 +33,12 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the pack's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a script: the pack's folder, not training/, heads the import path
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from adapters.families import FAMILIES  # noqa: E402
-from training.comfy_runtime import import_comfy  # noqa: E402
+from comfy_runtime import import_comfy  # noqa: E402
+from training.step.unet_pass import budget_option  # noqa: E402
 
 DEMO_HONOURS = ("demo", "output", "steps", "seed", "overwrite", "cpu")
 """What ``--demo`` uses; it trains its own miniature world, so every other option is refused."""
@@ -101,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where CUDA is available")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each UNet pass into one graph (GPU; the first steps compile for minutes)")
-    p.add_argument("--memory-budget", type=float, default=1.0,
+    p.add_argument("--memory-budget", type=budget_option, default=1.0,
                    help="share of the UNet's attention blocks whose student activations are kept, 0..1 "
                         "(lower: less memory; the cheap parts of the others are recomputed in backward)")
     return p
@@ -120,20 +121,15 @@ def refuse_for_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not 0.0 <= args.memory_budget <= 1.0:
-        parser.error(f"--memory-budget must lie in [0, 1], got {args.memory_budget}")
     if args.demo:
         refuse_for_demo(parser, args)
     if args.keep_checkpoints < 0:
         parser.error("--keep-checkpoints must be 0 (keep all) or more")
     from adapters import PEAError
-    from training.data import ManifestError
-    from training.nonfinite import NonFiniteError
-    from training.run_folder import RunFolderError
 
     try:
         return train(parser, args)
-    except (ManifestError, RunFolderError, PEAError, NonFiniteError) as e:
+    except PEAError as e:
         raise SystemExit(f"error: {e}") from None
 
 
@@ -152,12 +148,13 @@ def train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from braceexpand import braceexpand
 
     from adapters import load_language_encoder
-    from training.base import load_base
-    from training.data import read_manifest
+    from training.base_checkpoint import load_base
+    from training.data.sampling import read_manifest
     from training.distributed import DistInfo
-    from training.loop import TrainConfig, Trainer
-    from training.objective import LossWeights
-    from training.run_folder import check_run_folder
+    from training.config import TrainConfig
+    from training.loop import Trainer
+    from training.step.objective import LossWeights
+    from training.runs.previous import check_run_folder, claim_run_folder
 
     cfg = TrainConfig(
         output=args.output, steps=args.steps or 1000, batch_size=args.batch_size, grad_accum=args.grad_accum,
@@ -171,7 +168,8 @@ def train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         save_every=args.save_every, log_every=args.log_every, preview_every=args.preview_every,
         preview_prompts=args.preview_prompt, languages=args.languages, overwrite=args.overwrite,
         keep_checkpoints=args.keep_checkpoints, memory_budget=args.memory_budget, compile=args.compile)
-    check_run_folder(cfg.output, cfg.adapter_name, cfg.resume, cfg.overwrite)  # before minutes of loading
+    claim_run_folder(cfg.output)  # before minutes of loading: one run at a time in a folder
+    check_run_folder(cfg.output, cfg.adapter_name, cfg.resume, cfg.overwrite)
     records = read_manifest(args.manifest, args.image_root) if args.manifest else None
     shards = [url for pattern in args.shards or [] for url in braceexpand(pattern)]
     import_comfy(cpu=args.cpu or None)

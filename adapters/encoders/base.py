@@ -7,6 +7,40 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import EncoderLoadError, PEAError, shown
+from .tokenizer_guard import tokenizer_panics
+
+MAX_CONTEXT_LENGTH = 1024
+"""The longest padded length the pack accepts (the Load Language CLIP node's maximum). A length read
+from a file is checked against it before anything is allocated: 10^8 padded tokens took 71 s and
+11.8 GB before failing."""
+ROBERTA_POSITIONS = ("xlm-roberta", "roberta", "altclip_text_model")
+"""Model types whose position ids start after the padding id (XLM-R's 514 positions hold 512 tokens)."""
+
+
+def check_context_length(value: object, where: str, error: type[PEAError] = EncoderLoadError,
+                         positions: int | None = None) -> int:
+    """``value`` if it is a whole number from 1 to :data:`MAX_CONTEXT_LENGTH` and at most ``positions``
+    (the encoder's position count, where it has one); otherwise ``error`` naming ``where`` (the
+    file and field)."""
+    if type(value) is not int or not 0 < value <= MAX_CONTEXT_LENGTH:
+        raise error(f"{where} is {shown(value)}, expected a whole number from 1 to {MAX_CONTEXT_LENGTH}")
+    if positions is not None and value > positions:
+        raise error(f"{where} is {value}, but the encoder has only {positions} positions: expected at most "
+                    f"{positions}")
+    return value
+
+
+def position_count(config) -> int | None:
+    """How many tokens a transformers text config's position embeddings hold, or None where it has
+    none (T5's relative positions)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if type(positions) is not int:
+        return None
+    if getattr(config, "model_type", None) in ROBERTA_POSITIONS:
+        positions -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return positions
+
 
 @dataclass(frozen=True)
 class SpecialTokens:
@@ -62,7 +96,8 @@ class LanguageEncoder(nn.Module):
         self.hidden_size = hidden_size
         self.context_length = context_length
         self.use_attention_mask = attention_mask
-        self.special_tokens = SpecialTokens.from_tokenizer(tokenizer)
+        with tokenizer_panics(self.path):
+            self.special_tokens = SpecialTokens.from_tokenizer(tokenizer)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
@@ -85,8 +120,9 @@ class LanguageEncoder(nn.Module):
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Ids padded and truncated to ``context_length``, as in training."""
-        out = self.tokenizer(list(texts), padding="max_length", truncation=True,
-                             max_length=self.context_length, return_tensors="pt")
+        with tokenizer_panics(self.path):
+            out = self.tokenizer(list(texts), padding="max_length", truncation=True,
+                                 max_length=self.context_length, return_tensors="pt")
         return out["input_ids"]
 
     @torch.no_grad()

@@ -7,8 +7,11 @@ The source folder holds the Hugging Face files (config.json, tokenizer files, an
 model.safetensors, pytorch_model.bin, or a sharded model.safetensors.index.json /
 pytorch_model.bin.index.json). The encoder's tensors (``encoder.*`` and ``shared.weight``) are
 copied as raw byte ranges, in chunks, straight from the source files into the new safetensors
-file, keeping their names and dtypes; its header also carries the config and tokenizer, so
-"Load Language CLIP" reads it as a single file (see :mod:`adapters.encoders.single_file`).
+file, keeping their names and dtypes; its header also carries the config and tokenizer (only the
+files named in :data:`EMBEDDED_FILES`, regular, bounded in size, not linking out of the folder), so
+"Load Language CLIP" reads it as a single file (see :mod:`adapters.encoders.single_file`). Before the
+file takes its name it is loaded back through that node's loader (which holds the encoder once, in
+its stored dtype): a file that would not load is refused and removed.
 
 Pickles (zip format) are opened with ``torch.load(weights_only=True, mmap=True)``: that reads
 the tensors' names, dtypes and shapes but none of their bytes; where each tensor's bytes sit in
@@ -21,23 +24,32 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections import Counter
 import sys
 import zipfile
 from pathlib import Path
 from typing import Iterator, Union
 
+import safetensors
 import torch
 
 from ..errors import EncoderLoadError
-from ..file_format import atomic_write
-from .single_file import PACK_KEY, PACK_VERSION, embed_file, folder_to_file_cli
-from .weights import read_pickle
+from .folder_files import read_small_file, stays_in
+from .hf_text import parse_json_object
+from .single_file import PACK_KEY, PACK_VERSION, embed_bytes, folder_to_file_cli, write_loadable
+from .weights import read_pickle, weight_files
 
 CHUNK = 64 * 2**20
 ENCODER_PREFIXES = ("encoder.", "shared.")
-SMALL_FILE_SUFFIXES = (".json", ".model", ".txt")
-WEIGHT_SOURCES = ("model.safetensors", "pytorch_model.bin")
-"""Checked in this order, each as a sharded ``.index.json`` first, then as a single file."""
+EMBEDDED_FILES = ("config.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                  "tokenizer.json", "spiece.model")
+"""The files a T5-family encoder's config and tokenizer are read from: nothing else of the folder
+is copied into the output."""
+HEADER_LIMIT = 100_000_000
+"""The largest header the safetensors library reads."""
+WEIGHT_SOURCES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                  "pytorch_model.bin.index.json")
+"""Checked in this order (that of :data:`~.weights.WEIGHT_FILES`)."""
 SAFETENSORS_DTYPES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
     torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.int64: "I64",
@@ -50,24 +62,44 @@ view in a pickle, whose bytes are not one range)."""
 
 
 def read_header(path: Path) -> tuple[int, dict]:
-    """(byte offset of the data section, header dict) of a safetensors file."""
+    """(byte offset of the data section, header dict) of a safetensors file, whose header the
+    safetensors library has checked first (size, JSON, dtypes, shapes against offsets)."""
+    try:
+        with safetensors.safe_open(str(path), framework="pt"):
+            pass
+    except (safetensors.SafetensorError, OSError, ValueError) as e:
+        raise EncoderLoadError(f"{path} is not a readable safetensors file (truncated or damaged?): {e}") from e
     with open(path, "rb") as f:
         (size,) = struct.unpack("<Q", f.read(8))
         return 8 + size, json.loads(f.read(size))
 
 
 def source_files(folder: Path) -> list[Path]:
-    """The weight files holding the encoder: the shards an index names for it, or the one file."""
-    for name in WEIGHT_SOURCES:
-        index = folder / f"{name}.index.json"
-        if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            return [folder / f for f in sorted({f for k, f in weight_map.items() if k.startswith(ENCODER_PREFIXES)})]
-        if (folder / name).is_file():
-            return [folder / name]
-    raise EncoderLoadError(
-        f"{folder} has no weights to extract: expected model.safetensors, pytorch_model.bin, or a sharded "
-        f"model.safetensors.index.json / pytorch_model.bin.index.json")
+    """The weight files holding the encoder: the one file, or the shards its index names for it."""
+    return weight_files(folder, WEIGHT_SOURCES, lambda key: key.startswith(ENCODER_PREFIXES))
+
+
+def small_files(folder: Path) -> dict[str, bytes]:
+    """The config and tokenizer files of ``folder`` to embed (:data:`EMBEDDED_FILES`, where present):
+    regular files of bounded size, never a link leading out of the folder."""
+    files = {}
+    for name in EMBEDDED_FILES:
+        path = folder / name
+        if not (path.is_symlink() or path.exists()):
+            continue
+        if not stays_in(path, folder):
+            raise EncoderLoadError(f"{path} links outside {folder}; it is not copied into a file people share. "
+                                   f"Copy the file itself into the folder.")
+        files[name] = read_small_file(path)
+    return files
+
+
+def load_dtype(layout: dict) -> torch.dtype:
+    """The floating dtype most of the packed tensors are stored in (float32 if none is)."""
+    names = {name: dtype for dtype, name in SAFETENSORS_DTYPES.items()
+             if dtype in (torch.float32, torch.float16, torch.bfloat16)}
+    stored = Counter(names[meta["dtype"]] for meta in layout.values() if meta["dtype"] in names)
+    return stored.most_common(1)[0][0] if stored else torch.float32
 
 
 def safetensors_tensors(path: Path) -> Iterator[tuple[str, str, list[int], Source]]:
@@ -145,7 +177,10 @@ def copy_bytes(out, source: Source, buffer: memoryview) -> None:
 def extract_encoder(folder: str | os.PathLike, dest: str | os.PathLike, context_length: int | None = None) -> Path:
     """Write the encoder of the checkpoint in ``folder`` as a packed single file at ``dest``."""
     folder, dest = Path(folder), Path(dest)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    files = small_files(folder)
+    if "config.json" not in files:
+        raise EncoderLoadError(f"{folder} has no config.json")
+    config = parse_json_object(files["config.json"], folder / "config.json")
     if config.get("model_type") not in ("t5", "mt5", "umt5"):
         raise EncoderLoadError(f"{folder / 'config.json'}: model_type {config.get('model_type')!r} is not a T5-family model")
     byt5 = config.get("vocab_size") == 384
@@ -165,14 +200,15 @@ def extract_encoder(folder: str | os.PathLike, dest: str | os.PathLike, context_
             offset += length
     if not layout:
         raise EncoderLoadError(f"no encoder tensors (encoder.*, shared.weight) in {folder}")
-    files = {p.name: embed_file(p) for p in sorted(folder.iterdir())
-             if p.is_file() and p.suffix in SMALL_FILE_SUFFIXES and not p.name.endswith(".index.json")}
     info = {"format_version": PACK_VERSION, "kind": "t5", "name": folder.name,
             "context_length": context_length or (256 if byt5 else 77), "attention_mask": not byt5,
-            "weights": "model.safetensors", "files": files}
+            "weights": "model.safetensors", "files": {n: embed_bytes(data) for n, data in files.items()}}
     header = json.dumps({"__metadata__": {"format": "pt", PACK_KEY: json.dumps(info, ensure_ascii=False)}, **layout},
                         separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)
+    if len(header) > HEADER_LIMIT:
+        raise EncoderLoadError(f"the config and tokenizer files of {folder} make a header of {len(header)} bytes, "
+                               f"more than the {HEADER_LIMIT} a safetensors file may hold")
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as out:
@@ -182,8 +218,7 @@ def extract_encoder(folder: str | os.PathLike, dest: str | os.PathLike, context_
             for source in tensors:
                 copy_bytes(out, source, buffer)
 
-    atomic_write(dest, write)
-    return dest
+    return write_loadable(dest, write, load_dtype(layout))
 
 
 def main(argv: list[str] | None = None) -> int:

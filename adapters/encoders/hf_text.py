@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import huggingface_hub.errors
 import torch
 import transformers
 
-from ..errors import EncoderLoadError, json_type
-from .base import LanguageEncoder
+from ..errors import EncoderLoadError, TokenizerError, json_type, shown
+from ..json_text import parse_json
+from .base import LanguageEncoder, check_context_length, position_count
+from .model_size import check_model_size
+from .tokenizer_guard import tokenizer_panics
 from .weights import TensorSource, open_checkpoint, pick
 
 
@@ -40,6 +43,8 @@ class TextTower:
     checkpoint's tensor names itself, as CLIPTextModel does)."""
 
 
+CONFIG_FIELD_ERROR = getattr(huggingface_hub.errors, "StrictDataclassError", ValueError)
+"""What transformers 5 raises for a config field of the wrong type (4.x raised ValueError/TypeError)."""
 TINY_VISION = dict(hidden_size=8, intermediate_size=8, num_attention_heads=1, num_hidden_layers=1,
                    image_size=16, patch_size=16)
 """The stand-in vision tower config of a two-tower class built for its text tower only."""
@@ -80,10 +85,7 @@ def read_config(folder: Path) -> dict | None:
 
 def parse_json_object(data: bytes, where: str | Path) -> dict:
     """A JSON object (a config) from UTF-8 bytes; EncoderLoadError naming ``where`` otherwise."""
-    try:
-        config = json.loads(data.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EncoderLoadError(f"{where} is not valid JSON: {e}") from e
+    config = parse_json(data, str(where), EncoderLoadError)
     if not isinstance(config, dict):
         raise EncoderLoadError(f"{where} is a JSON {json_type(config)}, expected an object")
     return config
@@ -111,15 +113,50 @@ VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
 """Files holding a tokenizer's vocabulary; ``tokenizer_config.json`` alone holds none."""
 
 
-def _tokenizer_class(folder: Path):
+GENERIC_TOKENIZERS = ("PreTrainedTokenizerFast", "TokenizersBackend")
+"""Tokenizer classes built from ``tokenizer.json`` alone, accepted for every model type."""
+TOKENIZERS_BY_MODEL_TYPE = {
+    "chinese_clip": ("BertTokenizer",), "chinese_clip_text_model": ("BertTokenizer",),
+    "clip": ("CLIPTokenizer", "XLMRobertaTokenizer", "BertTokenizer"),
+    "clip_text_model": ("CLIPTokenizer", "XLMRobertaTokenizer", "BertTokenizer"),
+    "altclip": ("XLMRobertaTokenizer",), "altclip_text_model": ("XLMRobertaTokenizer",),
+    "t5": ("T5Tokenizer", "ByT5Tokenizer"), "mt5": ("T5Tokenizer", "MT5Tokenizer", "ByT5Tokenizer"),
+    "umt5": ("T5Tokenizer",), "xlm-roberta": ("XLMRobertaTokenizer",),
+    "m2m_100": ("NllbTokenizer", "M2M100Tokenizer"), "marian": ("MarianTokenizer",),
+}
+"""Tokenizer classes the models of each config ``model_type`` are published with (the pack's
+encoders, open_clip text towers, scorers and translators), besides transformers' own choice for
+the type; each also as its ``...Fast`` variant."""
+
+
+def accepted_tokenizers(model_type: object) -> set[str]:
+    """The tokenizer class names a folder whose config has ``model_type`` may name."""
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
+
+    mapped = TOKENIZER_MAPPING_NAMES.get(model_type) if isinstance(model_type, str) else None
+    mapped = (mapped,) if isinstance(mapped, str) else tuple(n for n in mapped or () if n)
+    names = {*TOKENIZERS_BY_MODEL_TYPE.get(model_type, ()), *mapped}
+    fast = {n + "Fast" for n in names - set(GENERIC_TOKENIZERS) if not n.endswith("Fast")}
+    return {*GENERIC_TOKENIZERS, *names, *fast}
+
+
+def _tokenizer_class(folder: Path, where: str | Path):
     """The transformers tokenizer class ``folder`` names (tokenizer_config.json, else config.json),
-    or None where it names none that transformers has."""
+    or None where it names none. A class not made for the folder's model type is refused: a
+    tokenizer_config.json must not make transformers build something else."""
+    config = read_config(folder) or {}
     for name in ("tokenizer_config.json", "config.json"):
         path = folder / name
         if path.is_file():
             class_name = parse_json_object(path.read_bytes(), path).get("tokenizer_class")
-            if isinstance(class_name, str):
-                return getattr(transformers, class_name, None)
+            if class_name is None:
+                continue
+            accepted = accepted_tokenizers(config.get("model_type"))
+            if not isinstance(class_name, str) or class_name not in accepted:
+                raise TokenizerError(
+                    f"{where}: {name} names tokenizer_class {shown(class_name)}, which is not a tokenizer for "
+                    f"model_type {shown(config.get('model_type'))} (accepted: {', '.join(sorted(accepted))})")
+            return getattr(transformers, class_name, None)
     return None
 
 
@@ -133,7 +170,7 @@ def _required_argument(tokenizer_class, name: str) -> bool:
 def _check_vocabulary_files(folder: Path, where: str | Path) -> None:
     """Refuse a tokenizer folder without its vocabulary (a tokenizer_config.json alone would load a
     tokenizer knowing only its special tokens: every prompt the same ``[UNK]`` ids)."""
-    tokenizer_class = _tokenizer_class(folder)
+    tokenizer_class = _tokenizer_class(folder, where)
     needed = None if tokenizer_class is None else [
         f for key, f in tokenizer_class.vocab_files_names.items() if _required_argument(tokenizer_class, key)]
     if needed == [] or (folder / "tokenizer.json").is_file():
@@ -156,9 +193,10 @@ def load_tokenizer(folder: Path, where: str | Path | None = None):
                                f"{', '.join(VOCABULARY_FILES)}")
     _check_vocabulary_files(folder, where)
     try:
-        return transformers.AutoTokenizer.from_pretrained(
-            str(folder), local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError, TypeError) as e:
+        with tokenizer_panics(where):
+            return transformers.AutoTokenizer.from_pretrained(
+                str(folder), local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, TypeError, CONFIG_FIELD_ERROR) as e:
         raise EncoderLoadError(
             f"No usable tokenizer in {where} (expected tokenizer.json, vocab.txt, spiece.model, "
             f"sentencepiece.bpe.model or vocab.json+merges.txt with tokenizer_config.json): {e}") from e
@@ -213,14 +251,23 @@ def _without_load_report(stand_in: bool) -> Iterator[None]:
 
 def tower_config(config: dict, where: Path) -> tuple[TextTower, transformers.PretrainedConfig]:
     """The text tower a ``config.json`` dict describes, and the transformers config it is built from."""
-    tower = hf_kind(config, where).model_types[config["model_type"]]
+    tower = check_text_config(config, f"{where} (its config.json)").model_types[config["model_type"]]
     if tower.attr is not None:  # (older configs repeat the vision config as vision_config_dict)
         config = {**{k: v for k, v in config.items() if k != "vision_config_dict"}, "vision_config": TINY_VISION}
     try:
         model_config = transformers.CONFIG_MAPPING[config["model_type"]].from_dict(config)
-    except (ValueError, TypeError, KeyError) as e:
+    except (ValueError, TypeError, KeyError, CONFIG_FIELD_ERROR) as e:
         raise EncoderLoadError(f"{where}: config.json does not describe a {config['model_type']} model: {e}") from e
     return tower, model_config.text_config if tower.text_config else model_config
+
+
+def check_text_config(config: dict, where: str | Path) -> HFKind:
+    """The family of the model a ``config.json`` dict describes, its text tower's sizes checked
+    against the parameter budget (:func:`~adapters.encoders.model_size.check_model_size`)."""
+    kind = hf_kind(config, where)
+    text = config["text_config"] if isinstance(config.get("text_config"), dict) else config
+    check_model_size(text, str(where))
+    return kind
 
 
 def build_text_tower(config: dict, tensors: TensorSource, dtype: torch.dtype, where: Path) -> torch.nn.Module:
@@ -282,6 +329,8 @@ def hf_encoder_from_parts(config: dict, tokenizer, tensors: TensorSource, *, nam
     byt5 = _is_byt5(tokenizer)
     if context_length is None:
         context_length = 256 if byt5 else (kind.default_context or model.config.max_position_embeddings)
+    check_context_length(context_length, f"Language encoder {path}: context length",
+                         positions=position_count(model.config))
     if attention_mask is None:
         attention_mask = not byt5
     hidden = getattr(model.config, "project_dim", None) if kind.kind == "altclip" else None
@@ -296,7 +345,7 @@ def load_hf_encoder(folder: Path, context_length: int | None = None, attention_m
     config = read_config(folder)
     if config is None:
         raise EncoderLoadError(f"{folder} has no config.json")
-    hf_kind(config, folder / "config.json")  # an unsupported model type is named before the tokenizer is read
+    check_text_config(config, folder / "config.json")  # named before the tokenizer reads the config
     tokenizer = load_tokenizer(folder)
     with open_checkpoint(folder) as tensors:
         return hf_encoder_from_parts(config, tokenizer, tensors, name=folder.name, path=folder,

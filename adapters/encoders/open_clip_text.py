@@ -15,8 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import EncoderLoadError
-from .base import LanguageEncoder
-from .hf_text import check_vocabulary, load_tokenizer, parse_json_object
+from .base import LanguageEncoder, check_context_length, position_count
+from .hf_text import check_vocabulary, load_tokenizer, parse_json_object, read_config
+from .model_size import check_model_size
 from .weights import load_into, open_checkpoint, pick, under_prefix
 
 CONFIG_NAME = "open_clip_config.json"
@@ -42,6 +43,8 @@ def model_config(data: dict, where: str | Path) -> dict:
         raise EncoderLoadError(
             f"{where}: only open_clip models with a Hugging Face text tower are supported "
             f"(text_cfg.hf_model_name is missing)")
+    if "context_length" in text_cfg:
+        check_context_length(text_cfg["context_length"], f"{where}: text_cfg.context_length")
     return cfg
 
 
@@ -97,6 +100,7 @@ def build_open_clip_encoder(cfg: dict, tower_dir: Path, state: dict, where: Path
     ``tower_dir``, its weights in ``state`` (without the checkpoint's ``text.`` prefix). ``where`` names the model and
     ``tower_where`` the tower's files in messages."""
     tower_where = tower_where or tower_dir
+    check_model_size(read_config(tower_dir) or {}, f"{tower_where} (its config.json)")
     open_clip = import_open_clip()
     try:
         text_cfg = open_clip.model.CLIPTextCfg(**cfg["text_cfg"])  # open_clip's own defaults
@@ -110,6 +114,8 @@ def build_open_clip_encoder(cfg: dict, tower_dir: Path, state: dict, where: Path
     tokenizer = load_tokenizer(tower_dir, tower_where)
     check_vocabulary(tokenizer, tower.transformer.get_input_embeddings().num_embeddings, tower_where)
     hidden = getattr(tower.config, "d_model", None) or tower.config.hidden_size
-    return OpenCLIPTextEncoder(
-        tower, tokenizer, name=where.name, path=where, hidden_size=hidden,
-        context_length=context_length or text_cfg.context_length, attention_mask=True)
+    context_length = check_context_length(context_length or text_cfg.context_length,
+                                          f"Language encoder {where}: context length",
+                                          positions=position_count(tower.config))
+    return OpenCLIPTextEncoder(tower, tokenizer, name=where.name, path=where, hidden_size=hidden,
+                               context_length=context_length, attention_mask=True)

@@ -5,7 +5,8 @@ and tokenizer files carried in the header.
         models/language_clip/chinese-clip-vit-huge-text.safetensors
 
 Packing keeps only the text tower (a two-tower Chinese-CLIP ViT-H shrinks to its BERT), and
-records the context length. Loading reads the file where it lies: the weights through
+records the context length; the files it embeds are the ones transformers saves for the loaded
+tower, never other files of the folder, and the packed file is loaded back before it takes its name. Loading reads the file where it lies: the weights through
 ``safe_open`` (lazily, as transformers reads a folder), the model config from the header. Only the
 tokenizer's files are written, into a private temporary folder, after every member name in the
 header has been checked: transformers builds tokenizers from files (their class, special and added
@@ -26,7 +27,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import safetensors
 import safetensors.torch
@@ -34,8 +35,10 @@ import torch
 
 from ..errors import EncoderLoadError, PEAError, json_type
 from ..file_format import atomic_write
-from .base import LanguageEncoder
-from .hf_text import HF_KINDS, hf_encoder_from_parts, hf_kind, load_tokenizer, parse_json_object
+from ..json_text import parse_json
+from .base import LanguageEncoder, check_context_length
+from .folder_files import read_small_file
+from .hf_text import HF_KINDS, check_text_config, hf_encoder_from_parts, load_tokenizer, parse_json_object
 from .open_clip_text import CONFIG_NAME as OPEN_CLIP_CONFIG, build_open_clip_encoder, model_config
 from .weights import pick, under_prefix
 
@@ -44,8 +47,13 @@ PACK_VERSION = 1
 
 
 def embed_file(path: Path) -> dict:
-    """A small file as JSON: its text, or base64 for binary files (sentencepiece models)."""
-    data = path.read_bytes()
+    """A small file as JSON (:func:`embed_bytes`). Only a regular file of at most
+    :data:`~.folder_files.SMALL_FILE_LIMIT` bytes is read."""
+    return embed_bytes(read_small_file(path))
+
+
+def embed_bytes(data: bytes) -> dict:
+    """A small file's bytes as JSON: its text, or base64 for binary files (sentencepiece models)."""
     try:
         return {"text": data.decode("utf-8")}
     except UnicodeDecodeError:
@@ -78,9 +86,40 @@ def pack_encoder(encoder: LanguageEncoder, dest: str | os.PathLike) -> Path:
     info = {"format_version": PACK_VERSION, "kind": encoder.kind, "name": encoder.name,
             "context_length": encoder.context_length, "attention_mask": encoder.use_attention_mask,
             "weights": weights_name, "files": files}
-    atomic_write(dest, lambda tmp: safetensors.torch.save_file(
-        state, tmp, metadata={"format": "pt", PACK_KEY: json.dumps(info, ensure_ascii=False)}))
-    return dest
+    return write_loadable(dest, lambda tmp: safetensors.torch.save_file(
+        state, tmp, metadata={"format": "pt", PACK_KEY: json.dumps(info, ensure_ascii=False)}),
+        next(encoder.model.parameters()).dtype)
+
+
+@contextlib.contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """transformers' progress bars off for the ``with`` block (a check, not a load the user asked for)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
+def write_loadable(dest: Path, write: Callable[[str], object], dtype: torch.dtype) -> Path:
+    """Write a packed file atomically, loaded back first (in ``dtype``) through the loader "Load
+    Language CLIP" uses: a file that would not load is refused (EncoderLoadError), nothing is left."""
+    from . import load_language_encoder
+
+    def write_and_load(tmp: str) -> None:
+        write(tmp)
+        try:
+            with _quiet_progress():
+                load_language_encoder(tmp, dtype=dtype)
+        except PEAError as e:
+            reason = str(e).replace(tmp, dest.name)
+            raise EncoderLoadError(f"{dest} was not written: it would not load ({reason})") from e
+
+    return atomic_write(dest, write_and_load)
 
 
 MEMBER_PART = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_-])?")
@@ -159,10 +198,7 @@ def read_pack(path: Path) -> Pack:
             f"{path} is a safetensors file without the config and tokenizer of a language encoder. "
             f"Use the model's folder, or pack it into one file with "
             f"'python -m adapters.encoders.single_file FOLDER {path.name}'.")
-    try:
-        info = json.loads(header[PACK_KEY])
-    except json.JSONDecodeError as e:
-        raise EncoderLoadError(f"{path}: its header '{PACK_KEY}' is not valid JSON ({e})") from e
+    info = parse_json(header[PACK_KEY], f"{path}: its header '{PACK_KEY}'", EncoderLoadError)
     if not isinstance(info, dict):
         raise EncoderLoadError(f"{path}: its header '{PACK_KEY}' is a JSON {json_type(info)}, expected an object")
     version = _header_field(info, "format_version", lambda v: type(v) is int, "a number", path)
@@ -171,7 +207,7 @@ def read_pack(path: Path) -> Pack:
     kinds = ("open_clip", *(k.kind for k in HF_KINDS))
     kind = _header_field(info, "kind", lambda v: v in kinds, f"one of {', '.join(kinds)}", path)
     name = _header_field(info, "name", lambda v: v is None or isinstance(v, str), "a string", path)
-    context = _header_field(info, "context_length", lambda v: type(v) is int and v > 0, "a positive number", path)
+    context = check_context_length(info.get("context_length"), f"{path}: header field 'context_length'")
     files = _header_field(info, "files", lambda v: isinstance(v, dict), "an object of packed files", path)
     members = {check_member_name(n, path): _member_bytes(n, content, path) for n, content in files.items()}
     folded = {}
@@ -197,7 +233,7 @@ def load_packed(path: Path, context_length: int | None = None, dtype: torch.dtyp
                                               tower_where=f"{path} (its {towers[0]}/)")
     else:
         config = pack.json("config.json")
-        hf_kind(config, f"{path} (its config.json)")  # an unsupported model type is named before the tokenizer is read
+        check_text_config(config, f"{path} (its config.json)")  # named before the tokenizer reads the config
         with pack.folder() as folder, _weights(path) as tensors:
             tokenizer = load_tokenizer(folder, path)
             encoder = hf_encoder_from_parts(config, tokenizer, tensors, name=pack.name, path=path,
@@ -217,13 +253,27 @@ def _weights(path: Path) -> Iterator[safetensors.safe_open]:
         yield f
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """Usage mistakes as one line, like every other error of the packing tools."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number above 0."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0, not {text!r}")
+    return int(text)
+
+
 def folder_to_file_cli(argv: list[str] | None, prog: str, doc: str, action) -> int:
     """The command line shared by the packing tools: FOLDER DEST [--context-length N];
     ``action(folder, dest, context_length)`` returns the line to print."""
-    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _OneLineErrors(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", type=Path, help="the model folder")
     p.add_argument("dest", type=Path, help="the .safetensors file to write (put it in models/language_clip)")
-    p.add_argument("--context-length", type=int, help="padded length to record (default: the backend's)")
+    p.add_argument("--context-length", type=positive_int, help="padded length to record (default: the backend's)")
     args = p.parse_args(argv)
     try:
         print(action(args.folder, args.dest, args.context_length))

@@ -7,8 +7,6 @@ tower, an encoder-decoder's encoder without its decoder.
 from __future__ import annotations
 
 import contextlib
-import json
-import pickle
 import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol
@@ -17,7 +15,9 @@ import safetensors
 import torch
 from torch import nn
 
-from ..errors import EncoderLoadError
+from ..errors import EncoderLoadError, json_type
+from ..pickle_file import load_pickle
+from .folder_files import plain_name, read_small_file, regular_file
 
 WEIGHT_FILES = (
     "model.safetensors", "model.safetensors.index.json",
@@ -35,7 +35,8 @@ class TensorSource(Protocol):
 
 
 def read_pickle(path: Path, mmap: bool = False) -> dict:
-    """The state dict in a pickle, only through ``weights_only=True``. With ``mmap`` the tensors
+    """The state dict in a pickle, only through ``weights_only=True`` (sizes checked first:
+    :func:`adapters.pickle_file.load_pickle`). With ``mmap`` the tensors
     map the file instead of being read (only the zip format of torch >= 1.6 can be mapped)."""
     if mmap and not zipfile.is_zipfile(path):
         raise EncoderLoadError(
@@ -44,12 +45,7 @@ def read_pickle(path: Path, mmap: bool = False) -> dict:
             f"name (python -c \"import sys, torch; torch.save(torch.load(sys.argv[1], weights_only=True), "
             f"sys.argv[2])\" OLD NEW, which holds the whole checkpoint in memory once) or use a safetensors "
             f"copy of the checkpoint.")
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
-        raise EncoderLoadError(f"{path} holds Python objects besides tensors; refused for safety") from e
-    except Exception as e:  # truncated zip, bad header, ...: all mean a damaged file
-        raise EncoderLoadError(f"{path} cannot be read (truncated or damaged?): {e}") from e
+    obj = load_pickle(path, EncoderLoadError, mmap=mmap)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
@@ -73,20 +69,46 @@ class Checkpoint:
         return self._readers[name](name)
 
 
-def weight_files(folder: Path, names: tuple[str, ...] = WEIGHT_FILES) -> list[Path]:
-    """The first weight file found in ``folder``, or the shards its ``.index.json`` names."""
+def weight_files(folder: Path, names: tuple[str, ...] = WEIGHT_FILES,
+                 wanted: Callable[[str], bool] = lambda key: True) -> list[Path]:
+    """The first weight file found in ``folder``, or the shards its ``.index.json`` names for the
+    tensors ``wanted`` keeps. Every file is checked to be a regular file (a shard named
+    ``/dev/zero`` or a named pipe is refused, not read)."""
     for name in names:
         path = folder / name
         if not path.is_file():
             continue
         if name.endswith(".index.json"):
-            try:
-                shards = json.loads(path.read_text(encoding="utf-8"))["weight_map"].values()
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, AttributeError) as e:
-                raise EncoderLoadError(f"{path} is not a weight index (a JSON object with 'weight_map'): {e}") from e
-            return [folder / shard for shard in sorted(set(shards))]
+            shards = sorted(set(index_shards(path, wanted)))
+            for shard in shards:
+                if not (folder / shard).exists():
+                    raise EncoderLoadError(f"{folder / shard} is missing: the weight index {path} names it")
+                regular_file(folder / shard)
+            return [folder / shard for shard in shards]
+        regular_file(path)
         return [path]
     raise EncoderLoadError(f"No weights in {folder}: expected one of {', '.join(names)}")
+
+
+def index_shards(index: Path, wanted: Callable[[str], bool]) -> list[str]:
+    """The shard file names a weight index (``{"weight_map": {tensor: shard}}``) gives the tensors
+    ``wanted`` keeps; EncoderLoadError for anything else, or a shard outside the index's folder."""
+    from .hf_text import parse_json_object  # hf_text reads its weights through this module
+
+    config = parse_json_object(read_small_file(index), index)
+    weight_map = config.get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise EncoderLoadError(f"{index} is not a weight index: 'weight_map' is a JSON {json_type(weight_map)}, "
+                               f"expected an object of tensor name -> shard file")
+    shards = []
+    for key, shard in weight_map.items():
+        if not plain_name(shard):
+            shown = repr(shard[:80]) if isinstance(shard, str) else f"a JSON {json_type(shard)}"
+            raise EncoderLoadError(f"{index}: 'weight_map' maps {key[:80]!r} to {shown}, expected the file name "
+                                   f"of a shard in the same folder")
+        if wanted(key):
+            shards.append(shard)
+    return shards
 
 
 @contextlib.contextmanager
@@ -99,8 +121,6 @@ def open_checkpoint(folder: Path, names: tuple[str, ...] = WEIGHT_FILES) -> Iter
     checkpoint = Checkpoint()
     with contextlib.ExitStack() as files:
         for path in weight_files(folder, names):
-            if not path.is_file():
-                raise EncoderLoadError(f"{path} is missing: the weight index in {folder} names it")
             if path.suffix in (".safetensors", ".sft"):
                 try:
                     handle = files.enter_context(safetensors.safe_open(str(path), framework="pt"))

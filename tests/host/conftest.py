@@ -16,10 +16,11 @@ from adapters import EncoderSpec, load_language_encoder
 from adapters.convert import main as convert_adapter
 from adapters.encoders.extract import extract_encoder
 from adapters.encoders.single_file import pack_encoder
-from adapters import tiny as standins
+from tests.standins import encoders as standins
 from tests import broken_files
 from tests.host import comfy_host, releases
-from training.comfy_runtime import find_comfyui, import_comfy
+from tests.standins import checkpoints
+from comfy_runtime import find_comfyui, import_comfy
 
 ZH = EncoderSpec("chinese_clip", "chinese-clip-tiny", context_length=52, attention_mask=True)
 XLMR = EncoderSpec("open_clip", "xlm-roberta-tiny", context_length=77, attention_mask=True)
@@ -48,7 +49,7 @@ def base_dir(tmp_path_factory, comfy_path):
             os.symlink(Path(shared) / name, base / name)
     else:
         write_stand_ins(base)
-    comfy_host.write_images(base / "input")
+    checkpoints.write_images(base / "input")
     (base / "extra_model_paths.yaml").write_text(
         f"pea_extra:\n    base_path: {base / 'extra_models'}\n    language_clip: language_clip\n"
         f"    pea_adapters: pea_adapters\n")
@@ -77,18 +78,18 @@ def write_stand_ins(base: Path) -> None:
     (adapters / "bad" / "truncated.safetensors").write_bytes(good[: len(good) // 3])
     torch.save([torch.zeros(4)], adapters / "bad" / "not_a_state_dict.bin")
     write_hostile_files(base, clips, adapters)
-    comfy_host.write_checkpoint(models / "checkpoints" / "sd15_standin.safetensors", "sd15")
-    comfy_host.write_checkpoint(models / "checkpoints" / "sdxl_standin.safetensors", "sdxl")
-    comfy_host.write_checkpoint(models / "checkpoints" / "sd15_standin_clip.safetensors", "sd15", with_clip=True)
-    comfy_host.write_checkpoint(models / "checkpoints" / "sdxl_standin_inpaint.safetensors", "sdxl", in_channels=9)
+    checkpoints.write_checkpoint(models / "checkpoints" / "sd15_standin.safetensors", "sd15")
+    checkpoints.write_checkpoint(models / "checkpoints" / "sdxl_standin.safetensors", "sdxl")
+    checkpoints.write_checkpoint(models / "checkpoints" / "sd15_standin_clip.safetensors", "sd15", with_clip=True)
+    checkpoints.write_checkpoint(models / "checkpoints" / "sdxl_standin_inpaint.safetensors", "sdxl", in_channels=9)
     (models / "controlnet").mkdir()
-    comfy_host.write_controlnet(models / "controlnet" / "sdxl_standin_controlnet.safetensors",
+    checkpoints.write_controlnet(models / "controlnet" / "sdxl_standin_controlnet.safetensors",
                                 models / "checkpoints" / "sdxl_standin.safetensors")
     (models / "loras").mkdir()
-    comfy_host.write_lora(models / "loras" / "sdxl_standin_lora.safetensors", models / "checkpoints" / "sdxl_standin.safetensors")
-    comfy_host.write_lora(models / "loras" / "sd15_standin_lora.safetensors",
+    checkpoints.write_lora(models / "loras" / "sdxl_standin_lora.safetensors", models / "checkpoints" / "sdxl_standin.safetensors")
+    checkpoints.write_lora(models / "loras" / "sd15_standin_lora.safetensors",
                           models / "checkpoints" / "sd15_standin_clip.safetensors")
-    comfy_host.write_embeddings(models / "embeddings")
+    checkpoints.write_embeddings(models / "embeddings")
     extra = base / "extra_models"
     (extra / "pea_adapters").mkdir(parents=True)
     shutil.copytree(clips / "chinese-clip-tiny", extra / "language_clip" / "extra-chinese-clip")
@@ -96,8 +97,9 @@ def write_stand_ins(base: Path) -> None:
 
 
 def write_hostile_files(base: Path, clips: Path, adapters: Path) -> None:
-    """A NaN adapter, one whose 1e30 weights overflow when run, and a packed language CLIP naming a
-    file in custom_nodes/ (where the old loader would have written it, relative to the temp folder)."""
+    """A NaN adapter, one whose 1e30 weights overflow when run, a packed language CLIP naming a file
+    in custom_nodes/ (where the old loader would have written it, relative to the temp folder), a
+    language CLIP whose tokenizer panics, and links the language_clip listing cannot follow."""
     nan = standins.make_adapter(adapters / "bad" / "nan_sdxl.safetensors", "sdxl", 32, encoder=ZH, seed=5)
     broken_files.poison_safetensors(nan, "projector.0.weight", float("nan"))
     huge = standins.make_adapter(adapters / "bad" / "huge_sd15.safetensors", "sd15", 32, encoder=ZH, seed=6)
@@ -105,6 +107,10 @@ def write_hostile_files(base: Path, clips: Path, adapters: Path) -> None:
     target = "../" * len(Path(tempfile.gettempdir()).resolve().parts) + f"{base.resolve()}/custom_nodes/pea_evil.py"[1:]
     broken_files.repack(clips / "chinese-clip-tiny-text.safetensors", clips / "hostile-text.safetensors",
                         broken_files.with_member(target, "raise SystemExit('written by a model file')"))
+    broken_files.with_panicking_tokenizer(clips / "chinese-clip-tiny", clips / "panicking-tokenizer")
+    for link, target in broken_files.UNREADABLE_LINKS.items():  # the listing must skip these
+        (clips / link).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, clips / link)
 
 
 def write_flux_files(base: Path, models: Path) -> None:
@@ -122,9 +128,9 @@ def write_flux_files(base: Path, models: Path) -> None:
         assert convert_adapter([str(official), str(models / "pea_adapters" / dest), "--encoder-kind", "t5",
                                 "--encoder-name", "byt5-tiny", "--context-length", "256", mask,
                                 "--languages", "zh", "en"]) == 0
-    comfy_host.write_flux_pair(models / "diffusion_models" / "flux_dev_standin.safetensors",
+    checkpoints.write_flux_pair(models / "diffusion_models" / "flux_dev_standin.safetensors",
                                models / "diffusion_models" / "flux_schnell_standin.safetensors")
-    comfy_host.write_flux_vae(models / "vae" / "flux_vae_standin.safetensors")
+    checkpoints.write_flux_vae(models / "vae" / "flux_vae_standin.safetensors")
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 def train(manifest: str, encoder_dir: str, out: Path, batch: int, cache: Path, dist=None) -> None:
     from adapters import load_language_encoder
-    from training.data import read_manifest
+    from training.data.sampling import read_manifest
     from training.loop import Trainer
     from training.miniworld.demo import demo_config
     from training.miniworld.tiny_base import tiny_sd15_parts
@@ -19,7 +19,7 @@ def train(manifest: str, encoder_dir: str, out: Path, batch: int, cache: Path, d
 
 
 if __name__ == "__main__":
-    from training.comfy_runtime import import_comfy
+    from comfy_runtime import import_comfy
 
     import_comfy(cpu=True)
     from training.distributed import DistInfo

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.comfy_runtime import PACK_ROOT, PREPARED, find_comfyui, version_key
+from comfy_runtime import PACK_ROOT, PREPARED, find_comfyui, version_key
 
 HOSTS = PREPARED
 ARCHIVES = Path(os.environ.get("COMFYUI_ARCHIVES") or PACK_ROOT.parent / "shared" / "comfyui")

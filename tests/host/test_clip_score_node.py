@@ -23,6 +23,14 @@ def test_node_scores_like_the_scorer_and_sorts_best_first(pack, base_dir):
     assert scores == pytest.approx(expected[order].tolist(), abs=1e-5)
     assert scores == sorted(scores, reverse=True) and torch.equal(sorted_images, images[order])
     assert ranking.splitlines()[0] == f"1. CLIPScore {scores[0]:.2f} (batch image {int(order[0]) + 1})"
+    assert len(ranking.splitlines()) == 4, "a prompt the CLIP reads whole gets no truncation note"
+
+
+def test_ranking_says_when_the_prompt_was_cut_short(pack):
+    node = pack.NODE_CLASS_MAPPINGS["PEALanguageCLIPScore"]()
+    images = torch.from_numpy(np.random.default_rng(4).random((2, 32, 32, 3), dtype=np.float32))
+    *_, ranking = node.score(images, PROMPT * 6, "chinese-clip-tiny")  # 66 characters, a token each
+    assert ranking.splitlines()[-1] == "The prompt is longer than this CLIP reads (52 tokens): only its start was scored."
 
 
 def test_node_refuses_a_text_only_clip_and_an_empty_prompt(pack):

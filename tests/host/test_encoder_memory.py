@@ -15,7 +15,7 @@ import torch
 from adapters import EncoderSpec, load_language_encoder
 from adapters.encoders import FP8_DTYPES, padding_mask
 from adapters.encoders.weight_storage import narrow_storable, weight_bytes
-from adapters.tiny import make_adapter, make_byt5, make_chinese_clip
+from tests.standins.encoders import make_adapter, make_byt5, make_chinese_clip
 from tests.host import comfy_host
 from tests.test_encoders import PROMPTS, reference_states
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from adapters import tiny as standins
+from tests.standins import encoders as standins
 from adapters.clip_score import load_clip_scorer
+from tests.broken_training_files import interrupted_writes
 from tests.evaluation_standins import write_inception_weights, write_random_images
 
 pytestmark = pytest.mark.once  # the evaluator runs the stock nodes the workflow tests run on every release
@@ -44,6 +45,7 @@ def eval_models(base_dir, tmp_path_factory):
         "sdxl_adapter": models / "pea_adapters" / "pea_zh_sdxl.safetensors",
         "marian": standins.make_marian(root / "opus-mt-tiny-mul-en"),
         "english_clip": standins.make_clip(root / "clip-en"),
+        "multilingual_clip": standins.make_altclip(root / "altclip-multilingual"),
         "prompts": write_prompt_set(root / "prompts"),
     }
     if _has_torch_fidelity():
@@ -66,8 +68,9 @@ def evaluate(m: dict, out: Path, *extra: str) -> int:
 
     return main(["--checkpoint", str(m["checkpoint"]), "--language-clip", str(m["language_clip"]),
                  "--adapter", str(m["adapter"]), "--prompt-set", str(m["prompts"]), "--translation-model",
-                 str(m["marian"]), "--english-clip", str(m["english_clip"]), "--steps", "2", "--width", "64",
-                 "--height", "64", "--cpu", "--out", str(out), *extra])
+                 str(m["marian"]), "--score-clip", f"ru={m['multilingual_clip']}", "--judge-clip",
+                 str(m["multilingual_clip"]), "--english-clip", str(m["english_clip"]), "--images-per-prompt", "1",
+                 "--steps", "2", "--width", "64", "--height", "64", "--cpu", "--out", str(out), *extra])
 
 
 def test_evaluator_runs_end_to_end_then_resumes_without_generating(eval_models, tmp_path, capsys):
@@ -82,8 +85,10 @@ def test_evaluator_runs_end_to_end_then_resumes_without_generating(eval_models, 
         (m, lang) for m in ("english", "translate", "pea-pea_zh_sd15") for lang in ("zh", "ru")) and len(images) == 9
 
     # every score equals a CLIPScore of the saved PNG scored alone (the run scores batches: float32
-    # rounding of a value near 100 differs by about 1e-5 between the two)
-    zh_clip, en_clip = load_clip_scorer(eval_models["language_clip"]), load_clip_scorer(eval_models["english_clip"])
+    # rounding of a value near 100 differs by about 1e-5 between the two); Russian is scored by the
+    # CLIP given for it, both languages also by the judge
+    judge, en_clip = load_clip_scorer(eval_models["multilingual_clip"]), load_clip_scorer(eval_models["english_clip"])
+    scorers = {"zh": load_clip_scorer(eval_models["language_clip"]), "ru": judge}
     translations = {lang: json.loads((out / "translations" / f"{lang}.json").read_text(encoding="utf-8"))["texts"]
                     for lang in ("zh", "ru")}
     for r in images:
@@ -92,17 +97,32 @@ def test_evaluator_runs_end_to_end_then_resumes_without_generating(eval_models, 
             used = json.loads(im.text["pea_evaluation"])["text"]
             pixels = im.convert("RGB")
         assert used == {"english": r["en"], "translate": translations[r["language"]][r["id"]]}.get(r["method"], r["text"])
-        assert r["clip_score"] == pytest.approx(float(zh_clip.score([pixels], r["text"])[0]), abs=1e-4)
+        assert r["clip_score"] == pytest.approx(float(scorers[r["language"]].score([pixels], r["text"])[0]), abs=1e-4)
+        assert r["clip_score_judge"] == pytest.approx(float(judge.score([pixels], r["text"])[0]), abs=1e-4)
         assert r["clip_score_en"] == pytest.approx(float(en_clip.score([pixels], r["en"])[0]), abs=1e-4)
-    overall = {s["method"]: s for s in results["summary"] if s["language"] == "all"}
-    pea = [r["clip_score"] for r in images if r["method"] == "pea-pea_zh_sd15"]
-    assert overall["pea-pea_zh_sd15"]["images"] == 3
-    assert overall["pea-pea_zh_sd15"]["clip_score"]["mean"] == pytest.approx(sum(pea) / 3)
+    zh = {s["method"]: s for s in results["summary"] if (s["language"], s["category"]) == ("zh", "all")}
+    pea = [r["clip_score"] for r in images if (r["method"], r["language"]) == ("pea-pea_zh_sd15", "zh")]
+    assert zh["pea-pea_zh_sd15"]["images"] == 2
+    assert zh["pea-pea_zh_sd15"]["clip_score"]["mean"] == pytest.approx(sum(pea) / 2)
+    assert "all" not in {s["language"] for s in results["summary"]}, "languages scored by two CLIPs are not pooled"
     if fid:
-        assert set(results["fid"]) == set(overall) and all(v["fid"] >= 0 for v in results["fid"].values())
+        assert set(results["fid"]) == set(zh) and all(v["fid"] >= 0 for v in results["fid"].values())
+    scored = results["scorers"]
+    assert Path(scored["ru"]["score_clip"]["path"]) == eval_models["multilingual_clip"]
+    assert scored["zh"]["score_clip"]["kind"] == "chinese_clip" and scored["zh"]["score_clip"]["truncated"] == []
+    assert scored["ru"]["judge_clip"]["prompts"] == 1 and scored["zh"]["english_clip"]["token_limit"] == 77
+    rows = results["comparisons"]["clip_score"]
+    pairs = {(r["language"], r["method"], r["against"]): r for r in rows}
+    assert sorted(pairs) == sorted((lang, "pea-pea_zh_sd15", b) for lang in ("zh", "ru") for b in ("translate", "english"))
+    by_prompt = {(r["method"], r["id"]): r["clip_score"] for r in images if r["language"] == "zh"}
+    assert pairs["zh", "pea-pea_zh_sd15", "translate"]["mean_difference"] == pytest.approx(
+        sum(by_prompt["pea-pea_zh_sd15", p] - by_prompt["translate", p] for p in ("general-001", "general-002")) / 2)
+    assert set(results["comparisons"]) == {"clip_score", "clip_score_judge", "clip_score_en"}
 
     markdown = (out / "results.md").read_text(encoding="utf-8")
     assert "| pea-pea_zh_sd15 | zh | all | 2 |" in markdown and "| english | ru | animals | 1 |" in markdown
+    assert "| ru | altclip-multilingual (altclip) | 0.0% | 0 of 1 (" in markdown
+    assert "| zh | pea-pea_zh_sd15 | translate | 2 | " in markdown and "not distinguishable" in markdown
     page = (out / "index.html").read_text(encoding="utf-8")
     assert "a red cat &lt;i&gt;sitting&lt;/i&gt; on a table &amp; more" in page and "<i>sitting</i>" not in page
     assert 'src="images/pea-pea_zh_sd15/zh/general-001_0.png"' in page
@@ -111,8 +131,11 @@ def test_evaluator_runs_end_to_end_then_resumes_without_generating(eval_models, 
             assert grid.size == (140 + 3 * 160, 24 + rows * 160)
 
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("images/*/*/*.png")}
+    interrupted_writes(out / "images" / "pea-pea_zh_sd15" / "zh" / "general-009_0.png")  # a run killed mid-write
+    assert len(list(out.rglob("*.tmp"))) == 1
     assert evaluate(eval_models, out, *fid) == 0
     assert "0 new images (9 already there)" in capsys.readouterr().out
+    assert not list(out.rglob("*.tmp")), "the next run removes what a killed one left"
     assert {p: p.stat().st_mtime_ns for p in out.glob("images/*/*/*.png")} == stamps
 
     assert evaluate(eval_models, out, "--images-per-prompt", "2", "--baselines", "none") == 0
@@ -147,7 +170,7 @@ def test_sdxl_adapter_alone(eval_models, tmp_path, capsys):
     assert main(["--checkpoint", str(eval_models["sdxl"]), "--language-clip", str(eval_models["language_clip"]),
                  "--adapter", str(eval_models["sdxl_adapter"]), "--baselines", "none", "--prompt-set",
                  str(eval_models["prompts"]), "--languages", "zh", "--limit", "1", "--steps", "1", "--width", "64",
-                 "--height", "64", "--cpu", "--out", str(out)]) == 0, capsys.readouterr().err
+                 "--height", "64", "--images-per-prompt", "1", "--cpu", "--out", str(out)]) == 0, capsys.readouterr().err
     (image,) = out.glob("images/pea-pea_zh_sdxl/zh/*.png")
     assert Image.open(image).size == (64, 64)
 
@@ -160,8 +183,13 @@ def test_sdxl_adapter_alone(eval_models, tmp_path, capsys):
      "chinese-clip-tiny-text.safetensors is a single file: .*only its text tower.*vision tower"),
     (lambda m, tmp: ["--prompt-set", str(write_prompt_set(tmp / "bad", {"zh": [("p1", "c", "", "an English text")]}))],
      r"zh.jsonl:1 \(id 'p1'\): field 'text' is missing or empty"),
+    (lambda m, tmp: ["--prompt-set", str(write_prompt_set(tmp / "long", {"zh": [("a" * 300, "c", "猫", "a cat")]}))],
+     r"zh.jsonl:1: id is 300 characters long, at most 200 allowed"),
     (lambda m, tmp: ["--baselines", "translate", "--translation-model", "ru=" + str(m["marian"])],
      "no --translation-model for the Chinese prompts"),
+    (lambda m, tmp: ["--languages", "ru", "--judge-clip", str(m["language_clip"])],
+     r"--judge-clip: chinese-clip-tiny \(chinese_clip\) reads Chinese, not the Russian prompts; give a CLIP that "
+     r"reads Russian: --judge-clip ru=FOLDER"),
 ])
 def test_bad_input_is_named_before_anything_is_generated(eval_models, tmp_path, capsys, change, message):
     import re
@@ -170,7 +198,19 @@ def test_bad_input_is_named_before_anything_is_generated(eval_models, tmp_path, 
 
     args = ["--checkpoint", str(eval_models["checkpoint"]), "--language-clip", str(eval_models["language_clip"]),
             "--adapter", str(eval_models["adapter"]), "--prompt-set", str(eval_models["prompts"]),
-            "--cpu", "--out", str(tmp_path / "out")]
+            "--score-clip", f"ru={eval_models['multilingual_clip']}", "--cpu", "--out", str(tmp_path / "out")]
     assert main(args + change(eval_models, tmp_path)) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "out" / "images").exists()
+
+
+def test_russian_prompts_with_only_a_chinese_clip_are_refused(eval_models, tmp_path, capsys):
+    from evaluation.evaluate import main
+
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(eval_models["checkpoint"]), "--language-clip", str(eval_models["language_clip"]),
+                 "--adapter", str(eval_models["adapter"]), "--prompt-set", str(eval_models["prompts"]),
+                 "--languages", "ru", "--cpu", "--out", str(out)]) == 2
+    assert ("error: --score-clip: chinese-clip-tiny (chinese_clip) reads Chinese, not the Russian prompts; give a "
+            "CLIP that reads Russian: --score-clip ru=FOLDER") in capsys.readouterr().err
+    assert not out.exists(), "refused before anything is written"

@@ -5,8 +5,10 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 import torch
 
 from adapters import load_adapter, load_language_encoder
-from adapters.tiny import make_chinese_clip
+from adapters.demo_files import make_chinese_clip
 
 SD15_TAPS = ["input_blocks.3", "input_blocks.6", "input_blocks.9", "input_blocks.11", "middle_block",
              "output_blocks.2", "output_blocks.5", "output_blocks.8", "output_blocks.11"]
@@ -46,7 +48,7 @@ def manual_forward(unet, x, timesteps, context, y=None):
 
 def hooked_forward(unet, x, timesteps, context, y=None):
     """The taps the way forward hooks read them: on each tapped block's last layer and on the UNet."""
-    from training.taps import tap_points
+    from training.step.taps import tap_points
 
     feats = {}
     keep = lambda name: lambda _m, _i, out: feats.__setitem__(name, out)  # noqa: E731
@@ -62,9 +64,9 @@ def hooked_forward(unet, x, timesteps, context, y=None):
 
 @pytest.mark.parametrize("shape,names", [("sd15", SD15_TAPS), ("sdxl", SDXL_TAPS)])
 def test_hook_free_taps_equal_the_hooked_ones(comfy_path, shape, names):
-    from training.taps import check_features, tap_names
+    from training.step.taps import check_features, tap_names
     from training.miniworld.tiny_base import tiny_unet_model
-    from training.unet_pass import recompute_plan, tapped_forward
+    from training.step.unet_pass import recompute_plan, tapped_forward
 
     unet = tiny_unet_model(shape).diffusion_model
     assert tap_names(unet) == names
@@ -87,9 +89,9 @@ def test_hook_free_taps_equal_the_hooked_ones(comfy_path, shape, names):
 
 @pytest.mark.parametrize("budget", [0.5, 0.0])
 def test_recomputed_blocks_give_the_same_gradients(comfy_path, budget):
-    from training.taps import tap_names
+    from training.step.taps import tap_names
     from training.miniworld.tiny_base import tiny_unet_model
-    from training.unet_pass import recompute_plan, tapped_forward
+    from training.step.unet_pass import recompute_plan, tapped_forward
 
     unet = tiny_unet_model("sdxl").diffusion_model.requires_grad_(False)
     taps = frozenset(tap_names(unet))
@@ -110,7 +112,7 @@ def test_recomputed_blocks_give_the_same_gradients(comfy_path, budget):
 @pytest.mark.once
 def test_recompute_plan_takes_the_narrowest_attention_blocks_first(comfy_path):
     from training.miniworld.tiny_base import tiny_unet_model
-    from training.unet_pass import named_blocks, recompute_plan, transformer_width
+    from training.step.unet_pass import named_blocks, recompute_plan, transformer_width
 
     unet = tiny_unet_model("sdxl").diffusion_model
     width = {name: transformer_width(block) for name, block in named_blocks(unet)}
@@ -138,7 +140,7 @@ def world(tmp_path_factory, comfy_path):
 
 
 def make_trainer(world, out: Path, manifest: Path | None = None, parts=None, **overrides):
-    from training.data import read_manifest
+    from training.data.sampling import read_manifest
     from training.loop import Trainer
     from training.miniworld.demo import demo_config
 
@@ -158,7 +160,7 @@ def write_manifest(world, dest: Path, n: int, kind: str) -> Path:
 
 
 def test_kd_loss_equals_independent_computation(world, tmp_path):
-    from training.distill import sample_generator
+    from training.step.distill import sample_generator
 
     trainer = make_trainer(world, tmp_path, cfg_dropout=0.0)
     batch = trainer.make_batch((64, 64), trainer.records[:8], list(range(8)))
@@ -209,7 +211,7 @@ def test_interrupted_and_resumed_run_reproduces_losses(world, tmp_path, caplog):
     file) resumes to the uninterrupted run's losses; a new run may not start over it; older
     checkpoints are pruned; --overwrite starts afresh and leaves the user's own files alone."""
     from tests.broken_training_files import interrupted_writes
-    from training.run_folder import RunFolderError
+    from training.runs.previous import RunFolderError
 
     full = make_trainer(world, tmp_path / "full", steps=6, save_every=3, log_every=1)
     full.run()
@@ -245,7 +247,7 @@ def test_interrupted_and_resumed_run_reproduces_losses(world, tmp_path, caplog):
 @pytest.mark.once
 def test_without_kd_weights_parallel_samples_keep_the_adapter_and_native_ones_move_it(world, tmp_path, caplog):
     from adapters import save_adapter
-    from training.objective import LossWeights
+    from training.step.objective import LossWeights
 
     start = make_trainer(world, tmp_path / "start", steps=1)
     init = save_adapter(start.adapter, start.adapter_info(), tmp_path / "init.safetensors")
@@ -267,7 +269,7 @@ def test_without_kd_weights_parallel_samples_keep_the_adapter_and_native_ones_mo
 @pytest.mark.once
 def test_non_finite_steps_are_skipped_counted_and_stop_the_run(world, tmp_path):
     from training.miniworld.tiny_base import tiny_sd15_parts
-    from training.nonfinite import NonFiniteError
+    from training.step.guard import NonFiniteError
 
     parts = tiny_sd15_parts("demo")
     parts.vae.first_stage_model.vae_shift.data.fill_(float("nan"))  # a broken VAE: every latent is NaN
@@ -312,7 +314,7 @@ LONG_CAPTION = "一只红色的圆形在草地上" * 8  # 88 characters: beyond 
 def test_bad_images_are_skipped_and_counted_once_and_long_captions_reported(world, tmp_path, caplog):
     """One global batch per epoch (7 good images + the corrupt JPEG, whose header is fine), three
     epochs: every bad image is counted once, with its reason and manifest line."""
-    from training.data import read_manifest
+    from training.data.sampling import read_manifest
     from training.loop import Trainer
 
     root = world["manifest"].parent
@@ -433,7 +435,7 @@ def test_webdataset_shards_train_and_count_bad_samples(world, tmp_path):
 
 
 def test_v_prediction_target_is_v(comfy_path):
-    from training.objective import prediction_target
+    from training.step.objective import prediction_target
     from training.miniworld.tiny_base import tiny_unet_model
 
     ms = tiny_unet_model("demo", v_prediction=True).model_sampling
@@ -486,9 +488,41 @@ def test_cli_refuses_a_reused_run_folder_and_a_faulty_manifest_before_loading(co
 
 
 @pytest.mark.once
+@pytest.mark.skipif(sys.platform == "win32", reason="holds the first run with a named pipe")
+def test_two_runs_on_one_new_folder_at_once_one_is_refused(comfy_path, tmp_path):
+    """The first run claims the folder, then waits reading its manifest (a named pipe); a second run
+    started on the same folder meanwhile is refused before loading anything."""
+    out, held = tmp_path / "out", tmp_path / "held.jsonl"
+    os.mkfifo(held)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"image": "a.png", "text": "猫", "en": "cat"}\n')
+    cmd = [sys.executable, str(Path(__file__).resolve().parents[2] / "training" / "train_adapter.py"),
+           "--checkpoint", "not_loaded.safetensors", "--encoder", str(tmp_path / "not_loaded"), "--cpu",
+           "--output", str(out), "--manifest"]
+    env = dict(os.environ, COMFYUI_PATH=str(comfy_path))
+    first = subprocess.Popen(cmd + [str(held)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / ".pea-run.lock").is_file() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (out / ".pea-run.lock").is_file(), first.communicate(timeout=10)
+        second = subprocess.run(cmd + [str(manifest)], capture_output=True, text=True, timeout=300, env=env)
+        assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr
+        assert second.stderr.strip() == (f"error: {out} is in use by another run (process {first.pid} on "
+                                         f"{socket.gethostname()}); wait for it to finish or choose another --output. "
+                                         f"If no run is using it, delete {out / '.pea-run.lock'}.")
+        with open(held, "w") as f:  # let the first run go on: a faulty manifest ends it
+            f.write("[]\n")
+        assert first.wait(timeout=120) == 1 and "faulty line" in first.stderr.read()
+    finally:
+        first.kill()
+        first.wait()
+    assert not (out / ".pea-run.lock").exists()  # released when its process exited
+
+@pytest.mark.once
 def test_benchmark_cpu_configuration_prints_ratios(comfy_path, tmp_path, capsys, monkeypatch):
-    from training.benchmark import MIN_STEPS, MIN_WARMUP, main
-    from training.distill import Distiller
+    from benchmarks.train_step import MIN_STEPS, MIN_WARMUP, main
+    from training.step.distill import Distiller
 
     calls = []
     step = Distiller.forward
@@ -510,10 +544,10 @@ def test_kept_bytes_are_what_autograd_saves(comfy_path):
     (what saved_tensors_hooks see); recomputing blocks keeps fewer."""
     from torch.multiprocessing.reductions import StorageWeakRef
 
-    from training.memory import RetainedTensors
-    from training.taps import tap_names
+    from training.step.memory import RetainedTensors
+    from training.step.taps import tap_names
     from training.miniworld.tiny_base import tiny_unet_model
-    from training.unet_pass import recompute_plan, tapped_forward
+    from training.step.unet_pass import recompute_plan, tapped_forward
 
     unet = tiny_unet_model("sdxl").diffusion_model.requires_grad_(False)
     taps = frozenset(tap_names(unet))
@@ -632,7 +666,7 @@ def test_teacher_reads_captions_as_literal_text_cut_at_77_tokens(comfy_path, tmp
     import comfy.sdxl_clip
     import comfy.supported_models as sm
 
-    from training.caching import TeacherText, literal_tokens
+    from training.data.caches import TeacherText, literal_tokens
     from training.miniworld.tiny_base import TINY_CLIP, init_weights
 
     embeddings = tmp_path / "embeddings"

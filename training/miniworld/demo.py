@@ -17,15 +17,16 @@ import torch
 
 from adapters import load_language_encoder
 from adapters.file_format import atomic_write
-from adapters.tiny import make_chinese_clip
+from adapters.demo_files import make_chinese_clip
 
-from ..data import Record, load_image, read_manifest
-from ..loop import TrainConfig, Trainer
-from ..objective import LossWeights
-from ..run_folder import RunFolderError, previous_run_files
-from .teacher import load_unet, save_unet, train_teacher
-from .tiny_base import calibrate_vae, tiny_sd15_parts
-from .world import read_pairs, write_dataset
+from training.data.sampling import Record, load_image, read_manifest
+from training.config import TrainConfig
+from training.loop import Trainer
+from training.step.objective import LossWeights
+from training.runs.previous import RunFolderError, previous_run_files
+from training.miniworld.teacher import load_unet, save_unet, train_teacher
+from training.miniworld.tiny_base import calibrate_vae, tiny_sd15_parts
+from training.miniworld.world import read_pairs, write_dataset
 
 DEMO_STEPS = 250
 TEACHER_STEPS, TEACHER_LR = 1200, 2e-3
@@ -122,7 +123,7 @@ if __name__ == "__main__":
     import argparse
     import tempfile
 
-    from ..comfy_runtime import import_comfy
+    from comfy_runtime import import_comfy
 
     parser = argparse.ArgumentParser(description="Rebuild the shipped demo teacher (a few minutes on a CPU).")
     parser.add_argument("--write-teacher", action="store_true", required=True)

@@ -22,7 +22,7 @@ from torch import nn
 
 from adapters.file_format import atomic_write
 
-from .world import ATTRIBUTES, read_pairs, render
+from training.miniworld.world import ATTRIBUTES, read_pairs, render
 
 BLOCK = 8
 BACKGROUND = 128 / 255

@@ -50,22 +50,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import torch
 
-import torch  # noqa: E402
-
-from adapters import LanguageEncoder, load_language_encoder  # noqa: E402
-from adapters.file_format import atomic_write  # noqa: E402
-from adapters.tiny import make_chinese_clip  # noqa: E402
-from training.caching import TeacherText  # noqa: E402
-from training.data import read_manifest  # noqa: E402
-from training.loop import TrainConfig, Trainer  # noqa: E402
-from training.miniworld.demo import prepare_teacher  # noqa: E402
-from training.miniworld.judge import Judge, accuracy, drawn_images, load_judge  # noqa: E402
-from training.miniworld.tiny_base import tiny_sd15_parts  # noqa: E402
-from training.miniworld.world import read_pairs, write_dataset  # noqa: E402
-from training.objective import LossWeights  # noqa: E402
+from adapters import LanguageEncoder, PEAError, load_language_encoder
+from adapters.file_format import atomic_write
+from adapters.demo_files import make_chinese_clip
+from training.data.caches import TeacherText
+from training.data.sampling import read_manifest
+from training.config import TrainConfig
+from training.loop import Trainer
+from training.miniworld.demo import prepare_teacher
+from training.miniworld.judge import Judge, accuracy, drawn_images, load_judge
+from training.miniworld.tiny_base import tiny_sd15_parts
+from training.miniworld.world import read_pairs, write_dataset
+from training.step.objective import LossWeights
 
 STUDENTS = {  # the ablation rows as this project reads the paper's Table 2: L_SD on every sample (sd_on_parallel)
     "fine-tuning only (L_SD)": LossWeights(1.0, 0.0, 0.0, sd_on_parallel=True),
@@ -238,11 +236,11 @@ def merge_proofs(folders: list[Path], output: Path) -> dict:
                   key=lambda run: run[0]["seeds"])
     seeds = [seed for run, _ in runs for seed in run["seeds"]]
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"the runs to merge repeat a seed ({seeds}): give each seed's folder once")
+        raise PEAError(f"the runs to merge repeat a seed ({seeds}): give each seed's folder once")
     merged = {**runs[0][0], "seeds": seeds, "rows": {}, "minutes": sum(run["minutes"] for run, _ in runs)}
     for run, folder in runs:
         if run["rows"].keys() != runs[0][0]["rows"].keys():
-            raise ValueError(f"{folder / 'proof.json'} measured other rows than {runs[0][1] / 'proof.json'}")
+            raise PEAError(f"{folder / 'proof.json'} measured other rows than {runs[0][1] / 'proof.json'}")
         for row, accs in run["rows"].items():
             merged["rows"].setdefault(row, []).extend(accs)
         if 0 in run["seeds"] and (folder / "samples.png").is_file():
@@ -313,16 +311,19 @@ def main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even where CUDA is available")
     args = p.parse_args(argv)
-    if args.merge:
-        merge_proofs(args.merge, args.output)
-        return 0
-    from training.comfy_runtime import import_comfy
+    try:
+        if args.merge:
+            merge_proofs(args.merge, args.output)
+            return 0
+        from comfy_runtime import import_comfy
 
-    import_comfy(cpu=args.cpu or None)
-    rows = (OURS,) if args.quick else tuple(STUDENTS)
-    seeds = [0] if args.quick else [args.seed] if args.seed is not None else list(range(args.seeds))
-    steps = args.steps or (QUICK_STEPS if args.quick else STUDENT_STEPS)
-    run_proof(args.output, seeds, rows, steps, not args.no_progress, concept=not args.quick)
+        import_comfy(cpu=args.cpu or None)
+        rows = (OURS,) if args.quick else tuple(STUDENTS)
+        seeds = [0] if args.quick else [args.seed] if args.seed is not None else list(range(args.seeds))
+        steps = args.steps or (QUICK_STEPS if args.quick else STUDENT_STEPS)
+        run_proof(args.output, seeds, rows, steps, not args.no_progress, concept=not args.quick)
+    except PEAError as e:
+        raise SystemExit(f"error: {e}") from None
     return 0
 
 

@@ -14,10 +14,10 @@ from tqdm import tqdm
 
 from adapters.file_format import atomic_write
 
-from ..caching import TeacherText
-from ..data import Record, load_image
-from ..distill import sample_generator
-from ..objective import per_sample_mse, prediction_target
+from training.data.caches import TeacherText
+from training.data.sampling import Record, load_image
+from training.step.distill import sample_generator
+from training.step.objective import per_sample_mse, prediction_target
 
 
 def train_teacher(parts, records: list[Record], steps: int, size: int, batch_size: int = 32, lr: float = 1e-3,

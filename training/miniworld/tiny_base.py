@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..base import BaseParts
+from training.base_checkpoint import BaseParts
 
 TINY_CLIP = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
              "num_hidden_layers": 2, "projection_dim": 64}

@@ -16,10 +16,10 @@ from typing import Callable, Iterator
 
 import torch
 
-from .caching import LatentCache, TeacherText, stack_conditioning
-from .data import Record, SkipCounter, load_image
-from .distill import Batch
-from .images import IMAGE_ERRORS
+from training.data.caches import LatentCache, TeacherText, stack_conditioning
+from training.data.sampling import Record, SkipCounter, load_image
+from training.step.distill import Batch
+from training.data.images import IMAGE_ERRORS
 
 
 @dataclass

@@ -6,8 +6,12 @@ from pathlib import Path
 
 import torch
 
-from adapters import AdapterShape, LanguageEncoder, PEAAdapter
+from adapters import AdapterShape, LanguageEncoder, PEAAdapter, PEAError
 from adapters.families import FAMILIES, Family, UnsupportedModelError, family_of, model_label
+
+
+class CheckpointError(PEAError):
+    """The base checkpoint cannot be found, loaded, or taught from."""
 
 
 @dataclass
@@ -50,20 +54,17 @@ def load_base(name: str) -> BaseParts:
     path = Path(name) if Path(name).is_file() else folder_paths.get_full_path("checkpoints", name)
     if path is None:
         searched = ", ".join(folder_paths.get_folder_paths("checkpoints"))
-        raise SystemExit(f"error: checkpoint '{name}' not found (a path, or a name under: {searched})")
+        raise CheckpointError(f"checkpoint '{name}' not found (a path, or a name under: {searched})")
     try:
         model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
             str(path), output_vae=True, output_clip=True,
             embedding_directory=folder_paths.get_folder_paths("embeddings"),
             model_options={"dtype": unet_weight_dtype()})
     except RuntimeError as e:
-        raise SystemExit(f"error: ComfyUI cannot load {path} as a checkpoint: {e}") from e
-    try:
-        trainable_family(model, str(path))
-    except UnsupportedModelError as e:
-        raise SystemExit(f"error: {e}") from e
+        raise CheckpointError(f"ComfyUI cannot load {path} as a checkpoint: {e}") from e
+    trainable_family(model, str(path))
     if clip is None:
-        raise SystemExit(f"error: {path} has no text encoder; the teacher needs the checkpoint's own CLIP")
+        raise CheckpointError(f"{path} has no text encoder; the teacher needs the checkpoint's own CLIP")
     return BaseParts(model, clip, vae, Path(path).name)
 
 

@@ -2,26 +2,34 @@
 ``context_length`` tokens, so the trainer counts them and says how much is cut."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .data import Record
+from adapters.encoders.tokenizer_guard import tokenizer_panics
 
 CHUNK = 1024
 
 
-class CaptionWindow:
-    """Measures captions (``Record.text``) with ``tokenizer`` against ``window`` tokens."""
+class Captioned(Protocol):
+    """A sample with a caption (``sampling.Record``)."""
 
-    def __init__(self, tokenizer, window: int):
-        self.tokenizer, self.window = tokenizer, window
+    text: str
+
+
+class CaptionWindow:
+    """Measures captions (``Record.text``) with ``tokenizer`` (of the encoder at ``where``) against
+    ``window`` tokens."""
+
+    def __init__(self, tokenizer, window: int, where: str | os.PathLike):
+        self.tokenizer, self.window, self.where = tokenizer, window, where
         self.checked = self.over = self.tokens_cut = self.most_cut = 0
         self.examples: list[str] = []
 
-    def measure(self, records: list[Record]) -> None:
+    def measure(self, records: list[Captioned]) -> None:
         for lo in range(0, len(records), CHUNK):
             chunk = records[lo:lo + CHUNK]
-            ids = self.tokenizer([r.text for r in chunk], truncation=False, verbose=False)["input_ids"]
+            with tokenizer_panics(self.where):
+                ids = self.tokenizer([r.text for r in chunk], truncation=False, verbose=False)["input_ids"]
             for record, tokens in zip(chunk, ids):
                 self.checked += 1
                 cut = len(tokens) - self.window

@@ -17,6 +17,7 @@ keep their outputs.
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import math
 from typing import Callable
@@ -52,6 +53,23 @@ def named_blocks(unet: nn.Module) -> list[tuple[str, nn.Module]]:
             + [(f"output_blocks.{j}", b) for j, b in enumerate(unet.output_blocks)])
 
 
+def checked_budget(value: float | str) -> float:
+    """``value`` as a memory budget (the share of attention blocks that keep their activations)
+    when it lies in [0, 1]; ValueError otherwise. The one place the range is written."""
+    budget = float(value)
+    if not 0.0 <= budget <= 1.0:
+        raise ValueError(f"memory budget must lie in [0, 1], got {value}")
+    return budget
+
+
+def budget_option(text: str) -> float:
+    """``--memory-budget`` for argparse, which then names the option in its message."""
+    try:
+        return checked_budget(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def recompute_plan(unet: nn.Module, memory_budget: float) -> frozenset[str]:
     """Blocks of the student pass to recompute in backward so that ``memory_budget`` (0..1) of the
     attention blocks keep their activations; 1 recomputes nothing, 0 every attention block.
@@ -59,8 +77,7 @@ def recompute_plan(unet: nn.Module, memory_budget: float) -> frozenset[str]:
     The narrowest go first: their projections cost the fewest FLOPs per byte they free (SDXL:
     the 640-wide level, then the 1280-wide one). Blocks without attention are never recomputed:
     their convolutions are the expensive part, and the rest frees little."""
-    if not 0.0 <= memory_budget <= 1.0:
-        raise ValueError(f"memory budget must lie in [0, 1], got {memory_budget}")
+    memory_budget = checked_budget(memory_budget)
     blocks = [(transformer_width(block), k, name) for k, (name, block) in enumerate(named_blocks(unet))]
     candidates = sorted(b for b in blocks if b[0])
     count = math.ceil((1.0 - memory_budget) * len(candidates) - 1e-9)

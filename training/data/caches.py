@@ -16,8 +16,10 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
+from adapters.errors import PEAError
 from adapters.file_format import atomic_write
-from .data import Record
+from adapters.pickle_file import load_pickle
+from training.data.sampling import Record
 
 
 def cache_key(*parts: object) -> str:
@@ -44,7 +46,7 @@ class LatentCache:
             return self.memo[(record.image, bucket)]
         path = self._path(record, bucket)
         if path is not None and path.is_file():
-            latent = torch.load(path, weights_only=True)
+            latent = load_pickle(path, PEAError, f"Cached latent {path}")
             if self.memo is not None:
                 self.memo[(record.image, bucket)] = latent
             return latent

@@ -1,15 +1,15 @@
 """Training-step benchmark: the trainer's own step against the official step as it runs, one process.
 
-    python training/benchmark.py --model sdxl --batch 4 --compile --max-batch   # GPU: SDXL 1024x1024
-    python training/benchmark.py --model sdxl --resolution 512 --batch 1 --dtype bf16 --saved-only  # CPU
-    python training/benchmark.py                                                # CPU: a tiny configuration
+    python -m benchmarks.train_step --model sdxl --batch 4 --compile --max-batch   # GPU: SDXL 1024x1024
+    python -m benchmarks.train_step --model sdxl --resolution 512 --batch 1 --dtype bf16 --saved-only  # CPU
+    python -m benchmarks.train_step                                                # CPU: a tiny configuration
 
 Both sides get full-size UNets with random weights, built from ComfyUI's own model classes
 (SD1.5 at 512x512, SDXL at 1024x1024 unless ``--resolution``), random latents, random teacher
 encodings and random language-encoder states (a frozen embedding table stands in for the
 encoder: both sides run it, and it is not what is compared):
 
-* ours: ``training.distill.Distiller``, the module the trainer runs, then the trainer's
+* ours: ``training.step.distill.Distiller``, the module the trainer runs, then the trainer's
   optimiser step (AdamW, no clipping by default). One frozen UNet in the training dtype (bf16 on a GPU) shared by
   the teacher and the student pass, no autocast around it, hook-free taps; ``--compile`` and
   ``--memory-budget`` as in ``train_adapter.py``.
@@ -23,7 +23,7 @@ compile happens there); every timed step is synchronised and the median is repor
 min and max. Peak memory is each side's own resident tensors (weights, kept gradients, optimiser
 state, batch) plus the most its timed steps allocated on top. FLOPs are counted in a separate
 eager pass without recompute (model FLOPs; MFU is against the card's dense bf16 peak), and the
-bytes kept for backward per sample in a separate eager forward pass (``training.memory``), also
+bytes kept for backward per sample in a separate eager forward pass (``training.step.memory``), also
 for each memory budget of ours. On a CPU the timings and peaks only show that the script runs.
 """
 from __future__ import annotations
@@ -40,15 +40,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import torch.nn.functional as F
+from torch.multiprocessing.reductions import StorageWeakRef
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.multiprocessing.reductions import StorageWeakRef  # noqa: E402
-
-from adapters.families import FAMILIES  # noqa: E402
-from training.comfy_runtime import import_comfy  # noqa: E402
+from adapters.families import FAMILIES
+from comfy_runtime import import_comfy
+from training.step.unet_pass import budget_option
 
 SD15, SDXL = FAMILIES["sd15"], FAMILIES["sdxl"]
 
@@ -109,7 +107,7 @@ def stand_in_encoder(spec: dict, device: torch.device) -> torch.nn.Module:
 
 
 def make_batch(spec: dict, batch: int, resolution: int, device: torch.device):
-    from training.distill import Batch
+    from training.step.distill import Batch
 
     g = torch.Generator().manual_seed(0)
     lat = resolution // 8
@@ -136,7 +134,7 @@ class OursStep:
     name = "ours"
 
     def __init__(self, spec: dict, device: torch.device, dtype: torch.dtype, memory_budget: float, compile: bool):
-        from training.distill import Distiller
+        from training.step.distill import Distiller, StepConfig
 
         self.base = build_base(spec, dtype, device)
         ctx = spec["unet"]["context_dim"]
@@ -144,8 +142,8 @@ class OursStep:
         empty = (torch.randn(1, TOKENS, ctx, generator=g),
                  torch.randn(1, SDXL.pooled_dim, generator=g) if spec["family"] == "sdxl" else None)
         self.distiller = Distiller(self.base, stand_in_encoder(spec, device), build_adapter(spec, device),
-                                   torch.zeros(1, TOKENS, dtype=torch.long), empty,
-                                   memory_budget=memory_budget, compile=compile)
+                                   empty_ids=torch.zeros(1, TOKENS, dtype=torch.long), empty_teacher=empty,
+                                   config=StepConfig(memory_budget=memory_budget, compile=compile))
         self.adapter = self.distiller.adapter
         self.opt = torch.optim.AdamW(self.adapter.parameters(), lr=1e-5)
         self.step = 0
@@ -166,7 +164,7 @@ class OursStep:
     @contextlib.contextmanager
     def eager(self, recompute: frozenset[str] = frozenset()):
         """The same step with eager UNet passes recomputing ``recompute`` (for counting)."""
-        from training.unet_pass import UNetPasses
+        from training.step.unet_pass import UNetPasses
 
         passes = self.distiller.passes
         self.distiller.passes = UNetPasses(passes.unet, list(passes.taps), recompute)
@@ -191,7 +189,7 @@ class OfficialStep:
     recompute: frozenset[str] = frozenset()
 
     def __init__(self, spec: dict, device: torch.device, two_copies: bool = True):
-        from training.taps import tap_names
+        from training.step.taps import tap_names
 
         self.student = build_base(spec, torch.float16, device).requires_grad_(True)  # never frozen officially
         self.teacher = build_base(spec, torch.float16, device).requires_grad_(False) if two_copies else self.student
@@ -204,9 +202,9 @@ class OfficialStep:
         self.sizes: dict = {}
 
     def loss(self, batch) -> torch.Tensor:
-        from training.distill import sdxl_label
-        from training.objective import prediction_target
-        from training.unet_pass import tapped_forward, unet_inputs
+        from training.step.distill import sdxl_label
+        from training.step.objective import prediction_target
+        from training.step.unet_pass import tapped_forward, unet_inputs
 
         ms = self.student.model_sampling
         device = batch.latents.device
@@ -295,7 +293,7 @@ def model_flops(step, batch) -> int:
 
 def saved_bytes_per_sample(step, batch, recompute: frozenset[str] = frozenset()) -> float:
     """Bytes a step keeps from its forward pass for its backward pass, per sample (eager)."""
-    from training.memory import RetainedTensors
+    from training.step.memory import RetainedTensors
 
     with step.eager(recompute), RetainedTensors() as kept:
         loss = step.loss(batch)
@@ -352,7 +350,7 @@ def compiled_gradient_error(step: OursStep, batch) -> float:
 
 def budget_sweep(step: OursStep, batch, budget: float) -> dict[str, float]:
     """Bytes kept per sample by ours at each memory budget (``BUDGETS`` and ``budget``)."""
-    from training.unet_pass import recompute_plan
+    from training.step.unet_pass import recompute_plan
 
     unet = step.base.diffusion_model
     budgets = sorted(set(BUDGETS) | {budget}, reverse=True)
@@ -462,7 +460,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto",
                    help="our UNet's weight dtype (auto: the trainer's, bf16 where the device has it)")
     p.add_argument("--compile", action="store_true", help="compile our UNet passes, as train_adapter.py --compile")
-    p.add_argument("--memory-budget", type=float, default=1.0, help="as train_adapter.py --memory-budget")
+    p.add_argument("--memory-budget", type=budget_option, default=1.0, help="as train_adapter.py --memory-budget")
     p.add_argument("--max-batch", action="store_true", help="also find the largest batch each side fits (CUDA)")
     p.add_argument("--saved-only", action="store_true",
                    help="only the bytes kept for backward per sample, one side at a time (no timing)")
@@ -470,10 +468,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.steps < MIN_STEPS or args.warmup < MIN_WARMUP:
         p.error(f"at least {MIN_WARMUP} warm-up and {MIN_STEPS} timed steps")
-    if not 0.0 <= args.memory_budget <= 1.0:
-        p.error(f"--memory-budget must lie in [0, 1], got {args.memory_budget}")
     import_comfy()
-    from training.base import unet_weight_dtype
+    from training.base_checkpoint import unet_weight_dtype
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = args.model or ("sdxl" if device.type == "cuda" else "tiny")

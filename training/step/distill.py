@@ -6,15 +6,15 @@ the same noised latents, timesteps and (SDXL) size ids. Gradients reach the adap
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from adapters import LanguageEncoder
-from .objective import LossWeights, distillation_loss, prediction_target, text_alignment
-from .taps import check_features, tap_names
-from .unet_pass import UNetPasses, recompute_plan, unet_inputs
+from training.step.objective import LossWeights, distillation_loss, prediction_target, text_alignment
+from training.step.taps import check_features, tap_names
+from training.step.unet_pass import UNetPasses, recompute_plan, unet_inputs
 
 TIMESTEPS = 1000
 
@@ -22,6 +22,19 @@ TIMESTEPS = 1000
 def sample_generator(seed: int, step: int, sample: int) -> torch.Generator:
     """A generator for one sample of one step: the same draws whatever process or resume."""
     return torch.Generator().manual_seed(hash((seed, step, sample)) & (2**63 - 1))
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """How the step trains, beside its models: loss weights, CFG dropout, a noise offset, the seed
+    of the per-sample draws, the memory budget (``unet_pass.checked_budget``) and ``compile``."""
+
+    weights: LossWeights = field(default_factory=LossWeights)
+    cfg_dropout: float = 0.1
+    noise_offset: float = 0.0
+    seed: int = 0
+    memory_budget: float = 1.0
+    compile: bool | str = False
 
 
 def sample_draws(seed: int, step: int, sample: int, shape: torch.Size, cfg_dropout: float,
@@ -55,20 +68,18 @@ class Batch:
 class Distiller(nn.Module):
     """One distillation step: the PEA loss of a batch; ``adapter`` is the only module with trainable weights.
 
-    The trainer and ``training/benchmark.py`` both run this module. The UNet runs in its own
+    The trainer and ``benchmarks/train_step.py`` both run this module. The UNet runs in its own
     weight dtype without autocast (bf16 where the card has it: see ``base.load_base``);
-    only the frozen language encoder runs under bf16 autocast on CUDA. ``memory_budget`` (0..1)
+    only the frozen language encoder runs under bf16 autocast on CUDA. ``config.memory_budget`` (0..1)
     is the share of the UNet's attention blocks whose student-pass activations are kept (the
-    others are partly recomputed in backward, see ``unet_pass.recompute_plan``); ``compile``
+    others are partly recomputed in backward, see ``unet_pass.recompute_plan``); ``config.compile``
     compiles each UNet pass into one graph (True: with Inductor; a string names another
     ``torch.compile`` backend). The step never waits for the device: no ``.item()``, no
     boolean indexing.
     """
 
-    def __init__(self, base_model, encoder: LanguageEncoder, adapter: nn.Module, empty_ids: torch.Tensor,
-                 empty_teacher: tuple[torch.Tensor, torch.Tensor | None], weights: LossWeights = LossWeights(),
-                 cfg_dropout: float = 0.1, seed: int = 0, noise_offset: float = 0.0, memory_budget: float = 1.0,
-                 compile: bool | str = False):
+    def __init__(self, base_model, encoder: LanguageEncoder, adapter: nn.Module, *, empty_ids: torch.Tensor,
+                 empty_teacher: tuple[torch.Tensor, torch.Tensor | None], config: StepConfig = StepConfig()):
         super().__init__()
         self.base = base_model
         self.encoder = encoder
@@ -76,17 +87,17 @@ class Distiller(nn.Module):
         unet = base_model.diffusion_model
         device = next(unet.parameters()).device
         self.tap_names = tap_names(unet)
-        self.passes = UNetPasses(unet, self.tap_names, recompute_plan(unet, memory_budget),
-                                 "inductor" if compile is True else compile or None)
+        self.passes = UNetPasses(unet, self.tap_names, recompute_plan(unet, config.memory_budget),
+                                 "inductor" if config.compile is True else config.compile or None)
         empty_tokens, empty_pooled = empty_teacher
         self.register_buffer("empty_ids", empty_ids.to(device), persistent=False)
         self.register_buffer("empty_tokens", empty_tokens.to(device), persistent=False)
         self.register_buffer("empty_pooled", None if empty_pooled is None else empty_pooled.to(device), persistent=False)
         self.size_embeddings: dict[tuple[int, int], torch.Tensor] = {}
-        self.weights = weights
-        self.cfg_dropout = cfg_dropout
-        self.seed = seed
-        self.noise_offset = noise_offset
+        self.weights = config.weights
+        self.cfg_dropout = config.cfg_dropout
+        self.seed = config.seed
+        self.noise_offset = config.noise_offset
         self.checked_shapes = False
         base_model.requires_grad_(False)
         encoder.requires_grad_(False)

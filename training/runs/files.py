@@ -10,7 +10,9 @@ from pathlib import Path
 
 import torch
 
+from adapters.errors import PEAError
 from adapters.file_format import atomic_write
+from adapters.pickle_file import load_pickle
 
 log = logging.getLogger(__name__)
 
@@ -140,4 +142,6 @@ def find_checkpoint(path: Path) -> Path:
 
 
 def load_checkpoint(path: Path) -> dict:
-    return torch.load(str(find_checkpoint(path)), map_location="cpu", weights_only=True)
+    """The newest checkpoint at ``path`` (see :func:`find_checkpoint`), read as a safe pickle."""
+    found = find_checkpoint(path)
+    return load_pickle(found, PEAError, f"Training checkpoint {found}")

@@ -21,8 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .captions import CaptionWindow
-from .images import IMAGE_ERRORS, check_size, decode_image
+from adapters.errors import PEAError
+
+from training.data.captions import CaptionWindow
+from training.data.images import IMAGE_ERRORS, check_size, decode_image
 
 KINDS = ("parallel", "native")
 MAX_LISTED_FAULTS = 20
@@ -53,8 +55,12 @@ class Record:
         return self.data if self.data is not None else self.image.read_bytes()
 
 
-class ManifestError(ValueError):
+class ManifestError(PEAError):
     """A manifest is not what the trainer expects; the message names file, line and field."""
+
+
+class BatchingError(PEAError):
+    """The data cannot fill the batches asked for (too few images in a bucket, too few shards)."""
 
 
 def is_text(value: object) -> bool:
@@ -241,7 +247,7 @@ class BucketBatches:
             self.by_bucket.setdefault(b, []).append(i)
         self.batch_size, self.world, self.rank, self.seed = batch_size, world, rank, seed
         if self.batches_per_epoch() == 0:
-            raise ValueError(f"no bucket holds a full global batch of {batch_size * world} images; "
+            raise BatchingError(f"no bucket holds a full global batch of {batch_size * world} images; "
                              f"lower the batch size or add images")
 
     def epoch(self, epoch: int) -> list[tuple[tuple[int, int], list[int]]]:
@@ -307,7 +313,7 @@ class ShardBatches:
     def __init__(self, urls: list[str], buckets: list[tuple[int, int]], batch_size: int, skipped: SkipCounter,
                  world: int = 1, rank: int = 0, captions: CaptionWindow | None = None):
         if len(urls) < world:
-            raise ValueError(f"{len(urls)} shards cannot be split over {world} processes")
+            raise BatchingError(f"{len(urls)} shards cannot be split over {world} processes")
         self.urls, self.buckets, self.batch_size, self.skipped = urls[rank::world], buckets, batch_size, skipped
         self.rank, self.world, self.captions = rank, world, captions
 
@@ -323,7 +329,7 @@ class ShardBatches:
                 image = next((sample[k] for k in self.IMAGE_KEYS if k in sample), None)
                 try:
                     text, en, native = caption_fields(json.loads(sample.get("json", b"{}")), where)
-                except ValueError as e:  # bad JSON, not UTF-8, missing fields
+                except (ValueError, ManifestError) as e:  # bad JSON, not UTF-8, missing fields
                     self.skipped.add(where, e)
                     continue
                 if image is None:

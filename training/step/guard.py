@@ -8,12 +8,10 @@ from typing import Iterable
 
 import torch
 
+from adapters.errors import NonFiniteError
+
 LIKELY_CAUSES = ("fp16 overflow (load the checkpoint in bf16 or fp32), a broken VAE (NaN latents), "
                  "a bad image, or a learning rate too high (--lr)")
-
-
-class NonFiniteError(RuntimeError):
-    """The run met non-finite numbers it cannot go on with; the message says what to do."""
 
 
 def gradients_finite(params: Iterable[torch.nn.Parameter]) -> torch.Tensor:

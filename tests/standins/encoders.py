@@ -1,4 +1,5 @@
-"""Tiny stand-in language encoders and adapters, in the real file layouts, for demos and tests.
+"""Tiny stand-in language encoders, in the real file layouts, for the tests (the demos' own
+Chinese-CLIP and adapter builders are :mod:`adapters.demo_files`).
 
 Configs are the real transformers / open_clip config classes at tiny widths; tokenizers are
 trained here with the ``tokenizers`` library on a small multilingual corpus. Nothing is
@@ -14,19 +15,9 @@ import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from .file_format import save_adapter
-from .metadata import AdapterInfo, EncoderSpec
-from .module import AdapterShape, PEAAdapter
-
-CORPUS = [
-    "一只红色的猫坐在桌子上", "红烧狮子头", "山水画，雾气弥漫的山谷", "一个灯笼挂在门口",
-    "蓝色的天空和白色的云", "a red cat sitting on a table", "a lantern hanging at the door",
-    "blue sky with white clouds", "красная кошка сидит на столе", "фонарь у двери",
-    "빨간 고양이가 탁자 위에 앉아 있다", "un gatto rosso seduto sul tavolo", "赤い猫がテーブルの上に座っている",
-    "masterpiece, best quality, detailed", "a photo of a dog", "油画风格的城市夜景",
-]
-TINY = dict(hidden=32, heads=2, layers=2, inter=64)
-
+from adapters.demo_files import (  # noqa: F401  (TINY, make_adapter: stand-ins the tests take from here too)
+    CLIP_MEAN, CLIP_STD, CORPUS, IMAGE_SIZE, TINY, bert_like, make_adapter, make_chinese_clip, save_image_processor,
+    save_model, tiny_vision)
 
 def _unigram(bos: str | None, eos: str, pad: str, unk: str, vocab_size: int = 400) -> Tokenizer:
     tok = Tokenizer(models.Unigram())
@@ -40,29 +31,6 @@ def _unigram(bos: str | None, eos: str, pad: str, unk: str, vocab_size: int = 40
     tok.post_processor = processors.TemplateProcessing(
         single=single, special_tokens=[(t, tok.token_to_id(t)) for t in (bos, eos) if t])
     return tok
-
-
-def _wordpiece(extra: list[str] = ()) -> Tokenizer:
-    normalizer = normalizers.BertNormalizer(lowercase=True, handle_chinese_chars=True)
-    texts = [normalizer.normalize_str(line) for line in [*CORPUS, *extra]]
-    chars = sorted({c for line in texts for c in line if not c.isspace()})
-    words = sorted({w for line in texts[len(CORPUS):] for w in line.split() if len(w) > 1})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + words
-    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
-    tok.normalizer = normalizer
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tok.decoder = decoders.WordPiece()
-    return tok
-
-
-def bert_tokenizer(extra: list[str] = ()):
-    """A WordPiece tokenizer: the characters of the corpus and of ``extra`` texts (CJK text is
-    read a character at a time, as BERT-Chinese does) and the whole words of ``extra``."""
-    return transformers.BertTokenizerFast(tokenizer_object=_wordpiece(extra), pad_token="[PAD]",
-                                          unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
-                                          mask_token="[MASK]")
 
 
 def xlmr_tokenizer():
@@ -93,50 +61,6 @@ def clip_tokenizer():
         pad_token="<|endoftext|>", unk_token="<|endoftext|>")
 
 
-def _bert_like(tokenizer, hidden: int = TINY["hidden"], **extra) -> dict:
-    t = TINY
-    return dict(vocab_size=len(tokenizer), hidden_size=hidden, num_attention_heads=t["heads"],
-                num_hidden_layers=t["layers"], intermediate_size=t["inter"] * hidden // t["hidden"],
-                pad_token_id=tokenizer.pad_token_id, **extra)
-
-
-def _save(model, tokenizer, folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
-
-
-IMAGE_SIZE = 32
-CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
-
-
-def _vision(cls):
-    return cls(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1,
-               image_size=IMAGE_SIZE, patch_size=16, projection_dim=16)
-
-
-def _save_image_processor(processor_class, folder: Path) -> None:
-    """The ``preprocessor_config.json`` the published two-tower repos carry, at the tiny image size."""
-    processor_class(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-                    image_mean=CLIP_MEAN, image_std=CLIP_STD).save_pretrained(str(folder))
-
-
-def make_chinese_clip(folder: Path, seed: int = 0, extra_text: list[str] = (), max_positions: int = 64,
-                      hidden: int = TINY["hidden"]) -> Path:
-    """A full two-tower Chinese-CLIP (BERT text tower ``hidden`` wide, a ViT vision tower and the
-    image processor's config), as the OFA-Sys repos ship it; its vocabulary covers the built-in
-    corpus and ``extra_text``."""
-    torch.manual_seed(seed)
-    tok = bert_tokenizer(extra_text)
-    C = transformers
-    text = C.ChineseCLIPTextConfig(**_bert_like(tok, hidden, max_position_embeddings=max_positions))
-    vision = _vision(C.ChineseCLIPVisionConfig)
-    cfg = C.ChineseCLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16)
-    _save_image_processor(C.ChineseCLIPImageProcessor, folder)
-    return _save(C.ChineseCLIPModel(cfg), tok, folder)
-
-
 def make_clip(folder: Path, seed: int = 0) -> Path:
     """A full two-tower CLIP in Hugging Face format with its image processor's config (as the
     English, Japanese, Korean ... CLIPs ship)."""
@@ -148,10 +72,10 @@ def make_clip(folder: Path, seed: int = 0) -> Path:
                             max_position_embeddings=77, projection_dim=16,
                             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                             pad_token_id=tok.pad_token_id)
-    cfg = C.CLIPConfig(text_config=text.to_dict(), vision_config=_vision(C.CLIPVisionConfig).to_dict(),
+    cfg = C.CLIPConfig(text_config=text.to_dict(), vision_config=tiny_vision(C.CLIPVisionConfig).to_dict(),
                        projection_dim=16)
-    _save_image_processor(C.CLIPImageProcessor, folder)
-    return _save(C.CLIPModel(cfg), tok, folder)
+    save_image_processor(C.CLIPImageProcessor, folder)
+    return save_model(C.CLIPModel(cfg), tok, folder)
 
 
 def make_altclip(folder: Path, seed: int = 0) -> Path:
@@ -159,12 +83,12 @@ def make_altclip(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tok = xlmr_tokenizer()
     C = transformers
-    text = C.AltCLIPTextConfig(**_bert_like(tok, max_position_embeddings=80, project_dim=24,
+    text = C.AltCLIPTextConfig(**bert_like(tok, max_position_embeddings=80, project_dim=24,
                                             type_vocab_size=1))
     cfg = C.AltCLIPConfig(text_config=text.to_dict(),
-                          vision_config=_vision(C.AltCLIPVisionConfig).to_dict(), projection_dim=16)
-    _save_image_processor(C.CLIPImageProcessor, folder)
-    return _save(C.AltCLIPModel(cfg), tok, folder)
+                          vision_config=tiny_vision(C.AltCLIPVisionConfig).to_dict(), projection_dim=16)
+    save_image_processor(C.CLIPImageProcessor, folder)
+    return save_model(C.AltCLIPModel(cfg), tok, folder)
 
 
 def make_t5(folder: Path, model_type: str = "t5", seed: int = 0) -> Path:
@@ -180,7 +104,7 @@ def make_t5(folder: Path, model_type: str = "t5", seed: int = 0) -> Path:
                      num_layers=2, num_decoder_layers=1, num_heads=TINY["heads"],
                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                      decoder_start_token_id=tok.pad_token_id, feed_forward_proj="gated-gelu")
-    return _save(model_cls(cfg), tok, folder)
+    return save_model(model_cls(cfg), tok, folder)
 
 
 def make_byt5(folder: Path, seed: int = 0, shard_size: str = "20KB", pickled: bool = False) -> Path:
@@ -235,7 +159,7 @@ def make_open_clip(folder: Path, seed: int = 0, hf_name: str = "xlm-roberta-larg
     folder.mkdir(parents=True, exist_ok=True)
     tower = folder / hf_name.split("/")[-1]
     tok = xlmr_tokenizer()
-    tower_cfg = transformers.XLMRobertaConfig(**_bert_like(tok, max_position_embeddings=80, type_vocab_size=1))
+    tower_cfg = transformers.XLMRobertaConfig(**bert_like(tok, max_position_embeddings=80, type_vocab_size=1))
     tower.mkdir(exist_ok=True)
     tower_cfg.save_pretrained(str(tower))
     tok.save_pretrained(str(tower))
@@ -255,23 +179,6 @@ def make_open_clip(folder: Path, seed: int = 0, hf_name: str = "xlm-roberta-larg
 
 ENCODER_MAKERS = {"chinese_clip": make_chinese_clip, "clip": make_clip, "altclip": make_altclip,
                   "t5": make_t5, "open_clip": make_open_clip}
-
-
-def make_adapter(path: Path, head: str, in_dim: int, hidden: tuple[int, ...] = (48, 48), seed: int = 0,
-                 encoder: EncoderSpec | None = None, official: bool = False) -> Path:
-    """A random adapter file: ours (safetensors + metadata) or the official pickle layout."""
-    torch.manual_seed(seed)
-    shape = AdapterShape.for_head(head, in_dim, hidden)
-    adapter = PEAAdapter(shape)
-    with torch.no_grad():
-        for p in adapter.parameters():
-            p.normal_(0, 0.2)
-    if official:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({f"module.{k}": v.half() for k, v in adapter.state_dict().items()}, path)
-        return path
-    return save_adapter(adapter, AdapterInfo(shape=shape, encoder=encoder or EncoderSpec(),
-                                             languages=["zh", "en"]), path)
 
 
 def _sentencepiece(lines: list[str], path: Path, vocab_size: int) -> list[str]:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from adapters.errors import IncompatibleError
+
 
 @dataclass(frozen=True)
 class LossWeights:
@@ -65,7 +67,7 @@ def text_alignment(s_tokens: torch.Tensor, s_pooled: torch.Tensor | None,
                    t_tokens: torch.Tensor, t_pooled: torch.Tensor | None) -> torch.Tensor:
     """Per-sample MSE between the adapter's and the teacher's text conditioning, token by token."""
     if s_tokens.shape[1] != t_tokens.shape[1]:
-        raise ValueError(
+        raise IncompatibleError(
             f"text-space alignment compares token by token: the language encoder gives {s_tokens.shape[1]} "
             f"tokens, the teacher {t_tokens.shape[1]}; set the encoder's context length to {t_tokens.shape[1]}")
     loss = per_sample_mse(s_tokens, t_tokens)

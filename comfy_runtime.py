@@ -1,13 +1,24 @@
 """Finding and importing the ComfyUI that the pack sits in (or ``COMFYUI_PATH``, or a release that
-``tests/host/prepare.sh`` unpacked into ``.hosts/``) as a library."""
+``tests/host/prepare.sh`` unpacked into ``.hosts/``) as a library, for the trainer, the evaluator,
+the benchmarks and the tests.
+
+The pack has one identity per process. Inside ComfyUI it is the package ComfyUI's loader names
+after the pack's folder, and its modules import each other relatively. The commands (``python -m
+training.train_adapter``, ``python -m evaluation.evaluate``, ...) run from the pack's folder, where
+``adapters``, ``training`` and ``evaluation`` are top-level packages; when such a process also
+needs the nodes, :func:`load_pack` loads them so that their ``..adapters`` is that same
+``adapters`` (one module, one ``PEAError``), not a second copy.
+"""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
+import pkgutil
 import sys
 from pathlib import Path
 
-PACK_ROOT = Path(__file__).resolve().parents[1]
+PACK_ROOT = Path(__file__).resolve().parent
 PACK_MODULE = "comfyui_pea_diffusion"
 PREPARED = PACK_ROOT / ".hosts"
 """Where tests/host/prepare.sh unpacks the ComfyUI source archives (README, "Run it")."""
@@ -68,14 +79,31 @@ def import_comfy(cpu: bool | None = None) -> Path:
     return path
 
 
+SHARED_PACKAGES = ("adapters",)
+"""The pack's packages the nodes import (``from ..adapters import ...``)."""
+
+
+def share_packages(pack) -> None:
+    """Make ``pack.adapters`` (and each of its modules) the very module this process imports as
+    ``adapters``, so that an error the nodes raise is the class the commands catch."""
+    for package in SHARED_PACKAGES:
+        setattr(pack, package, importlib.import_module(package))
+        for info in pkgutil.walk_packages(getattr(pack, package).__path__, f"{package}."):
+            importlib.import_module(info.name)
+    for name in [n for n in sys.modules if n.split(".")[0] in SHARED_PACKAGES]:
+        sys.modules.setdefault(f"{pack.__name__}.{name}", sys.modules[name])
+
+
 def load_pack():
-    """Import the pack the way ComfyUI's custom-node loader does (a package from its folder), once;
-    needs :func:`import_comfy` first. Its ``NODE_CLASS_MAPPINGS`` are the pack's nodes."""
+    """Import the pack the way ComfyUI's custom-node loader does (a package from its folder), once,
+    sharing :data:`SHARED_PACKAGES` with this process; needs :func:`import_comfy` first. Its
+    ``NODE_CLASS_MAPPINGS`` are the pack's nodes."""
     if PACK_MODULE in sys.modules:
         return sys.modules[PACK_MODULE]
     spec = importlib.util.spec_from_file_location(PACK_MODULE, PACK_ROOT / "__init__.py",
                                                   submodule_search_locations=[str(PACK_ROOT)])
     module = importlib.util.module_from_spec(spec)
+    share_packages(module)
     sys.modules[PACK_MODULE] = module
     spec.loader.exec_module(module)
     return module

@@ -3,7 +3,7 @@
 That is, in ComfyUI's ``openaimodel.UNetModel``, every input block ending in a Downsample plus
 the last input block, the middle block, and every output block ending in an Upsample plus the
 last output block (SD1.5: input 3, 6, 9, 11 / middle / output 2, 5, 8, 11; SDXL: input 3, 6, 8 /
-middle / output 2, 5, 8). ``training.unet_pass.tapped_forward`` returns them with the output.
+middle / output 2, 5, 8). ``training.step.unet_pass.tapped_forward`` returns them with the output.
 """
 from __future__ import annotations
 

@@ -31,6 +31,9 @@ class Family:
     """ComfyUI ``supported_models`` classes of this family, by class name."""
     trainable: bool
     """Whether ``training/train_adapter.py`` distils adapters for it."""
+    token_keys: tuple[str, ...]
+    """The keys of ComfyUI's token dicts for this family's text encode nodes (SDXL's nodes give
+    "g" and "l", FLUX's "t5xxl" and "l"); the adapter encodes the first, the others' text is unused."""
 
     @property
     def trunk_dim(self) -> int:
@@ -41,11 +44,12 @@ class Family:
 
 FAMILIES: dict[str, Family] = {f.head: f for f in (
     Family("sd15", "SD1.5", 768, None, 512, (2048, 2048),
-           ("SD15", "SD15_instructpix2pix"), trainable=True),
+           ("SD15", "SD15_instructpix2pix"), trainable=True, token_keys=("l",)),
     Family("sdxl", "SDXL", 2048, 1280, 1024, (1024, 1024),
-           ("SDXL", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B", "SDXL_instructpix2pix"), trainable=True),
+           ("SDXL", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B", "SDXL_instructpix2pix"), trainable=True,
+           token_keys=("g", "l")),
     Family("flux", "FLUX.1", 4096, 768, 1024, (4096, 4096),
-           ("Flux", "FluxSchnell", "FluxInpaint"), trainable=False),
+           ("Flux", "FluxSchnell", "FluxInpaint"), trainable=False, token_keys=("t5xxl", "l")),
 )}
 HEADS = tuple(FAMILIES)
 

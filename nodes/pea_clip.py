@@ -31,10 +31,6 @@ from ..adapters.finite import check_conditioning
 from .comfy_layers import move_buffers_on_load, use_comfy_ops
 from .english_route import EnglishRoute, refuse_without_clip, route_prompt
 
-TOKEN_KEYS = {"sd15": ("l",), "sdxl": ("g", "l"), "flux": ("t5xxl", "l")}
-"""Token-dict keys per family; the first is encoded. SDXL nodes expect "g" and "l", FLUX nodes
-"t5xxl" and "l"; PEA replaces both encoders, so the second key's text is not used."""
-
 
 class _PreloadedTokenizer:
     """Lets ``SDTokenizer`` take an already loaded Hugging Face tokenizer."""
@@ -104,7 +100,7 @@ class EncoderTarget:
         self.clip = EncoderModel
         self.params = {"encoder": encoder}
         self.tokenizer = lambda embedding_directory=None, tokenizer_data={}: PEATokenizer(
-            embedding_directory, tokenizer_data, encoder=encoder, keys=TOKEN_KEYS["sd15"])
+            embedding_directory, tokenizer_data, encoder=encoder, keys=FAMILIES["sd15"].token_keys)
 
 
 def _classic_patcher() -> dict:
@@ -178,9 +174,9 @@ def check_english_clip(clip: comfy.sd.CLIP, head: str, adapter_name: str) -> Non
     """Raise IncompatibleError unless ``clip`` is a CLIP of the family ``head`` conditions (read
     from the keys of its token dict)."""
     keys = sorted(clip.tokenize(""))
-    if keys == sorted(TOKEN_KEYS[head]):
+    if keys == sorted(FAMILIES[head].token_keys):
         return
-    family = next((FAMILIES[h].label for h, k in TOKEN_KEYS.items() if sorted(k) == keys), "another model")
+    family = next((f.label for f in FAMILIES.values() if sorted(f.token_keys) == keys), "another model")
     raise IncompatibleError(
         f"Apply PEA Adapter: the clip input is {family}'s CLIP (token keys {', '.join(keys)}), but "
         f"{adapter_name} is made for {FAMILIES[head].label}. Connect the CLIP of the checkpoint you sample with.")
@@ -191,11 +187,7 @@ def adapter_clip(encoder_clip: comfy.sd.CLIP, adapter: PEAAdapter, english_clip:
     """A ComfyUI CLIP for ``encoder_clip``'s encoder + ``adapter``: a clone of ``encoder_clip``
     (sharing its patcher's model) whose text model ends in the adapter. With ``english_clip`` (the
     checkpoint's CLIP), prompts' English spans and embeddings go to it (see english_route)."""
-    if adapter.shape.head not in TOKEN_KEYS:
-        raise IncompatibleError(
-            f"{adapter.shape.head} adapters are not supported by the PEA nodes yet "
-            f"(supported: {', '.join(TOKEN_KEYS)}).")
-    keys = TOKEN_KEYS[adapter.shape.head]
+    keys = FAMILIES[adapter.shape.head].token_keys
     english = None
     if english_clip is not None:
         check_english_clip(english_clip, adapter.shape.head, adapter_name)

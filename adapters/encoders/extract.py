@@ -34,8 +34,8 @@ import safetensors
 import torch
 
 from ..errors import EncoderLoadError
+from ..json_text import parse_json_object
 from .folder_files import read_small_file, stays_in
-from .hf_text import parse_json_object
 from .single_file import PACK_KEY, PACK_VERSION, embed_bytes, folder_to_file_cli, write_loadable
 from .weights import read_pickle, weight_files
 

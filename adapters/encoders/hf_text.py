@@ -18,8 +18,8 @@ import huggingface_hub.errors
 import torch
 import transformers
 
-from ..errors import EncoderLoadError, TokenizerError, json_type, shown
-from ..json_text import parse_json
+from ..errors import EncoderLoadError, TokenizerError, shown
+from ..json_text import parse_json_object
 from .base import LanguageEncoder, check_context_length, position_count
 from .model_size import check_model_size
 from .tokenizer_guard import tokenizer_panics
@@ -81,14 +81,6 @@ def read_config(folder: Path) -> dict | None:
     if not path.is_file():
         return None
     return parse_json_object(path.read_bytes(), path)
-
-
-def parse_json_object(data: bytes, where: str | Path) -> dict:
-    """A JSON object (a config) from UTF-8 bytes; EncoderLoadError naming ``where`` otherwise."""
-    config = parse_json(data, str(where), EncoderLoadError)
-    if not isinstance(config, dict):
-        raise EncoderLoadError(f"{where} is a JSON {json_type(config)}, expected an object")
-    return config
 
 
 def hf_model_type(folder: Path) -> str | None:

@@ -15,8 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import EncoderLoadError
+from ..json_text import parse_json_object
 from .base import LanguageEncoder, check_context_length, position_count
-from .hf_text import check_vocabulary, load_tokenizer, parse_json_object, read_config
+from .hf_text import check_vocabulary, load_tokenizer, read_config
 from .model_size import check_model_size
 from .weights import load_into, open_checkpoint, pick, under_prefix
 

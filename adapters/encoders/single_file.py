@@ -35,10 +35,10 @@ import torch
 
 from ..errors import EncoderLoadError, PEAError, json_type
 from ..file_format import atomic_write
-from ..json_text import parse_json
+from ..json_text import parse_json, parse_json_object
 from .base import LanguageEncoder, check_context_length
 from .folder_files import read_small_file
-from .hf_text import HF_KINDS, check_text_config, hf_encoder_from_parts, load_tokenizer, parse_json_object
+from .hf_text import HF_KINDS, check_text_config, hf_encoder_from_parts, load_tokenizer
 from .open_clip_text import CONFIG_NAME as OPEN_CLIP_CONFIG, build_open_clip_encoder, model_config
 from .weights import pick, under_prefix
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import EncoderLoadError, json_type
+from ..json_text import parse_json_object
 from ..pickle_file import load_pickle
 from .folder_files import plain_name, read_small_file, regular_file
 
@@ -93,8 +94,6 @@ def weight_files(folder: Path, names: tuple[str, ...] = WEIGHT_FILES,
 def index_shards(index: Path, wanted: Callable[[str], bool]) -> list[str]:
     """The shard file names a weight index (``{"weight_map": {tensor: shard}}``) gives the tensors
     ``wanted`` keeps; EncoderLoadError for anything else, or a shard outside the index's folder."""
-    from .hf_text import parse_json_object  # hf_text reads its weights through this module
-
     config = parse_json_object(read_small_file(index), index)
     weight_map = config.get("weight_map")
     if not isinstance(weight_map, dict):

@@ -1,19 +1,33 @@
-"""What the evaluator writes: results.json, results.md, a grid PNG per language, index.html."""
+"""What the evaluator writes: results.json, results.md, a grid PNG per language, index.html, and
+the thumbnails the page shows (``thumbs/``). The tables come from :mod:`evaluation.tables`, the
+page from :mod:`evaluation.page`, the grids from :mod:`evaluation.grid`."""
 from __future__ import annotations
 
-import html
 import json
 import os
-from collections import defaultdict
+from collections import Counter
 from pathlib import Path
-from urllib.parse import quote
-
-from PIL import Image, ImageDraw, ImageOps
 
 from adapters.file_format import atomic_write
 
-from .metrics import ALL, SCORES
+from .grid import write_grids
+from .page import page
 from .paired import ALPHA, verdict
+from .tables import (
+    SHORT,
+    Table,
+    category_pivot,
+    fid_table,
+    interval,
+    language_name,
+    languages_of,
+    method_table,
+    present_scores,
+    score_labels,
+    scorer_table,
+    settings_table,
+)
+from .thumbnails import BLANK_STD, add_thumbnails
 
 SCORE_NAMES = {"clip_score": "CLIPScore (prompt's language)", "clip_score_judge": "CLIPScore (judge)",
                "clip_score_en": "CLIPScore (English reference)"}
@@ -28,45 +42,21 @@ def _write_text(path: Path, text: str) -> Path:
     return path
 
 
-def _number(value: float | None, spread: float | None = None) -> str:
-    if value is None:
-        return "—"
-    return f"{value:.2f}" if spread is None else f"{value:.2f} ± {spread:.2f}"
-
-
-def _interval(row: dict) -> str:
-    low, high = row["interval"]
-    return "—" if low is None else f"{row['mean_difference']:+.2f} [{low:+.2f}, {high:+.2f}]"
-
-
 def write_json(out: Path, settings: dict, scoring: dict, summary: list[dict], compared: dict[str, list[dict]],
                fid: dict | None, records: list[dict]) -> Path:
-    images = [{**r, "path": relative(r["path"], out)} for r in records]
+    images = [{**r, "path": relative(r["path"], out), **({"thumb": relative(r["thumb"], out)} if "thumb" in r else {})}
+              for r in records]
     data = {"settings": settings, "scorers": scoring, "summary": summary, "comparisons": compared, "fid": fid,
             "images": images}
     return _write_text(out / "results.json", json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def _truncated(entry: dict | None) -> str:
-    if not entry:
-        return "—"
-    ids = entry["truncated"]
-    return f"{len(ids)} of {entry['prompts']}" + (f": {', '.join(ids)}" if ids else "")
+def markdown_table(table: Table) -> list[str]:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
 
-
-def _scorer(entry: dict | None) -> str:
-    return f"{Path(entry['path']).name} ({entry['kind']})" if entry else "—"
-
-
-def scorer_lines(scoring: dict) -> list[str]:
-    """The table of which CLIP scored each language and which prompts it cut short."""
-    lines = ["| language | scored by | unknown tokens | truncated prompts (token limit) | judge | judge truncated "
-             "| English references truncated |", "|---|---|---|---|---|---|---|"]
-    for lang, s in scoring.items():
-        own, judge = s["score_clip"], s["judge_clip"]
-        lines.append(f"| {lang} | {_scorer(own)} | {own['unknown_rate']:.1%} | {_truncated(own)} ({own['token_limit']}) "
-                     f"| {_scorer(judge)} | {_truncated(judge)} | {_truncated(s['english_clip'])} |")
-    return lines
+    return ["| " + " | ".join(map(cell, table.header)) + " |", "|" + "---|" * len(table.header),
+            *("| " + " | ".join(map(cell, row)) + " |" for row in table.rows), ""]
 
 
 def comparison_lines(compared: dict[str, list[dict]]) -> list[str]:
@@ -78,121 +68,68 @@ def comparison_lines(compared: dict[str, list[dict]]) -> list[str]:
         lines += [f"### {SCORE_NAMES[score]}", "",
                   "| language | method | against | prompts | mean difference [95% interval] | win / tie / loss "
                   "| p (Wilcoxon) | p (Holm) | verdict |", "|---|---|---|---|---|---|---|---|---|",
-                  *(f"| {r['language']} | {r['method']} | {r['against']} | {r['prompts']} | {_interval(r)} "
+                  *(f"| {r['language']} | {r['method']} | {r['against']} | {r['prompts']} | {interval(r)} "
                     f"| {r['wins']} / {r['ties']} / {r['losses']} | {r['p_value']:.3g} | {r['p_holm']:.3g} "
                     f"| {verdict(r)} |" for r in rows), ""]
     return lines
 
 
-def markdown(settings: dict, scoring: dict, summary: list[dict], compared: dict[str, list[dict]],
-             fid: dict | None) -> str:
-    """The tables of results.md."""
-    scores = [s for s in SCORES if any(r[s]["mean"] is not None for r in summary)]
+def blank_counts(records: list[dict]) -> dict[tuple[str, str], int]:
+    """(method, language) -> how many of its images are blank."""
+    return Counter((r["method"], r["language"]) for r in records if r.get("blank"))
 
-    def rows(select) -> list[str]:
-        return [f"| {r['method']} | {r['language']} | {r['category']} | {r['images']} | "
-                + " | ".join(_number(r[s]["mean"], r[s]["std"]) for s in scores) + " |"
-                for r in summary if select(r)]
 
-    header = ["| method | language | category | images | " + " | ".join(SCORE_NAMES[s] for s in scores) + " |",
-              "|---|---|---|---|" + "---|" * len(scores)]
+def legend(language: str, scoring: dict, settings: dict, scores: list[str]) -> list[str]:
+    """What the short score labels under each image mean in ``language``."""
+    labels = score_labels(language, scoring, settings)
+    return [f"{SHORT[s]}: {labels[s]}" for s in scores]
+
+
+def sections(settings: dict, scoring: dict, summary: list[dict], compared: dict[str, list[dict]], fid: dict | None,
+             records: list[dict]) -> dict:
+    """Every table of the report, per language where it is one language's."""
+    blanks = blank_counts(records)
+    scores = present_scores(summary)
+    languages = {}
+    for lang in languages_of(summary):
+        labels = score_labels(lang, scoring, settings)
+        languages[lang] = {"methods": method_table(lang, summary, compared, labels, blanks),
+                           "pivot": category_pivot(lang, summary, labels),
+                           "legend": legend(lang, scoring, settings, scores)}
+    return {"settings": settings_table(settings), "scorers": scorer_table(scoring),
+            "fid": fid_table(fid) if fid else None, "languages": languages}
+
+
+def markdown(parts: dict, compared: dict[str, list[dict]]) -> str:
+    """results.md from :func:`sections`."""
     lines = ["# PEA evaluation", "",
-             *(f"- {key}: {json.dumps(value, ensure_ascii=False)}" for key, value in settings.items()), "",
              "CLIPScore = 100 × max(cos(image, text), 0), mean ± standard deviation over the images. Each "
-             "language has its own scorer: compare methods within a language, never across languages.", "",
-             "## Scorers", "", *scorer_lines(scoring), "",
-             "## Per method and language", "", *header, *rows(lambda r: r["category"] == ALL), "",
-             "## Paired comparisons", "",
-             "Per language, each prompt's score averaged over its seeds; the difference is method minus "
-             "against, over the prompts. 95% interval: paired bootstrap over prompts. p: two-sided Wilcoxon "
-             f"signed-rank test, Holm-corrected over the comparisons of a score. A difference counts only "
-             f"where its interval excludes 0 and p (Holm) < {ALPHA}; otherwise \"not distinguishable\".", "",
-             *comparison_lines(compared),
-             "## Per category", "", *header, *rows(lambda r: r["category"] != ALL), ""]
-    if fid:
-        lines += ["## FID against the reference images", "", "| method | images | FID |", "|---|---|---|",
-                  *(f"| {m} | {v['images']} | {v['fid']:.2f} |" for m, v in fid.items()), ""]
+             "language has its own scorer: compare methods within a language, never across languages. A "
+             f"blank image (grey levels with a standard deviation under {BLANK_STD}) is counted, not hidden.", "",
+             "## Settings", "", *markdown_table(parts["settings"]),
+             "## Scorers", "", *markdown_table(parts["scorers"])]
+    for lang, section in parts["languages"].items():
+        lines += [f"## {lang} ({language_name(lang)})", "", *(f"- {line}" for line in section["legend"]), "",
+                  *markdown_table(section["methods"]), "### By category", "", *markdown_table(section["pivot"])]
+    lines += ["## Paired comparisons", "",
+              "Per language, each prompt's score averaged over its seeds; the difference is method minus "
+              "against, over the prompts. 95% interval: paired bootstrap over prompts. p: two-sided Wilcoxon "
+              "signed-rank test, Holm-corrected over the comparisons of a score. A difference counts only "
+              f"where its interval excludes 0 and p (Holm) < {ALPHA}; otherwise \"not distinguishable\".", "",
+              *comparison_lines(compared)]
+    if parts["fid"]:
+        lines += ["## FID against the reference images", "", *markdown_table(parts["fid"])]
     return "\n".join(lines)
-
-
-def by_language(records: list[dict]) -> dict[str, tuple[list[str], dict]]:
-    """language -> (methods in order, {prompt id: {method: [records by k]}})."""
-    out: dict[str, tuple[list[str], dict]] = {}
-    for r in records:
-        methods, prompts = out.setdefault(r["language"], ([], defaultdict(lambda: defaultdict(list))))
-        if r["method"] not in methods:
-            methods.append(r["method"])
-        prompts[r["id"]][r["method"]].append(r)
-    return out
-
-
-def grid(methods: list[str], prompts: dict, size: int) -> Image.Image:
-    """First image of each prompt (rows) by method (columns), labelled with ids and method names."""
-    label_w, header_h = 140, 24
-    sheet = Image.new("RGB", (label_w + size * len(methods), header_h + size * len(prompts)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for col, method in enumerate(methods):
-        draw.text((label_w + col * size + 4, 6), method[: size // 6], fill="black")
-    for row, (pid, cells) in enumerate(prompts.items()):
-        y = header_h + row * size
-        draw.text((4, y + size // 2 - 6), pid[:22], fill="black")
-        for col, method in enumerate(methods):
-            if cells.get(method):
-                with Image.open(cells[method][0]["path"]) as im:
-                    thumb = ImageOps.contain(im.convert("RGB"), (size, size))
-                sheet.paste(thumb, (label_w + col * size, y))
-    return sheet
-
-
-def write_grids(out: Path, records: list[dict], size: int) -> list[Path]:
-    paths = []
-    for language, (methods, prompts) in by_language(records).items():
-        path = out / f"grid_{language}.png"
-        sheet = grid(methods, prompts, size)
-        atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
-        paths.append(path)
-    return paths
-
-
-def page(out: Path, settings: dict, summary: list[dict], records: list[dict], size: int) -> str:
-    """A static page: the per-language tables of prompts by method, with images and scores."""
-    e = html.escape
-    parts = ["<!doctype html>", '<html><head><meta charset="utf-8"><title>PEA evaluation</title>',
-             "<style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-             "padding:4px;vertical-align:top}.prompt{max-width:320px}.score{font-size:small}</style></head><body>",
-             "<h1>PEA evaluation</h1>", "<ul>",
-             *(f"<li>{e(k)}: {e(json.dumps(v, ensure_ascii=False))}</li>" for k, v in settings.items()), "</ul>",
-             "<table><tr><th>method</th><th>language</th><th>images</th><th>CLIPScore</th><th>CLIPScore (English)</th></tr>",
-             *(f"<tr><td>{e(r['method'])}</td><td>{e(r['language'])}</td><td>{r['images']}</td>"
-               f"<td>{_number(r['clip_score']['mean'], r['clip_score']['std'])}</td>"
-               f"<td>{_number(r['clip_score_en']['mean'], r['clip_score_en']['std'])}</td></tr>"
-               for r in summary if r["category"] == ALL), "</table>"]
-    for language, (methods, prompts) in by_language(records).items():
-        parts += [f"<h2>{e(language)}</h2>", f'<p><a href="{quote(f"grid_{language}.png")}">grid</a></p>',
-                  "<table><tr><th>prompt</th>", *(f"<th>{e(m)}</th>" for m in methods), "</tr>"]
-        for pid, cells in prompts.items():
-            first = next(iter(cells.values()))[0]
-            parts.append(f'<tr><td class="prompt"><b>{e(pid)}</b> ({e(first["category"])})<br>{e(first["text"])}'
-                         f'<br><i>{e(first["en"])}</i></td>')
-            for method in methods:
-                cell = []
-                for r in cells.get(method, []):
-                    src = quote(relative(r["path"], out))
-                    used = "" if r["conditioning_text"] in (r["text"], r["en"]) else f"<br>→ {e(r['conditioning_text'])}"
-                    cell.append(f'<a href="{src}"><img src="{src}" width="{size}" alt="{e(pid)} {e(method)}"></a>'
-                                f'<div class="score">{_number(r["clip_score"])} / {_number(r["clip_score_en"])}{used}</div>')
-                parts.append(f"<td>{''.join(cell)}</td>")
-            parts.append("</tr>")
-        parts.append("</table>")
-    parts.append("<p>Scores: CLIPScore against the prompt in its language / against the English reference.</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
 
 
 def write_report(out: Path, settings: dict, scoring: dict, summary: list[dict], compared: dict[str, list[dict]],
                  fid: dict | None, records: list[dict], grid_size: int) -> dict[str, Path | list[Path]]:
     """Every output file; returns their paths."""
+    records = add_thumbnails(records, out, grid_size)
+    parts = sections(settings, scoring, summary, compared, fid, records)
+    categories = list(dict.fromkeys(r["category"] for r in records))
+    legends = {lang: section["legend"] for lang, section in parts["languages"].items()}
     return {"json": write_json(out, settings, scoring, summary, compared, fid, records),
-            "markdown": _write_text(out / "results.md", markdown(settings, scoring, summary, compared, fid)),
-            "grids": write_grids(out, records, grid_size),
-            "html": _write_text(out / "index.html", page(out, settings, summary, records, grid_size))}
+            "markdown": _write_text(out / "results.md", markdown(parts, compared)),
+            "grids": write_grids(out, records, grid_size, legends),
+            "html": _write_text(out / "index.html", page(out, parts, records, grid_size, categories))}

@@ -2,7 +2,10 @@
 scorers, a MarianMT and InceptionV3 weights in torch-fidelity's layout."""
 from __future__ import annotations
 
+import io
 import json
+import shutil
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,8 @@ from tests.broken_training_files import interrupted_writes
 from tests.evaluation_standins import write_inception_weights, write_random_images
 
 pytestmark = pytest.mark.once  # the evaluator runs the stock nodes the workflow tests run on every release
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "evaluation"
 
 PROMPTS = {
     "zh": [("general-001", "animals", "一只红色的猫坐在桌子上", "a red cat <i>sitting</i> on a table & more"),
@@ -73,12 +78,27 @@ def evaluate(m: dict, out: Path, *extra: str) -> int:
                  "--steps", "2", "--width", "64", "--height", "64", "--cpu", "--out", str(out), *extra])
 
 
-def test_evaluator_runs_end_to_end_then_resumes_without_generating(eval_models, tmp_path, capsys):
-    out = tmp_path / "run"
-    fid = ["--fid-reference", str(eval_models["reference"]), "--inception-weights", str(eval_models["inception"]),
-           "--fid-dims", "64"] if "inception" in eval_models else []
-    assert evaluate(eval_models, out, *fid) == 0, capsys.readouterr().err
-    assert "9 new images (0 already there)" in capsys.readouterr().out
+def fid_options(m: dict) -> list[str]:
+    return ["--fid-reference", str(m["reference"]), "--inception-weights", str(m["inception"]),
+            "--fid-dims", "64"] if "inception" in m else []
+
+
+@pytest.fixture(scope="module")
+def first_run(eval_models, tmp_path_factory) -> tuple[Path, str]:
+    """The evaluator's first run (three methods, Chinese and Russian, FID where torch-fidelity is
+    installed): its folder, which the tests only read, and what it printed."""
+    out = tmp_path_factory.mktemp("evaluated") / "run"
+    printed, errors = io.StringIO(), io.StringIO()
+    with redirect_stdout(printed), redirect_stderr(errors):
+        code = evaluate(eval_models, out, *fid_options(eval_models))
+    assert code == 0, errors.getvalue()
+    return out, printed.getvalue()
+
+
+def test_evaluator_runs_end_to_end_then_resumes_without_generating(eval_models, first_run, tmp_path, capsys):
+    out, printed = first_run
+    fid = fid_options(eval_models)
+    assert "9 new images (0 already there)" in printed
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     images = results["images"]
     assert sorted({(r["method"], r["language"]) for r in images}) == sorted(
@@ -120,16 +140,18 @@ def test_evaluator_runs_end_to_end_then_resumes_without_generating(eval_models, 
     assert set(results["comparisons"]) == {"clip_score", "clip_score_judge", "clip_score_en"}
 
     markdown = (out / "results.md").read_text(encoding="utf-8")
-    assert "| pea-pea_zh_sd15 | zh | all | 2 |" in markdown and "| english | ru | animals | 1 |" in markdown
+    assert "| zh (Chinese) | english | translate | pea-pea_zh_sd15 |\n|---|---|---|---|\n| images | 2 | 2 | 2 |" in markdown
+    assert "| animals | " in markdown and "| … difference from translate [95% interval], verdict | " in markdown
     assert "| ru | altclip-multilingual (altclip) | 0.0% | 0 of 1 (" in markdown
     assert "| zh | pea-pea_zh_sd15 | translate | 2 | " in markdown and "not distinguishable" in markdown
     page = (out / "index.html").read_text(encoding="utf-8")
     assert "a red cat &lt;i&gt;sitting&lt;/i&gt; on a table &amp; more" in page and "<i>sitting</i>" not in page
-    assert 'src="images/pea-pea_zh_sd15/zh/general-001_0.png"' in page
-    for lang, rows in (("zh", 2), ("ru", 1)):
+    assert 'href="images/pea-pea_zh_sd15/zh/general-001_0.png"><img loading="lazy"' in page
+    for lang in ("zh", "ru"):
         with Image.open(out / f"grid_{lang}.png") as grid:
-            assert grid.size == (140 + 3 * 160, 24 + rows * 160)
+            assert grid.width == 300 + 3 * 160
 
+    out = Path(shutil.copytree(out, tmp_path / "run"))  # the resumes below change the folder: a copy of it
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("images/*/*/*.png")}
     interrupted_writes(out / "images" / "pea-pea_zh_sd15" / "zh" / "general-009_0.png")  # a run killed mid-write
     assert len(list(out.rglob("*.tmp"))) == 1
@@ -143,6 +165,43 @@ def test_evaluator_runs_end_to_end_then_resumes_without_generating(eval_models, 
     assert evaluate(eval_models, out, "--cfg", "3.5") == 2
     assert "holds images made with other settings (sampling differ" in capsys.readouterr().err
     assert not list(out.rglob("*.tmp")), "no half-written file is left"
+
+
+def test_report_page_opens_in_chromium_with_thumbnails_and_filters(first_run, browser):
+    out, _ = first_run
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto((out / "index.html").as_uri())
+    images = page.locator("section img")
+    assert images.count() == 9
+    for i in range(images.count()):
+        image = images.nth(i)
+        assert image.get_attribute("loading") == "lazy"
+        assert (out / image.get_attribute("src")).is_file() and image.get_attribute("src").startswith("thumbs/")
+        assert (out / image.locator("xpath=..").get_attribute("href")).is_file(), "the full image on click"
+    page.locator("section img").last.scroll_into_view_if_needed()
+    page.wait_for_function("[...document.querySelectorAll('section img')].every(i => i.complete && i.naturalWidth > 0)")
+    page.evaluate("window.scrollTo(0, 0)")  # the filter bar sticks to the top of the view
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "index.png"), full_page=True)
+
+    page.select_option("#lang", "ru")
+    assert page.locator('section[data-lang="zh"]').is_hidden() and page.locator('section[data-lang="ru"]').is_visible()
+    page.select_option("#lang", "")
+    page.select_option("#cat", "scenes")
+    assert page.locator('table.prompts tr[data-cat="animals"]').first.is_hidden()
+    assert page.locator('table.prompts tr[data-cat="scenes"]').is_visible()
+    page.select_option("#cat", "")
+
+    header = page.locator('section[data-lang="zh"] th[data-sort="diff"]').first
+    header.click()
+    column = header.evaluate("th => th.cellIndex")
+    values = page.locator('section[data-lang="zh"] table.prompts tbody tr').evaluate_all(
+        f"rows => rows.map(r => parseFloat(r.cells[{column}].dataset.value))")
+    assert values == sorted(values, reverse=True) and len(values) == 2
+    assert not errors, errors
+    page.close()
 
 
 def test_conditioning_follows_the_users_graph(eval_models, base_dir):

@@ -173,7 +173,8 @@ def jobs_to_make(jobs: list[Job], remake: bool = False) -> list[Job]:
     todo, changed = [], []
     for job in jobs:
         if job.path.is_file():
-            fields = changed_fields(png_record(job.path), job.record())
+            made = png_record(job.path)
+            fields = changed_fields(made, job.record()) if made is not None else ["no pea_evaluation record"]
             if not fields:
                 continue
             changed.append(f"{job.path} ({', '.join(fields)})")

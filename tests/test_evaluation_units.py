@@ -269,6 +269,10 @@ def test_an_image_is_reused_only_where_its_png_records_the_job(tmp_path):
                                               r".*general-001_0.png \(text\).*--remake-changed"):
         jobs_to_make(edited)
     assert jobs_to_make(edited, remake=True) == edited
-    resampled = plan([method], [prompt], {}, 2, 0, tmp_path, {("pea-a", "zh"): {"kind": "pea", "sampling": {"steps": 3}}})
+    other = {("pea-a", "zh"): {"kind": "pea", "sampling": {"steps": 3}}}
+    resampled = plan([method], [prompt], {}, 2, 0, tmp_path, other)
     with pytest.raises(EvaluationError, match=r"\(settings/sampling/steps\)"):
         jobs_to_make(resampled)
+    Image.new("RGB", (8, 8)).save(jobs[0].path)  # an image of another making, without a record
+    with pytest.raises(EvaluationError, match=r"general-001_0.png \(no pea_evaluation record\)"):
+        jobs_to_make(jobs)

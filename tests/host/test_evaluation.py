@@ -232,8 +232,9 @@ def test_a_changed_adapter_or_prompt_text_is_refused_or_remade(eval_models, tmp_
     out = tmp_path / "run"
 
     def evaluate(*extra: str) -> tuple[int, str]:
-        code = main(["--checkpoint", str(eval_models["checkpoint"]), "--language-clip", str(eval_models["language_clip"]),
-                     "--adapter", str(adapter), "--prompt-set", str(prompts), "--baselines", "translate",
+        code = main(["--checkpoint", str(eval_models["checkpoint"]),
+                     "--language-clip", str(eval_models["language_clip"]), "--adapter", str(adapter),
+                     "--prompt-set", str(prompts), "--baselines", "translate",
                      "--translation-model", str(eval_models["marian"]), "--images-per-prompt", "1", "--steps", "1",
                      "--width", "64", "--height", "64", "--cpu", "--out", str(out), *extra])
         captured = capsys.readouterr()
@@ -257,7 +258,7 @@ def test_a_changed_adapter_or_prompt_text_is_refused_or_remade(eval_models, tmp_
 
     old = json.loads((out / "translations" / "zh.json").read_text(encoding="utf-8"))["texts"]
     edited = PROMPTS["zh"][1][2]  # another text under the same id
-    write_prompt_set(prompts, {"zh": [("general-001", "animals", edited, "a red cat <i>sitting</i> on a table & more")]})
+    write_prompt_set(prompts, {"zh": [("general-001", "animals", edited, PROMPTS["zh"][0][3])]})
     code, said = evaluate()
     assert code == 2 and "general-001_0.png (text)" in said, said
     code, said = evaluate("--remake-changed")

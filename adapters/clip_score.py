@@ -25,6 +25,7 @@ import transformers
 from PIL import Image
 from torch import nn
 
+from .encoders.base import position_count
 from .encoders.hf_text import hf_model_type, load_tokenizer, read_config
 from .encoders.model_size import check_model_size
 from .encoders.open_clip_text import (CONFIG_NAME as OPEN_CLIP_CONFIG, WEIGHT_NAMES as OPEN_CLIP_WEIGHTS,
@@ -228,7 +229,8 @@ def load_hf_scorer(folder: Path, dtype: torch.dtype = torch.float32) -> HFClipSc
         raise EncoderLoadError(f"The weights in {folder} {what}{sorted(vision or missing)[:3]} ...). {NEEDS_VISION}")
     text_config = model.config.text_config
     tokenizer = load_tokenizer(folder)
-    max_length = context or min(tokenizer.model_max_length, text_config.max_position_embeddings)
+    positions = position_count(text_config) or tokenizer.model_max_length  # RoBERTa-style: less the pad offset
+    max_length = context or min(tokenizer.model_max_length, positions)
     processor = _image_processor(folder, model_type, model.config.vision_config.image_size)
     return HFClipScorer(model.eval().requires_grad_(False), processor, tokenizer, kind=model_type,
                         max_length=max_length, name=folder.name, path=folder)

@@ -9,7 +9,9 @@
 Methods: each adapter (the prompt through Load Language CLIP -> Apply PEA Adapter -> PEA Encode
 Prompt), ``english`` (the English reference through the checkpoint's CLIP: the upper
 reference) and ``translate`` (a local translation model, then the checkpoint's CLIP). Rerun the
-same command to resume: images already in ``--out`` are kept.
+same command to resume: images already in ``--out`` are kept where their PNG records the same
+text, seed, settings and model files (by content); otherwise the run is refused with what
+changed, or, with ``--remake-changed``, those images are made again.
 
 Each language is scored by a CLIP that reads it (``--score-clip LANG=FOLDER``; the
 ``--language-clip`` folder where it reads that language, else the run is refused), optionally
@@ -31,9 +33,9 @@ from adapters.errors import PEAError
 from adapters.file_format import atomic_write
 
 from .errors import EvaluationError
-from .generate import (Generator, Method, check_record, fingerprint, method_name, method_record, plan,
-                       run_record)
+from .generate import Generator, Method, check_record, method_name, method_record, plan, run_record
 from .graph import Sampling
+from .identity import ContentIds
 from .languages import LANGUAGES
 from .metrics import SCORES, fid_by_method, score_images, summarize, truncated_prompts
 from .paired import comparisons
@@ -108,6 +110,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--grid-size", type=int, default=160, help="pixels per image in the grids and the page")
     p.add_argument("--cpu", action="store_true", help="run everything on the CPU")
     p.add_argument("--out", type=Path, required=True, help="output folder (rerun to resume)")
+    p.add_argument("--remake-changed", action="store_true",
+                   help="make again the images whose settings, model files or prompt texts changed since they "
+                        "were made (default: such a run is refused)")
     return p.parse_args(argv)
 
 
@@ -142,25 +147,34 @@ def select_prompts(args) -> list[Prompt]:
     return kept
 
 
-def translate_prompts(prompts: list[Prompt], models: dict[str, Path], out: Path, device: str) -> dict[tuple[str, str], str]:
-    """English translations of every prompt, cached in ``<out>/translations/<lang>.json``."""
+def translate_prompts(prompts: list[Prompt], models: dict[str, Path], out: Path, device: str,
+                      ids: ContentIds) -> tuple[dict[tuple[str, str], str], dict[str, dict]]:
+    """English translations of every prompt, cached in ``<out>/translations/<lang>.json`` by the
+    translation model's content and the source text (an edited prompt is translated again); and,
+    per language, the prompts the model cut to its length limit."""
     from .translate import load_translator
 
-    translations = {}
+    translations, truncation = {}, {}
     for language in dict.fromkeys(p.language for p in prompts):
         model = models[language]
+        own = [p for p in prompts if p.language == language]
         cache = out / "translations" / f"{language}.json"
-        record = fingerprint(model) if model.is_dir() else None
+        record = ids.of(model) if model.is_dir() else None  # not a folder: load_translator says so
         stored = json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() else {}
-        texts = stored["texts"] if stored and stored["model"] == record else {}
-        todo = [p for p in prompts if p.language == language and p.id not in texts]
+        texts = stored["texts"] if stored.get("model") == record and "truncated" in stored else {}
+        cut = set(stored.get("truncated", [])) & set(texts)
+        todo = list(dict.fromkeys(p.text for p in own if p.text not in texts))
         if todo:
-            translated = load_translator(model, device).translate([p.text for p in todo], language)
-            texts.update({p.id: t for p, t in zip(todo, translated)})
-            data = json.dumps({"model": record, "texts": texts}, indent=2, ensure_ascii=False)
+            translator = load_translator(model, device)
+            texts.update(zip(todo, translator.translate(todo, language)))
+            cut |= {t for t, c in zip(todo, translator.truncated(todo)) if c}
+            data = json.dumps({"model": record, "texts": texts, "truncated": sorted(cut)}, indent=2,
+                              ensure_ascii=False)
             atomic_write(cache, lambda tmp: Path(tmp).write_text(data, encoding="utf-8"))
-        translations.update({(language, pid): text for pid, text in texts.items()})
-    return translations
+        translations.update({(language, p.id): texts[p.text] for p in own})
+        truncation[language] = {"path": str(model), "prompts": len(own),
+                                "truncated": [p.id for p in own if p.text in cut]}
+    return translations, truncation
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,7 +205,9 @@ def run(args) -> str:
         check_scorer_path(args.english_clip)
     if (args.fid_reference is None) != (args.inception_weights is None):
         raise EvaluationError("FID needs both --fid-reference and --inception-weights")
-    translations = translate_prompts(prompts, models, args.out, device) if needs_translation else {}
+    ids = ContentIds(args.out)
+    translations, translation_cut = translate_prompts(prompts, models, args.out, device, ids) \
+        if needs_translation else ({}, {})
 
     from comfy_runtime import import_comfy
 
@@ -199,13 +215,16 @@ def run(args) -> str:
     generator = Generator(args.checkpoint, args.language_clip)
     native = generator.native_size(needs_clip=any(m.kind != "pea" for m in methods))
     sampling = Sampling(args.width or native, args.height or native, args.steps, args.cfg, args.sampler, args.scheduler)
-    check_record(args.out / "run.json", run_record(args.checkpoint, sampling, args.seed))
+    shared = run_record(args.checkpoint, sampling, args.seed, ids)
+    check_record(args.out / "run.json", shared, args.remake_changed)
+    settings_of = {}
     for method in methods:
         for lang in languages:
-            check_record(args.out / "images" / method.name / lang / "settings.json",
-                         method_record(method, args.language_clip, models.get(lang)))
-    jobs = plan(methods, prompts, translations, args.images_per_prompt, args.seed, args.out)
-    made = generator.make(jobs, sampling)
+            record = method_record(method, args.language_clip, models.get(lang), ids)
+            check_record(args.out / "images" / method.name / lang / "settings.json", record, args.remake_changed)
+            settings_of[method.name, lang] = {**shared, **record}
+    jobs = plan(methods, prompts, translations, args.images_per_prompt, args.seed, args.out, settings_of)
+    made = generator.make(jobs, sampling, args.remake_changed)
     release_comfy_models()
 
     loaded = {c.path: load_clip_scorer(c.path, device=device) for c in [*scorers.values(), *judges.values()]}
@@ -213,7 +232,7 @@ def run(args) -> str:
     judging = {lang: loaded[c.path] for lang, c in judges.items()}
     english = load_clip_scorer(args.english_clip, device=device) if args.english_clip else None
     records = score_images(jobs, own, judging, english)
-    scoring = scoring_report(prompts, scorers, own, judges, judging, english)
+    scoring = scoring_report(prompts, scorers, own, judges, judging, english, translation_cut, ids)
     del loaded, own, judging, english
     summary = summarize(records)
     compared = {score: comparisons(records, score) for score in SCORES
@@ -239,15 +258,22 @@ def run(args) -> str:
 
 
 def scoring_report(prompts: list[Prompt], scorers: dict[str, ScorerChoice], own: dict, judges: dict[str, ScorerChoice],
-                   judging: dict, english) -> dict[str, dict]:
-    """language -> each scorer of its prompts (path, kind, unknown-token rate) with the prompts it
-    cut short ("truncated"), and the English references the English CLIP cut short."""
+                   judging: dict, english, translation: dict[str, dict], ids: ContentIds) -> dict[str, dict]:
+    """language -> each scorer of its prompts (path, kind, unknown-token rate, its files' content
+    ``identity``) with the prompts it cut short ("truncated"), the English references the English
+    CLIP cut short, and the prompts the translation model cut short."""
     cut = truncated_prompts(prompts, own)
     judge_cut = truncated_prompts(prompts, judging)
     english_cut = truncated_prompts(prompts, {lang: english for lang in own}, english=True) if english else {}
-    return {lang: {"score_clip": {**choice.as_dict(), **cut[lang]},
-                   "judge_clip": {**judges[lang].as_dict(), **judge_cut[lang]} if lang in judges else None,
-                   "english_clip": english_cut.get(lang)}
+    english_id = {"identity": ids.of(english.path)} if english else {}
+
+    def scorer(choice: ScorerChoice, truncated: dict) -> dict:
+        return {**choice.as_dict(), "identity": ids.of(choice.path), **truncated}
+
+    return {lang: {"score_clip": scorer(choice, cut[lang]),
+                   "judge_clip": scorer(judges[lang], judge_cut[lang]) if lang in judges else None,
+                   "english_clip": {**english_cut[lang], **english_id} if lang in english_cut else None,
+                   "translation": translation.get(lang)}
             for lang, choice in scorers.items()}
 
 

@@ -1,10 +1,12 @@
 """Generating the evaluation images through ComfyUI: methods, the image plan, resumable output.
 
 Images go to ``<out>/images/<method>/<lang>/<prompt id>_<k>.png`` (seed = base seed + k, the same
-for every method), each written atomically; an image already on disk is not made again. The
-settings that shape the images are recorded (``<out>/run.json`` and
-``<out>/images/<method>/<lang>/settings.json``), and a later run into the same folder with other
-settings is refused rather than mixing images of two set-ups.
+for every method), each written atomically. The settings that shape the images, the model files
+by their content (:mod:`evaluation.identity`), are recorded (``<out>/run.json`` and
+``<out>/images/<method>/<lang>/settings.json``) and again in each PNG with the image's text and
+seed. An image on disk is kept only where what its PNG records is what the job asks for; a later
+run with other settings, changed model files or edited prompt texts is refused with what changed,
+or, with ``remake=True`` (``--remake-changed``), makes the changed images again.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from adapters.file_format import atomic_write, remove_abandoned_temp_files
 
 from .errors import EvaluationError
 from .graph import GraphRunner, Sampling, checkpoint_graph, english_graph, pea_graph
+from .identity import ContentIds
 from .prompts import Prompt
 
 
@@ -44,30 +47,44 @@ class Job:
     seed: int
     text: str
     path: Path
+    settings: dict
+    """What shapes the image besides its text and seed (:func:`run_record` and :func:`method_record`)."""
+
+    def record(self) -> dict:
+        """What made the image, as its PNG records it."""
+        return {"method": self.method.name, "language": self.prompt.language, "id": self.prompt.id,
+                "text": self.text, "seed": self.seed, "settings": self.settings}
 
 
 def method_name(adapter: Path) -> str:
     return "pea-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", adapter.name.removesuffix(".safetensors"))
 
 
-def fingerprint(path: Path) -> dict:
-    """What identifies a model file or folder without reading it: where it is and its bytes."""
-    path = path.resolve()
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    return {"path": str(path), "bytes": sum(p.stat().st_size for p in files)}
+def changed_fields(before: object, now: object, where: str = "") -> list[str]:
+    """The ``/``-joined keys where two records differ (a folder's files by their names)."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        return [field for k in sorted(set(before) | set(now), key=str)
+                for field in changed_fields(before.get(k), now.get(k), f"{where}/{k}" if where else str(k))]
+    return [] if before == now else [where or "the record"]
 
 
-def check_record(path: Path, record: dict) -> None:
-    """Write ``record`` at ``path``, or check it against the one a previous run wrote there."""
+REMAKE = "rerun with --remake-changed to make them again, or use another --out folder"
+
+
+def check_record(path: Path, record: dict, remake: bool = False) -> None:
+    """Write ``record`` at ``path``, or check it against the one a previous run wrote there: a
+    difference is refused, naming the fields that changed, or with ``remake`` the new record is
+    written (the images it covers are then remade, their PNGs no longer matching)."""
     if path.is_file():
         previous = json.loads(path.read_text(encoding="utf-8"))
-        changed = sorted(k for k in set(previous) | set(record) if previous.get(k) != record.get(k))
-        if changed:
+        changed = changed_fields(previous, record)
+        if not changed:
+            return
+        if not remake:
             raise EvaluationError(
-                f"{path.parent} holds images made with other settings ({', '.join(changed)} differ: "
-                f"{ {k: previous.get(k) for k in changed} } before, now { {k: record.get(k) for k in changed} }). "
-                f"Use another --out folder, or delete {path.parent} to make them again.")
-        return
+                f"{path.parent} holds images made with other settings or model files ({', '.join(changed)} "
+                f"changed since {path} was written): {REMAKE}")
+        print(f"{path.parent}: {', '.join(changed)} changed; the images made before are made again")
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2, ensure_ascii=False),
                                                           encoding="utf-8"))
 
@@ -123,21 +140,50 @@ class Generator:
         return pea_graph(self.checkpoint, self.language_clip, self.adapter_name(job.method.adapter), job.text,
                          sampling, job.seed)
 
-    def make(self, jobs: list[Job], sampling: Sampling) -> int:
-        """Sample every job whose image is missing, in order; the number made."""
+    def make(self, jobs: list[Job], sampling: Sampling, remake: bool = False) -> int:
+        """Sample every job whose image is missing (or, with ``remake``, made otherwise), in order;
+        the number made."""
         import comfy.utils
 
         comfy.utils.PROGRESS_BAR_ENABLED = False  # one bar for the run, not one per KSampler call
         for folder in dict.fromkeys(j.path.parent for j in jobs):  # writes a killed run left half-done
             remove_abandoned_temp_files(folder)
-        todo = [j for j in jobs if not j.path.is_file()]
+        todo = jobs_to_make(jobs, remake)
         with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="generating", unit="image") as bar:
             for job in todo:
                 (images,) = self.runner.run(self.graph(job, sampling), "decode")
-                save_png(to_pil(images)[0], job.path, {"method": job.method.name, "language": job.prompt.language,
-                                                       "id": job.prompt.id, "text": job.text, "seed": job.seed})
+                save_png(to_pil(images)[0], job.path, job.record())
                 bar.update()
         return len(todo)
+
+
+def png_record(path: Path) -> dict | None:
+    """What the PNG at ``path`` records of its making (None where it records nothing readable)."""
+    try:
+        with Image.open(path) as im:
+            return json.loads(im.text["pea_evaluation"])
+    except (OSError, KeyError, ValueError, SyntaxError):
+        return None
+
+
+def jobs_to_make(jobs: list[Job], remake: bool = False) -> list[Job]:
+    """The jobs whose image is missing or was made otherwise (text, seed, method or settings in
+    its PNG differ from the job's); the latter are refused, naming the image and the fields,
+    unless ``remake``."""
+    todo, changed = [], []
+    for job in jobs:
+        if job.path.is_file():
+            made = png_record(job.path)
+            fields = changed_fields(made, job.record()) if made is not None else ["no pea_evaluation record"]
+            if not fields:
+                continue
+            changed.append(f"{job.path} ({', '.join(fields)})")
+        todo.append(job)
+    if changed and not remake:
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise EvaluationError(f"{len(changed)} image(s) on disk were made otherwise than this run asks: "
+                              f"{'; '.join(changed[:3])}{more} changed: {REMAKE}")
+    return todo
 
 
 def save_png(image: Image.Image, path: Path, info: dict) -> None:
@@ -157,23 +203,26 @@ def prompt_text(method: Method, prompt: Prompt, translations: dict[tuple[str, st
 
 
 def plan(methods: list[Method], prompts: list[Prompt], translations: dict[tuple[str, str], str],
-         images_per_prompt: int, seed: int, out: Path) -> list[Job]:
-    """Every image of the run, method by method (so each method's models load once)."""
+         images_per_prompt: int, seed: int, out: Path, settings: dict[tuple[str, str], dict]) -> list[Job]:
+    """Every image of the run, method by method (so each method's models load once);
+    ``settings[method name, language]`` is what else shapes those images."""
     return [Job(method, prompt, k, seed + k, prompt_text(method, prompt, translations),
-                out / "images" / method.name / prompt.language / f"{prompt.id}_{k}.png")
+                out / "images" / method.name / prompt.language / f"{prompt.id}_{k}.png",
+                settings[method.name, prompt.language])
             for method in methods for prompt in prompts for k in range(images_per_prompt)]
 
 
-def method_record(method: Method, language_clip: Path | None, translation_model: Path | None) -> dict:
+def method_record(method: Method, language_clip: Path | None, translation_model: Path | None,
+                  ids: ContentIds) -> dict:
     """What, besides the run's sampling settings, shapes a method's images in one language."""
     record: dict = {"kind": method.kind}
     if method.kind == "pea":
-        record.update(adapter=fingerprint(method.adapter), language_clip=fingerprint(language_clip))
+        record.update(adapter=ids.of(method.adapter), language_clip=ids.of(language_clip))
     if method.kind == "translate":
-        record["translation_model"] = fingerprint(translation_model)
+        record["translation_model"] = ids.of(translation_model)
     return record
 
 
-def run_record(checkpoint: Path, sampling: Sampling, seed: int) -> dict:
+def run_record(checkpoint: Path, sampling: Sampling, seed: int, ids: ContentIds) -> dict:
     """What shapes every image of the run."""
-    return {"checkpoint": fingerprint(checkpoint), "sampling": asdict(sampling), "seed": seed}
+    return {"checkpoint": ids.of(checkpoint), "sampling": asdict(sampling), "seed": seed}

@@ -2,7 +2,8 @@
 
 MarianMT (Helsinki-NLP opus-mt-<src>-en, one folder per language, or opus-mt-mul-en), NLLB-200
 and M2M100 folders load with transformers from local files only (``trust_remote_code=False``);
-decoding follows the folder's own generation config (beam search for opus-mt).
+decoding follows the folder's own generation config (beam search for opus-mt). A prompt longer than
+the model's positions is cut to its start (:meth:`Translator.truncated` says which).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from adapters.encoders.base import position_count
 from adapters.encoders.hf_text import hf_model_type, load_tokenizer
 from adapters.encoders.tokenizer_guard import tokenizer_panics
 from adapters.errors import EncoderLoadError
@@ -30,6 +32,15 @@ class Translator:
         self.tokenizer = tokenizer
         self.folder = folder
         self.nllb = type(tokenizer).__name__.startswith("Nllb")
+        positions = position_count(model.config)
+        self.max_length = min(tokenizer.model_max_length, positions or tokenizer.model_max_length)
+        """The most source tokens (specials included) the encoder reads; a longer prompt is cut."""
+
+    def truncated(self, texts: list[str]) -> list[bool]:
+        """Whether each text is longer than the model reads (then only its start is translated)."""
+        with tokenizer_panics(self.folder):
+            lengths = [len(ids) for ids in self.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]]
+        return [n > self.max_length for n in lengths]
 
     def _target_token(self) -> int | None:
         if hf_model_type(self.folder) != "m2m_100":
@@ -47,7 +58,7 @@ class Translator:
             out = []
             for start in range(0, len(texts), batch_size):
                 batch = self.tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                                       truncation=True)
+                                       truncation=True, max_length=self.max_length)
                 ids = self.model.generate(**{k: v.to(self.model.device) for k, v in batch.items()}, **extra)
                 out += [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
         return out

@@ -13,6 +13,11 @@ from .folders import find_language_clip, list_language_clips
 from .language_clip import model_options
 from .pea_nodes import CATEGORY, LANGUAGES, found_or_message
 
+BLANK_STD = 0.01
+"""An image whose every channel's pixel standard deviation (on the 0..1 scale, about 2.5 of 255
+levels) is below this is flagged blank: a black, white or one-colour image, often a failed sample
+or a safety filter's output, which CLIP may still score like any other."""
+
 _loaded: dict[tuple, comfy.model_patcher.ModelPatcher] = {}
 """The last scorer loaded (one at a time), in a ModelPatcher so ComfyUI can offload it."""
 
@@ -30,9 +35,19 @@ def scorer_patcher(clip_name: str, device: str) -> comfy.model_patcher.ModelPatc
     return _loaded[key]
 
 
-def ranking_text(scores: list[float], order: list[int], truncated_at: int | None = None) -> str:
-    """One line per image, best first; ``truncated_at``: the token limit the prompt exceeded."""
-    lines = [f"{rank}. CLIPScore {scores[i]:.2f} (batch image {i + 1})" for rank, i in enumerate(order, start=1)]
+def blank_images(images: torch.Tensor) -> list[bool]:
+    """Whether each image of a ComfyUI IMAGE ``[B, H, W, C]`` is near-constant (see :data:`BLANK_STD`)."""
+    spread = images.float().flatten(1, 2).std(dim=1, correction=0)  # [B, C]
+    return (spread.amax(dim=1) < BLANK_STD).tolist()
+
+
+def ranking_text(scores: list[float], order: list[int], truncated_at: int | None = None,
+                 blank: list[bool] | None = None) -> str:
+    """One line per image, best first, blank images flagged; ``truncated_at``: the token limit the
+    prompt exceeded."""
+    blank = blank or [False] * len(scores)
+    lines = [f"{rank}. CLIPScore {scores[i]:.2f} (batch image {i + 1})"
+             + (" - blank image (near-constant pixels)" if blank[i] else "") for rank, i in enumerate(order, start=1)]
     if truncated_at:
         lines.append(f"The prompt is longer than this CLIP reads ({truncated_at} tokens): only its start was scored.")
     return "\n".join(lines)
@@ -81,7 +96,8 @@ class PEALanguageCLIPScore:
         order = torch.argsort(scores, descending=True, stable=True).tolist()
         values = scores.tolist()
         truncated_at = patcher.model.text_limit if patcher.model.truncated([text])[0] else None
-        return (images[order], [values[i] for i in order], ranking_text(values, order, truncated_at))
+        return (images[order], [values[i] for i in order],
+                ranking_text(values, order, truncated_at, blank_images(images)))
 
 
 NODE_CLASS_MAPPINGS = {"PEALanguageCLIPScore": PEALanguageCLIPScore}

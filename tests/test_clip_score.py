@@ -126,3 +126,20 @@ def test_standin_makers_write_both_towers(encoder_dirs):
         assert (encoder_dirs[kind] / "preprocessor_config.json").is_file()
         keys = safetensors.torch.load_file(str(encoder_dirs[kind] / "model.safetensors"))
         assert any(k.startswith("vision_model.") for k in keys)
+
+
+@pytest.mark.parametrize("kind", ["altclip", "clip", "chinese_clip"])
+def test_texts_at_and_past_the_text_limit_are_scored_as_their_start(encoder_dirs, images, kind):
+    """AltCLIP's XLM-R tower holds max_position_embeddings less pad_token_id + 1 tokens (80 -> 78):
+    a text at that limit and one past it score, the longer one as its first 78 tokens."""
+    scorer = load_clip_scorer(encoder_dirs[kind])
+    config = transformers.AutoConfig.from_pretrained(str(encoder_dirs[kind]), local_files_only=True).text_config
+    expected = {"altclip": config.max_position_embeddings - config.pad_token_id - 1, "clip": 77, "chinese_clip": 52}
+    assert scorer.text_limit == expected[kind]
+    lengths = {n: scorer.text_lengths(["猫 " * n])[0] for n in range(10, 90)}
+    at = next(n for n, length in lengths.items() if length == scorer.text_limit)
+    texts = ["猫 " * at, "猫 " * (at + 30)]
+    assert scorer.truncated(texts) == [False, True]
+    scores = scorer.score(images[:2], texts)
+    assert torch.isfinite(scores).all()
+    assert torch.allclose(scorer.embed_texts(texts[1:]), scorer.embed_texts(["猫 " * (at + 5)]), atol=1e-5)

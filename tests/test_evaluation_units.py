@@ -185,3 +185,94 @@ def test_fid_refuses_unsafe_or_missing_weights(tmp_path, inception):
         FID(wrong)
     with pytest.raises(EvaluationError, match="FID feature dims must be one of 64, 192, 768, 2048, not 100"):
         FID(inception, dims=100)
+
+
+def test_translation_at_and_past_the_models_positions_is_cut_and_counted(marian):
+    """A short MarianMT (64 positions) translates a prompt at and past its limit instead of raising
+    IndexError, cut to its start as transformers' own truncation cuts it, and says which were cut."""
+    from evaluation.translate import load_translator
+
+    translator = load_translator(marian)
+    tokenizer = transformers.MarianTokenizer.from_pretrained(str(marian))
+    lengths = {n: len(tokenizer("猫" * n)["input_ids"]) for n in range(40, 140)}
+    at = next(n for n, length in lengths.items() if length == 64)
+    texts = ["猫" * at, "红烧狮子头，" * 40]
+    assert translator.max_length == 64 and translator.truncated(texts) == [False, True]
+    translated = translator.translate(texts, "zh")
+    model = transformers.MarianMTModel.from_pretrained(str(marian)).eval()
+    with torch.no_grad():
+        ids = model.generate(**tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=64))
+    assert translated == [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+def test_a_model_file_rewritten_in_place_with_the_same_size_changes_its_identity(tmp_path):
+    from evaluation.identity import CACHE_NAME, ContentIds
+
+    adapter = tmp_path / "models" / "pea.safetensors"
+    adapter.parent.mkdir()
+    adapter.write_bytes(b"a" * 1000)
+    ids = ContentIds(tmp_path / "out")
+    before = ids.of(adapter)
+    assert before == ContentIds(tmp_path / "out").of(adapter), "the same file, read from the cache"
+    cached = json.loads((tmp_path / "out" / CACHE_NAME).read_text(encoding="utf-8"))
+    assert cached[str(adapter.resolve())]["sha256"] == before["sha256"]
+    adapter.write_bytes(b"b" * 1000)  # retrained in place: the same size, a new modification time
+    assert ContentIds(tmp_path / "out").of(adapter) != before
+
+
+def test_a_folders_identity_is_its_model_files_by_content(tmp_path, marian):
+    from evaluation.identity import ContentIds
+
+    folder = shutil.copytree(marian, tmp_path / "opus-mt")
+    ids = ContentIds(tmp_path / "out")
+    before = ids.of(folder)
+    assert {"config.json", "source.spm", "vocab.json"} <= set(before["files"])
+    (folder / "README.md").write_text("notes", encoding="utf-8")
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "x.json").write_text("{}", encoding="utf-8")
+    assert ids.of(folder) == before, "notes and hidden files are not the model"
+    assert ids.of(shutil.copytree(folder, tmp_path / "moved")) == before, "where it lies does not count"
+    (folder / "config.json").write_text((folder / "config.json").read_text(encoding="utf-8") + " ", encoding="utf-8")
+    assert ids.of(folder) != before
+
+
+def test_a_changed_record_is_refused_naming_the_field_or_rewritten_on_request(tmp_path):
+    from evaluation.generate import check_record
+
+    path = tmp_path / "images" / "pea-a" / "zh" / "settings.json"
+    record = {"kind": "pea", "adapter": {"sha256": "1" * 64}, "language_clip": {"files": {"config.json": "2"}}}
+    check_record(path, record)
+    check_record(path, record)
+    changed = {**record, "language_clip": {"files": {"config.json": "3"}}}
+    with pytest.raises(EvaluationError, match=r"pea-a.zh holds images made with other settings or model files "
+                                              r"\(language_clip/files/config.json changed.*--remake-changed"):
+        check_record(path, changed)
+    check_record(path, changed, remake=True)
+    assert json.loads(path.read_text(encoding="utf-8")) == changed
+
+
+def test_an_image_is_reused_only_where_its_png_records_the_job(tmp_path):
+    from PIL import Image
+
+    from evaluation.generate import Method, jobs_to_make, plan, save_png
+    from evaluation.prompts import Prompt
+
+    method = Method("pea-a", "pea")
+    prompt = Prompt("general-001", "zh", "一只猫", "a cat", "animals", "general")
+    settings = {("pea-a", "zh"): {"kind": "pea", "sampling": {"steps": 2}}}
+    jobs = plan([method], [prompt], {}, 2, 0, tmp_path, settings)
+    for job in jobs:
+        save_png(Image.new("RGB", (8, 8)), job.path, job.record())
+    assert jobs_to_make(jobs) == []
+    edited = plan([method], [Prompt(**{**prompt.as_dict(), "text": "两只黑狗"})], {}, 2, 0, tmp_path, settings)
+    with pytest.raises(EvaluationError, match=r"2 image\(s\) on disk were made otherwise than this run asks: "
+                                              r".*general-001_0.png \(text\).*--remake-changed"):
+        jobs_to_make(edited)
+    assert jobs_to_make(edited, remake=True) == edited
+    other = {("pea-a", "zh"): {"kind": "pea", "sampling": {"steps": 3}}}
+    resampled = plan([method], [prompt], {}, 2, 0, tmp_path, other)
+    with pytest.raises(EvaluationError, match=r"\(settings/sampling/steps\)"):
+        jobs_to_make(resampled)
+    Image.new("RGB", (8, 8)).save(jobs[0].path)  # an image of another making, without a record
+    with pytest.raises(EvaluationError, match=r"general-001_0.png \(no pea_evaluation record\)"):
+        jobs_to_make(jobs)

@@ -33,6 +33,21 @@ def test_ranking_says_when_the_prompt_was_cut_short(pack):
     assert ranking.splitlines()[-1] == "The prompt is longer than this CLIP reads (52 tokens): only its start was scored."
 
 
+def test_ranking_flags_blank_images(pack):
+    """A black and a one-colour image (every channel's pixel spread below 0.01) are flagged; a
+    faint gradient above it and noise are not."""
+    node = pack.NODE_CLASS_MAPPINGS["PEALanguageCLIPScore"]()
+    noise = torch.from_numpy(np.random.default_rng(5).random((32, 32, 3), dtype=np.float32))
+    red = torch.zeros(32, 32, 3)
+    red[..., 0] = 1.0
+    gradient = torch.linspace(0.5, 0.55, 32).reshape(1, 32, 1).expand(32, 32, 3)  # spread 0.0146
+    images = torch.stack([noise, torch.zeros(32, 32, 3), red, gradient])
+    _, scores, ranking = node.score(images, PROMPT, "chinese-clip-tiny")
+    flagged = sorted(int(re.search(r"batch image (\d)", line)[1]) for line in ranking.splitlines()
+                     if line.endswith(" - blank image (near-constant pixels)"))
+    assert flagged == [2, 3] and len(ranking.splitlines()) == 4
+
+
 def test_node_refuses_a_text_only_clip_and_an_empty_prompt(pack):
     node = pack.NODE_CLASS_MAPPINGS["PEALanguageCLIPScore"]()
     images = torch.zeros(1, 32, 32, 3)
@@ -54,7 +69,9 @@ def test_workflow_11_ranks_a_batch_of_four_in_the_server(server, base_dir):
     ranked = [out / im["subfolder"] / im["filename"] for im in entry["outputs"]["11"]["images"]]
     (best,) = [out / im["subfolder"] / im["filename"] for im in entry["outputs"]["13"]["images"]]
     scorer = load_clip_scorer(base_dir / "models" / "language_clip" / "chinese-clip-tiny")
-    text = graph[by_class["PEALanguageCLIPScore"]]["inputs"]["text"]
+    source, _ = graph[by_class["PEALanguageCLIPScore"]]["inputs"]["text"]
+    assert graph[by_class["PEAEncodePrompt"]]["inputs"]["text"] == [source, 0], "the prompt is typed once"
+    text = graph[source]["inputs"]["value"]
     saved = scorer.score([Image.open(p).convert("RGB") for p in ranked], text).tolist()
     assert saved == pytest.approx(scores, abs=0.006)  # the saved PNGs score as the node did (2 decimals)
     assert np.array_equal(np.asarray(Image.open(best)), np.asarray(Image.open(ranked[0])))

@@ -116,7 +116,7 @@ def test_evaluator_runs_end_to_end_then_resumes_without_generating(eval_models, 
             assert im.size == (64, 64)
             used = json.loads(im.text["pea_evaluation"])["text"]
             pixels = im.convert("RGB")
-        assert used == {"english": r["en"], "translate": translations[r["language"]][r["id"]]}.get(r["method"], r["text"])
+        assert used == {"english": r["en"], "translate": translations[r["language"]][r["text"]]}.get(r["method"], r["text"])
         assert r["clip_score"] == pytest.approx(float(scorers[r["language"]].score([pixels], r["text"])[0]), abs=1e-4)
         assert r["clip_score_judge"] == pytest.approx(float(judge.score([pixels], r["text"])[0]), abs=1e-4)
         assert r["clip_score_en"] == pytest.approx(float(en_clip.score([pixels], r["en"])[0]), abs=1e-4)
@@ -163,7 +163,7 @@ def test_evaluator_runs_end_to_end_then_resumes_without_generating(eval_models, 
     assert evaluate(eval_models, out, "--images-per-prompt", "2", "--baselines", "none") == 0
     assert "3 new images (3 already there)" in capsys.readouterr().out, "a new seed adds images, the rest is kept"
     assert evaluate(eval_models, out, "--cfg", "3.5") == 2
-    assert "holds images made with other settings (sampling differ" in capsys.readouterr().err
+    assert "holds images made with other settings or model files (sampling/cfg changed" in capsys.readouterr().err
     assert not list(out.rglob("*.tmp")), "no half-written file is left"
 
 
@@ -273,3 +273,58 @@ def test_russian_prompts_with_only_a_chinese_clip_are_refused(eval_models, tmp_p
     assert ("error: --score-clip: chinese-clip-tiny (chinese_clip) reads Chinese, not the Russian prompts; give a "
             "CLIP that reads Russian: --score-clip ru=FOLDER") in capsys.readouterr().err
     assert not out.exists(), "refused before anything is written"
+
+
+
+def test_a_changed_adapter_or_prompt_text_is_refused_or_remade(eval_models, tmp_path, capsys):
+    """An adapter retrained in place (same size, other weights) and a prompt edited under its id are
+    noticed by content: refused with what changed, remade with --remake-changed, translation included."""
+    import shutil
+
+    import safetensors.torch
+    from safetensors import safe_open
+
+    from evaluation.evaluate import main
+
+    adapter = Path(shutil.copy(eval_models["adapter"], tmp_path / "pea_zh_sd15.safetensors"))
+    prompts = write_prompt_set(tmp_path / "prompts", {"zh": [PROMPTS["zh"][0]]})
+    out = tmp_path / "run"
+
+    def evaluate(*extra: str) -> tuple[int, str]:
+        code = main(["--checkpoint", str(eval_models["checkpoint"]),
+                     "--language-clip", str(eval_models["language_clip"]), "--adapter", str(adapter),
+                     "--prompt-set", str(prompts), "--baselines", "translate",
+                     "--translation-model", str(eval_models["marian"]), "--images-per-prompt", "1", "--steps", "1",
+                     "--width", "64", "--height", "64", "--cpu", "--out", str(out), *extra])
+        captured = capsys.readouterr()
+        return code, captured.out + captured.err
+
+    code, said = evaluate()
+    assert code == 0 and "2 new images (0 already there)" in said, said
+    pea_image = out / "images" / "pea-pea_zh_sd15" / "zh" / "general-001_0.png"
+    stamp = pea_image.stat().st_mtime_ns
+
+    size = adapter.stat().st_size
+    with safe_open(str(adapter), "pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    safetensors.torch.save_file({k: -v for k, v in tensors.items()}, str(adapter), metadata)
+    assert adapter.stat().st_size == size, "retrained in place: the same size"
+    code, said = evaluate()
+    assert code == 2 and "pea-pea_zh_sd15" in said and "adapter/sha256 changed" in said, said
+    assert pea_image.stat().st_mtime_ns == stamp, "refused before anything is made"
+    code, said = evaluate("--remake-changed")
+    assert code == 0 and "1 new images (1 already there)" in said, said
+
+    old = json.loads((out / "translations" / "zh.json").read_text(encoding="utf-8"))["texts"]
+    edited = PROMPTS["zh"][1][2]  # another text under the same id
+    write_prompt_set(prompts, {"zh": [("general-001", "animals", edited, PROMPTS["zh"][0][3])]})
+    code, said = evaluate()
+    assert code == 2 and "general-001_0.png (text)" in said, said
+    code, said = evaluate("--remake-changed")
+    translations = json.loads((out / "translations" / "zh.json").read_text(encoding="utf-8"))["texts"]
+    assert set(translations) == set(old) | {edited}, "translations are cached by their source text"
+    remade = 1 + (translations[edited] != translations[PROMPTS["zh"][0][2]])  # a tiny model may say the same
+    assert code == 0 and f"{remade} new images ({2 - remade} already there)" in said, said
+    with Image.open(pea_image) as im:
+        assert json.loads(im.text["pea_evaluation"])["text"] == edited
+    assert evaluate()[1].startswith("0 new images (2 already there)")

@@ -198,7 +198,10 @@ def test_ui_workflow_opens_in_the_browser_without_missing_nodes(server, browser,
     types = page.evaluate("window.app.graph._nodes.map(n => n.type)")
     unregistered = page.evaluate("window.app.graph._nodes.filter(n => n.constructor.nodeData === undefined && "
                                  "!['Note', 'MarkdownNote'].includes(n.type)).map(n => n.type)")
+    queued = page.evaluate("async () => (await window.app.graphToPrompt()).output")  # what Run would send
     page.close()
+    fed = [(str(n["id"]), i["name"]) for n in workflow["nodes"] for i in n["inputs"] if "widget" in i and i["link"]]
+    assert all(isinstance(queued[node]["inputs"][name], list) for node, name in fed), "linked widgets stay linked"
     assert "missing" not in dialogs.lower(), dialogs
     assert not errors, errors
     assert sorted(types) == sorted(n["type"] for n in workflow["nodes"])

@@ -89,8 +89,10 @@ NOTES = {
     "11_sd15_chinese_best_of_four_by_clip_score": (
         "Four images of one Chinese prompt, ranked by Language CLIP Score: CLIPScore against the prompt in Chinese, "
         "read by Chinese-CLIP's own vision tower. Preview Any shows the ranking; all four are saved best first, and "
-        "Image From Batch (index 0) saves the best one alone. Type the same prompt into PEA Encode Prompt and the "
-        "score node.\n\nModel files:\n"
+        "Image From Batch (index 0) saves the best one alone. The prompt is typed once, in the String (Multiline) "
+        "node that feeds both PEA Encode Prompt and the score node, so the images are scored against the text they "
+        "were made from. The ranking flags blank (near-constant) images and says when the prompt was longer than "
+        "the CLIP reads.\n\nModel files:\n"
         "- models/checkpoints/v1-5-pruned-emaonly.safetensors (any SD1.5 checkpoint or fine-tune)\n"
         "- models/language_clip/chinese-clip-vit-huge-patch14/ (Hugging Face OFA-Sys/chinese-clip-vit-huge-patch14 "
         "as downloaded, with its vision tower and preprocessor_config.json: the adapter reads its text tower, the "
@@ -132,6 +134,9 @@ def api_to_ui(api: dict, object_info: dict, note: str) -> dict:
                 links.append([link_id, src, slot, ids[key], len(inputs), link_type])
                 out_links.setdefault((src, slot), []).append(link_id)
                 inputs.append({"name": name, "type": kind, "link": link_id})
+                if _is_widget(kind):  # a widget fed by a link: its socket, its (unused) value kept in place
+                    inputs[-1]["widget"] = {"name": name}
+                    widgets.append((opts[0] or {}).get("default", "") if opts else "")
             elif _is_widget(kind):
                 widgets.append(value if value is not None else (opts[0] or {}).get("default"))
                 if opts and (opts[0] or {}).get("control_after_generate"):

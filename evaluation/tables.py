@@ -139,9 +139,10 @@ def scorer_table(scoring: dict) -> Table:
     for lang, s in scoring.items():
         own, judge = s["score_clip"], s["judge_clip"]
         rows.append([lang, _name(own), f"{own['unknown_rate']:.1%}", f"{_truncated(own)} ({own['token_limit']})",
-                     _name(judge), _truncated(judge), _truncated(s["english_clip"])])
+                     _name(judge), _truncated(judge), _truncated(s["english_clip"]), _truncated(s.get("translation"))])
     return Table(["language", "scored by", "unknown tokens", "truncated prompts (token limit)", "judge",
-                  "judge truncated", "English references truncated"], rows, keys=list(scoring))
+                  "judge truncated", "English references truncated", "cut short by the translator"], rows,
+                 keys=list(scoring))
 
 
 def fid_table(fid: dict) -> Table:

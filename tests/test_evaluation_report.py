@@ -24,7 +24,8 @@ SETTINGS = {"checkpoint": "sd15.safetensors", "sampling": {"width": 64, "steps":
             "languages": ["zh"], "language_clip": None, "english_clip": "/models/clip-en"}
 SCORING = {"zh": {"score_clip": {"path": "/models/chinese-clip-tiny", "kind": "chinese_clip", "unknown_rate": 0.0,
                                  "token_limit": 52, "prompts": 3, "truncated": ["general-003"]},
-                  "judge_clip": None, "english_clip": {"token_limit": 77, "prompts": 3, "truncated": []}}}
+                  "judge_clip": None, "english_clip": {"token_limit": 77, "prompts": 3, "truncated": []},
+                  "translation": {"path": "/models/opus-mt-zh-en", "prompts": 3, "truncated": ["general-002"]}}}
 
 
 def constructed(out: Path) -> list[dict]:
@@ -77,7 +78,8 @@ def test_markdown_tables_per_language_with_differences_from_translate(report):
             in md), "the category pivot"
     assert "| sampling.steps | 2 |" in md and "| languages | zh |" in md and "| language_clip | — |" in md
     assert '{"width"' not in md, "settings are a table, not JSON"
-    assert "| zh | chinese-clip-tiny (chinese_clip) | 0.0% | 1 of 3: general-003 (52) |" in md
+    assert ("| zh | chinese-clip-tiny (chinese_clip) | 0.0% | 1 of 3: general-003 (52) | — | — | 0 of 3 | "
+            "1 of 3: general-002 |") in md
 
 
 def test_flipped_difference_reads_a_comparison_the_other_way():

@@ -21,7 +21,7 @@ from adapters.clip_score import to_pil
 from adapters.file_format import atomic_write, remove_abandoned_temp_files
 
 from .errors import EvaluationError
-from .graph import GraphRunner, Sampling, checkpoint_graph, english_graph, pea_graph
+from .graph import GraphExecutor, Host, Sampling, english_graph, pea_graph
 from .prompts import Prompt
 
 
@@ -72,15 +72,20 @@ def check_record(path: Path, record: dict) -> None:
                                                           encoding="utf-8"))
 
 
+PROBE = Sampling(512, 512, 1, 1.0, "euler", "normal")
+"""Sampling settings of the graph that loads the checkpoint before the size is known (only its
+loader runs; its output stays in ComfyUI's cache for the first image)."""
+
+
 class Generator:
-    """Samples images through ComfyUI's node classes with one checkpoint and one language CLIP."""
+    """Samples images through ComfyUI's executor with one checkpoint and one language CLIP."""
 
     def __init__(self, checkpoint: Path, language_clip: Path | None):
-        import nodes as comfy_nodes
-
         from comfy_runtime import load_pack
 
-        self.runner = GraphRunner({**comfy_nodes.NODE_CLASS_MAPPINGS, **load_pack().NODE_CLASS_MAPPINGS})
+        load_pack()
+        self.progress: tqdm | None = None
+        self.executor = GraphExecutor(Host(on_progress=self._show_progress))
         self.checkpoint = self._register("checkpoints", checkpoint)
         self.language_clip = None if language_clip is None else self._register("language_clip", language_clip)
         self.adapters: dict[Path, str] = {}
@@ -100,7 +105,7 @@ class Generator:
         import comfy.model_base
         import comfy.supported_models
 
-        model, clip, _vae = self.runner.run(checkpoint_graph(self.checkpoint), "checkpoint")
+        model, clip, _vae = self.executor.run(english_graph(self.checkpoint, "", PROBE, 0), "checkpoint")
         if needs_clip and clip is None:
             raise EvaluationError(f"checkpoint {self.checkpoint} holds no text encoder, which the English and "
                                   f"translation baselines need (leave them out with --baselines none)")
@@ -132,12 +137,19 @@ class Generator:
             remove_abandoned_temp_files(folder)
         todo = [j for j in jobs if not j.path.is_file()]
         with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="generating", unit="image") as bar:
+            self.progress = bar
             for job in todo:
-                (images,) = self.runner.run(self.graph(job, sampling), "decode")
+                (images,) = self.executor.run(self.graph(job, sampling), "decode")
                 save_png(to_pil(images)[0], job.path, {"method": job.method.name, "language": job.prompt.language,
                                                        "id": job.prompt.id, "text": job.text, "seed": job.seed})
                 bar.update()
+        self.progress = None
         return len(todo)
+
+    def _show_progress(self, node_id: str | None, value: int, total: int) -> None:
+        """ComfyUI's step progress (the sampler's steps) beside the image count."""
+        if self.progress is not None:
+            self.progress.set_postfix_str(f"{node_id}: step {value}/{total}", refresh=False)
 
 
 def save_png(image: Image.Image, path: Path, info: dict) -> None:

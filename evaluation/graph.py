@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from adapters.errors import PEAError
 
@@ -77,9 +77,9 @@ def pea_graph(checkpoint: str, language_clip: str, adapter: str, text: str, samp
 class Host:
     """The server side ComfyUI's executor expects from whoever embeds it (in ComfyUI, ``server.PromptServer``).
 
-    The executor sets ``client_id`` and ``last_node_id`` and sends its messages here; with no
-    client to forward them to, the host keeps none (the executor's ``status_messages`` hold
-    them). Step progress reaches :meth:`progress`, ComfyUI's global progress-bar hook.
+    The executor sets ``client_id`` and ``last_node_id`` and sends its web-client messages here;
+    with no client to forward them to, the host drops them (the executor keeps its status
+    messages itself). Step progress reaches :meth:`progress`, ComfyUI's global progress-bar hook.
     """
 
     def __init__(self, on_progress: Callable[[str | None, int, int], None] | None = None):
@@ -175,4 +175,5 @@ class GraphExecutor:
         if not valid:
             reasons = [f"{e['class_type']} (node {node_id}): {r['message']}: {r['details']}"
                        for node_id, e in node_errors.items() for r in e["errors"]]
-            raise EvaluationError(f"ComfyUI refused the graph: {'; '.join(reasons) or error['message'] + ' ' + error['details']}")
+            why = "; ".join(reasons) or f"{error['message']} {error['details']}".strip()
+            raise EvaluationError(f"ComfyUI refused the graph: {why}")

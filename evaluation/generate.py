@@ -21,7 +21,7 @@ from adapters.clip_score import to_pil
 from adapters.file_format import atomic_write, remove_abandoned_temp_files
 
 from .errors import EvaluationError
-from .graph import GraphExecutor, Host, Sampling, english_graph, pea_graph
+from .graph import GraphExecutor, Sampling, english_graph, pea_graph
 from .prompts import Prompt
 
 
@@ -84,8 +84,7 @@ class Generator:
         from comfy_runtime import load_pack
 
         load_pack()
-        self.progress: tqdm | None = None
-        self.executor = GraphExecutor(Host(on_progress=self._show_progress))
+        self.executor = GraphExecutor()
         self.checkpoint = self._register("checkpoints", checkpoint)
         self.language_clip = None if language_clip is None else self._register("language_clip", language_clip)
         self.adapters: dict[Path, str] = {}
@@ -137,19 +136,13 @@ class Generator:
             remove_abandoned_temp_files(folder)
         todo = [j for j in jobs if not j.path.is_file()]
         with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="generating", unit="image") as bar:
-            self.progress = bar
+            self.executor.host.on_progress = lambda node, step, of: bar.set_postfix_str(f"{node}: step {step}/{of}")
             for job in todo:
                 (images,) = self.executor.run(self.graph(job, sampling), "decode")
                 save_png(to_pil(images)[0], job.path, {"method": job.method.name, "language": job.prompt.language,
                                                        "id": job.prompt.id, "text": job.text, "seed": job.seed})
                 bar.update()
-        self.progress = None
         return len(todo)
-
-    def _show_progress(self, node_id: str | None, value: int, total: int) -> None:
-        """ComfyUI's step progress (the sampler's steps) beside the image count."""
-        if self.progress is not None:
-            self.progress.set_postfix_str(f"{node_id}: step {value}/{total}", refresh=False)
 
 
 def save_png(image: Image.Image, path: Path, info: dict) -> None:

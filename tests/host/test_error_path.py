@@ -62,3 +62,14 @@ def test_comfyuis_refusal_names_the_node_and_the_value(pack):
     with pytest.raises(EvaluationError, match=r"ComfyUI refused the graph: CheckpointLoaderSimple \(node checkpoint\): "
                                               r"Value not in list: .*missing.safetensors"):
         GraphExecutor().run(graph, "decode")
+
+
+def test_a_stock_nodes_failure_names_the_node(pack, base_dir, tmp_path):
+    import folder_paths
+
+    whole = (base_dir / "models" / "checkpoints" / SD15).read_bytes()
+    (tmp_path / "cut_checkpoint.safetensors").write_bytes(whole[: len(whole) // 3])
+    folder_paths.add_model_folder_path("checkpoints", str(tmp_path))
+    graph = pea_graph("cut_checkpoint.safetensors", "chinese-clip-tiny", SDXL_ADAPTER, "一只猫", SAMPLING, 0)
+    with pytest.raises(EvaluationError, match=r"^CheckpointLoaderSimple \(node checkpoint\) failed: \w+: .+"):
+        GraphExecutor().run(graph, "decode")

@@ -164,6 +164,13 @@ def test_conditioning_follows_the_users_graph(eval_models, base_dir):
     messages = dict(generator.executor.messages)
     assert messages["execution_cached"]["nodes"] == ["checkpoint"], "the checkpoint is loaded once"
     assert "execution_success" in messages
+    steps = []
+    generator.executor.host.on_progress = lambda node, step, of: steps.append((node, step, of))
+    (image,) = generator.executor.run(graph, "decode")
+    assert image.shape == (1, 64, 64, 3) and torch.isfinite(image).all()
+    assert steps[-1] == ("sampler", 2, 2), "ComfyUI's progress reaches the host"
+    cached = dict(generator.executor.messages)["execution_cached"]["nodes"]
+    assert sorted(cached) == ["checkpoint", "language_clip", "pea_clip", "positive"]
 
 
 def test_sdxl_adapter_alone(eval_models, tmp_path, capsys):

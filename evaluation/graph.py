@@ -77,10 +77,13 @@ def pea_graph(checkpoint: str, language_clip: str, adapter: str, text: str, samp
 class Host:
     """The server side ComfyUI's executor expects from whoever embeds it (in ComfyUI, ``server.PromptServer``).
 
-    The executor sets ``client_id`` and ``last_node_id`` and sends its web-client messages here;
-    with no client to forward them to, the host drops them (the executor keeps its status
-    messages itself). Step progress reaches :meth:`progress`, ComfyUI's global progress-bar hook.
+    Graphs run for its one client, :data:`CLIENT`: the executor then keeps ``last_node_id`` (the
+    node running now) and sends that client's messages to :meth:`send_sync`, which drops them (the
+    executor keeps its status messages itself). Step progress reaches :meth:`progress`, ComfyUI's
+    global progress-bar hook.
     """
+
+    CLIENT = "pea-evaluation"
 
     def __init__(self, on_progress: Callable[[str | None, int, int], None] | None = None):
         self.client_id = None
@@ -90,7 +93,7 @@ class Host:
         self.on_progress = on_progress
 
     def send_sync(self, event, data, sid=None) -> None:
-        """A message for a web client; there is none."""
+        """A message for the client's web page; there is none."""
 
     def queue_updated(self) -> None:
         """The queue changed; the evaluator has none."""
@@ -145,9 +148,9 @@ class GraphExecutor:
         self.host.last_prompt_id = prompt_id
         self.executor.failure = None
         if hasattr(self.executor, "execute_async"):
-            await self.executor.execute_async(graph, prompt_id, {}, [output])
+            await self.executor.execute_async(graph, prompt_id, {"client_id": Host.CLIENT}, [output])
         else:
-            self.executor.execute(graph, prompt_id, {}, [output])
+            self.executor.execute(graph, prompt_id, {"client_id": Host.CLIENT}, [output])
         if self.executor.failure is not None:
             node_id, class_type, ex = self.executor.failure
             if isinstance(ex, PEAError):  # the pack's own error, as the node raised it

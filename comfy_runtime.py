@@ -97,7 +97,8 @@ def share_packages(pack) -> None:
 def load_pack():
     """Import the pack the way ComfyUI's custom-node loader does (a package from its folder), once,
     sharing :data:`SHARED_PACKAGES` with this process; needs :func:`import_comfy` first. Its
-    ``NODE_CLASS_MAPPINGS`` are the pack's nodes."""
+    ``NODE_CLASS_MAPPINGS`` are the pack's nodes, registered with ComfyUI's (as its loader does),
+    so that ComfyUI's executor runs them."""
     if PACK_MODULE in sys.modules:
         return sys.modules[PACK_MODULE]
     spec = importlib.util.spec_from_file_location(PACK_MODULE, PACK_ROOT / "__init__.py",
@@ -106,4 +107,8 @@ def load_pack():
     share_packages(module)
     sys.modules[PACK_MODULE] = module
     spec.loader.exec_module(module)
+    import nodes
+
+    nodes.NODE_CLASS_MAPPINGS.update(module.NODE_CLASS_MAPPINGS)
+    nodes.NODE_DISPLAY_NAME_MAPPINGS.update(module.NODE_DISPLAY_NAME_MAPPINGS)
     return module

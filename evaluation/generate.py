@@ -23,7 +23,7 @@ from adapters.clip_score import to_pil
 from adapters.file_format import atomic_write, remove_abandoned_temp_files
 
 from .errors import EvaluationError
-from .graph import GraphRunner, Sampling, checkpoint_graph, english_graph, pea_graph
+from .graph import GraphExecutor, Sampling, english_graph, pea_graph
 from .identity import ContentIds
 from .prompts import Prompt
 
@@ -89,15 +89,19 @@ def check_record(path: Path, record: dict, remake: bool = False) -> None:
                                                           encoding="utf-8"))
 
 
+PROBE = Sampling(512, 512, 1, 1.0, "euler", "normal")
+"""Sampling settings of the graph that loads the checkpoint before the size is known (only its
+loader runs; its output stays in ComfyUI's cache for the first image)."""
+
+
 class Generator:
-    """Samples images through ComfyUI's node classes with one checkpoint and one language CLIP."""
+    """Samples images through ComfyUI's executor with one checkpoint and one language CLIP."""
 
     def __init__(self, checkpoint: Path, language_clip: Path | None):
-        import nodes as comfy_nodes
-
         from comfy_runtime import load_pack
 
-        self.runner = GraphRunner({**comfy_nodes.NODE_CLASS_MAPPINGS, **load_pack().NODE_CLASS_MAPPINGS})
+        load_pack()
+        self.executor = GraphExecutor()
         self.checkpoint = self._register("checkpoints", checkpoint)
         self.language_clip = None if language_clip is None else self._register("language_clip", language_clip)
         self.adapters: dict[Path, str] = {}
@@ -117,7 +121,7 @@ class Generator:
         import comfy.model_base
         import comfy.supported_models
 
-        model, clip, _vae = self.runner.run(checkpoint_graph(self.checkpoint), "checkpoint")
+        model, clip, _vae = self.executor.run(english_graph(self.checkpoint, "", PROBE, 0), "checkpoint")
         if needs_clip and clip is None:
             raise EvaluationError(f"checkpoint {self.checkpoint} holds no text encoder, which the English and "
                                   f"translation baselines need (leave them out with --baselines none)")
@@ -150,8 +154,9 @@ class Generator:
             remove_abandoned_temp_files(folder)
         todo = jobs_to_make(jobs, remake)
         with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="generating", unit="image") as bar:
+            self.executor.host.on_progress = lambda node, step, of: bar.set_postfix_str(f"{node}: step {step}/{of}")
             for job in todo:
-                (images,) = self.runner.run(self.graph(job, sampling), "decode")
+                (images,) = self.executor.run(self.graph(job, sampling), "decode")
                 save_png(to_pil(images)[0], job.path, job.record())
                 bar.update()
         return len(todo)

@@ -276,3 +276,20 @@ def test_an_image_is_reused_only_where_its_png_records_the_job(tmp_path):
     Image.new("RGB", (8, 8)).save(jobs[0].path)  # an image of another making, without a record
     with pytest.raises(EvaluationError, match=r"general-001_0.png \(no pea_evaluation record\)"):
         jobs_to_make(jobs)
+
+
+def test_graphs_run_to_end_inside_a_callers_event_loop():
+    import asyncio
+    import threading
+
+    from evaluation.graph import run_to_end
+
+    async def where() -> str:
+        return threading.current_thread().name
+
+    async def caller() -> tuple[str, str]:  # a loop already running in this thread (a browser driver's, say)
+        return run_to_end(where()), threading.current_thread().name
+
+    assert run_to_end(where()) == threading.current_thread().name
+    inner, outer = asyncio.run(caller())
+    assert inner != outer

@@ -7,24 +7,19 @@ import sys
 import pytest
 
 import adapters
-from evaluation.graph import GraphRunner, checkpoint_graph
+from evaluation.errors import EvaluationError
+from evaluation.graph import GraphExecutor, Sampling, pea_graph
 
 pytestmark = pytest.mark.once  # the pack's own import logic; nothing release-specific
 
 SD15 = "sd15_standin_clip.safetensors"
 SDXL_ADAPTER = "pea_zh_sdxl.safetensors"
+SAMPLING = Sampling(64, 64, 1, 1.0, "euler", "normal")
 
 
 def apply_sdxl_adapter_to_sd15(pack) -> None:
-    """Run Apply PEA Adapter (an SDXL adapter on an SD1.5 model) as the evaluator runs nodes."""
-    graph = checkpoint_graph(SD15)
-    graph["language_clip"] = {"class_type": "PEALoadLanguageCLIP", "inputs": {
-        "clip_name": "chinese-clip-tiny", "dtype": "default", "device": "default", "context_length": 0}}
-    graph["pea_clip"] = {"class_type": "PEAApplyAdapter", "inputs": {
-        "language_clip": ["language_clip", 0], "adapter_name": SDXL_ADAPTER, "model": ["checkpoint", 0]}}
-    import nodes as comfy_nodes
-
-    GraphRunner({**comfy_nodes.NODE_CLASS_MAPPINGS, **pack.NODE_CLASS_MAPPINGS}).run(graph, "pea_clip")
+    """Run Apply PEA Adapter (an SDXL adapter on an SD1.5 model) on ComfyUI's executor, as the evaluator does."""
+    GraphExecutor().run(pea_graph(SD15, "chinese-clip-tiny", SDXL_ADAPTER, "一只猫", SAMPLING, 0), "pea_clip")
 
 
 def test_the_nodes_use_the_commands_adapters(pack):
@@ -60,3 +55,21 @@ def test_a_node_error_ends_the_trainer_cleanly(pack, monkeypatch):
     with pytest.raises(SystemExit) as stop:
         train_adapter.main([])
     assert str(stop.value).startswith("error: Adapter 'pea_zh_sdxl.safetensors' is made for")
+
+
+def test_comfyuis_refusal_names_the_node_and_the_value(pack):
+    graph = pea_graph("missing.safetensors", "chinese-clip-tiny", SDXL_ADAPTER, "一只猫", SAMPLING, 0)
+    with pytest.raises(EvaluationError, match=r"ComfyUI refused the graph: CheckpointLoaderSimple \(node checkpoint\): "
+                                              r"Value not in list: .*missing.safetensors"):
+        GraphExecutor().run(graph, "decode")
+
+
+def test_a_stock_nodes_failure_names_the_node(pack, base_dir, tmp_path):
+    import folder_paths
+
+    whole = (base_dir / "models" / "checkpoints" / SD15).read_bytes()
+    (tmp_path / "cut_checkpoint.safetensors").write_bytes(whole[: len(whole) // 3])
+    folder_paths.add_model_folder_path("checkpoints", str(tmp_path))
+    graph = pea_graph("cut_checkpoint.safetensors", "chinese-clip-tiny", SDXL_ADAPTER, "一只猫", SAMPLING, 0)
+    with pytest.raises(EvaluationError, match=r"^CheckpointLoaderSimple \(node checkpoint\) failed: \w+: .+"):
+        GraphExecutor().run(graph, "decode")

@@ -206,20 +206,30 @@ def test_report_page_opens_in_chromium_with_thumbnails_and_filters(first_run, br
 
 def test_conditioning_follows_the_users_graph(eval_models, base_dir):
     """English and translation go through the checkpoint's CLIP (77 tokens of CLIP-L); PEA through
-    Load Language CLIP -> Apply PEA Adapter -> PEA Encode Prompt (52 Chinese-CLIP positions)."""
+    Load Language CLIP -> Apply PEA Adapter -> PEA Encode Prompt (52 Chinese-CLIP positions), on
+    ComfyUI's executor, whose cache keeps the loaded checkpoint from one graph to the next."""
     from evaluation.generate import Generator
     from evaluation.graph import Sampling, english_graph, pea_graph
 
     generator = Generator(eval_models["checkpoint"], eval_models["language_clip"])
     sampling = Sampling(64, 64, 2, 7.0, "euler", "normal")
-    ((english, _),) = generator.runner.run(english_graph(generator.checkpoint, "a red cat", sampling, 0), "positive")[0]
+    ((english, _),) = generator.executor.run(english_graph(generator.checkpoint, "a red cat", sampling, 0),
+                                             "positive")[0]
     adapter = generator.adapter_name(eval_models["adapter"])
     graph = pea_graph(generator.checkpoint, generator.language_clip, adapter, "一只红色的猫", sampling, 0)
-    ((pea, extra),) = generator.runner.run(graph, "positive")[0]
+    ((pea, extra),) = generator.executor.run(graph, "positive")[0]
     assert english.shape == (1, 77, 768) and pea.shape == (1, 52, 768)
     assert extra["width"] == 64 and torch.isfinite(pea).all()
-    kept = sorted(json.loads(sig)[0] for sig in generator.runner.cache)
-    assert kept == ["CheckpointLoaderSimple", "PEAApplyAdapter", "PEAEncodePrompt", "PEALoadLanguageCLIP"]
+    messages = dict(generator.executor.messages)
+    assert messages["execution_cached"]["nodes"] == ["checkpoint"], "the checkpoint is loaded once"
+    assert "execution_success" in messages
+    steps = []
+    generator.executor.host.on_progress = lambda node, step, of: steps.append((node, step, of))
+    (image,) = generator.executor.run(graph, "decode")
+    assert image.shape == (1, 64, 64, 3) and torch.isfinite(image).all()
+    assert steps[-1] == ("sampler", 2, 2), "ComfyUI's progress reaches the host"
+    cached = dict(generator.executor.messages)["execution_cached"]["nodes"]
+    assert sorted(cached) == ["checkpoint", "language_clip", "pea_clip", "positive"]
 
 
 def test_sdxl_adapter_alone(eval_models, tmp_path, capsys):

@@ -290,6 +290,13 @@ def test_graphs_run_to_end_inside_a_callers_event_loop():
     async def caller() -> tuple[str, str]:  # a loop already running in this thread (a browser driver's, say)
         return run_to_end(where()), threading.current_thread().name
 
-    assert run_to_end(where()) == threading.current_thread().name
-    inner, outer = asyncio.run(caller())
-    assert inner != outer
+    def check(found: dict) -> None:  # on a thread with no loop of its own (this session's may run one)
+        found["plain"] = run_to_end(where()) == threading.current_thread().name
+        inner, outer = asyncio.run(caller())
+        found["nested"] = inner != outer
+
+    found: dict = {}
+    thread = threading.Thread(target=check, args=(found,))
+    thread.start()
+    thread.join()
+    assert found == {"plain": True, "nested": True}

@@ -176,10 +176,10 @@ def browser():
 @pytest.fixture(scope="session", autouse=True)
 def release_runs(request) -> dict[str, releases.SubRun]:
     """The background runs of a full session (one that collected tests/host/test_releases.py): the
-    other releases' sub-runs and, when this session handed it over, the slow tier on its own
-    release (in two processes, releases.SLOW_RUNS). They start at the first host test, once this session's stand-ins are written, run
-    beside its own tests (each process waits on its ComfyUI server much of the time), and are
-    stopped at the session's end."""
+    other releases' sub-runs and, when this session handed them over, the slow and the pack-logic
+    tiers on its own release (three processes, releases.BACKGROUND_TIERS). They start at the first
+    host test, once this session's stand-ins are written, run beside its own tests (each process
+    waits on its ComfyUI server much of the time), and are stopped at the session's end."""
     config = request.config
     if not getattr(config, "pea_release_runs_wanted", False):
         yield {}
@@ -187,9 +187,9 @@ def release_runs(request) -> dict[str, releases.SubRun]:
     stand_ins = request.getfixturevalue("base_dir")
     torch.set_num_threads(1)  # four test processes share the machine's cores from here on
     runs = {r.version: releases.SubRun(r, stand_ins) for r in releases.other_releases(config.pea_release)}
-    if config.pea_slow_tier_in_background:
-        for name, (paths, ignore) in releases.SLOW_RUNS.items():
-            runs[name] = releases.SubRun(config.pea_release, stand_ins, releases.SLOW_TIER, name, paths, ignore)
+    if config.pea_tiers_in_background:
+        for name, (tier, paths, ignore) in releases.BACKGROUND_TIERS.items():
+            runs[name] = releases.SubRun(config.pea_release, stand_ins, tier, name, paths, ignore)
     yield runs
     for run in runs.values():
         run.stop()
@@ -198,13 +198,15 @@ def release_runs(request) -> dict[str, releases.SubRun]:
 @pytest.hookimpl(trylast=True)  # after -m and -k have deselected
 def pytest_collection_modifyitems(config, items):
     """The background runs' tests (test_releases.py) last, after this process's own host tests. In a
-    full session the slow tier leaves this process for a background run on the same release, so
-    that it runs beside the other tests instead of after them."""
+    full session the slow and the pack-logic ('once') tiers leave this process for background runs
+    on the same release (releases.BACKGROUND_TIERS), so that they run beside the other tests instead
+    of after them."""
     items.sort(key=lambda item: item.path.name == "test_releases.py")
     config.pea_release_runs_wanted = (releases.SUBRUN_ENV not in os.environ and config.pea_release is not None
                                       and any(item.path.name == "test_releases.py" for item in items))
-    slow = [item for item in items if item.get_closest_marker(releases.SLOW_TIER) and item.path.name != "test_releases.py"]
-    config.pea_slow_tier_in_background = bool(config.pea_release_runs_wanted and slow)
-    if config.pea_slow_tier_in_background:
-        config.hook.pytest_deselected(items=slow)
-        items[:] = [item for item in items if item not in slow]
+    tiered = [item for item in items if item.path.name != "test_releases.py"
+              and (item.get_closest_marker(releases.SLOW_TIER) or item.get_closest_marker(releases.ONCE_TIER))]
+    config.pea_tiers_in_background = bool(config.pea_release_runs_wanted and tiered)
+    if config.pea_tiers_in_background:
+        config.hook.pytest_deselected(items=tiered)
+        items[:] = [item for item in items if item not in tiered]

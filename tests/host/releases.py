@@ -106,10 +106,16 @@ def other_releases(session: Release | None) -> list[Release]:
 
 SLOW_TIER = "slow"
 """The slow tier's marker."""
+ONCE_TIER = "once"
+"""The marker of the pack-logic host tests, which run on the session's release only."""
 WORLD_PROOF = "tests/host/test_world_proof.py"
-SLOW_RUNS = {"slow-world-proof": ((WORLD_PROOF,), ()), "slow": (("tests/host",), (WORLD_PROOF,))}
-"""The slow tier's background runs on the session's release, by name: (paths, paths ignored). The
-world proof, its longest test, runs in a process of its own beside the rest of the tier."""
+BACKGROUND_TIERS = {"slow-world-proof": (SLOW_TIER, (WORLD_PROOF,), ()),
+                    "slow": (SLOW_TIER, ("tests/host",), (WORLD_PROOF,)),
+                    "once": (f"{ONCE_TIER} and not {SLOW_TIER}", ("tests/host",), ())}
+"""The background runs on the session's release in a full session, by name: (marker expression,
+paths, paths ignored). The world proof, the slow tier's longest test, runs in a process of its
+own beside the rest of that tier; the pack-logic tests run in a third, so that the session's own
+process keeps only the unit tests and the host tests every release runs."""
 OTHER_RELEASES_TIER = "not slow and not once"
 """What the other releases' sub-runs run: every host test but the slow tier and the pack-logic tests."""
 

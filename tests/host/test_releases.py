@@ -1,7 +1,7 @@
 """The background runs of a full test session (tests/host/conftest.py, ``release_runs``): the host
 tests on every other ComfyUI release prepared from ../shared/comfyui/ (tests/host/releases.py;
 without the slow tier and the pack-logic tests, which run on the session's release), and the slow
-tier on the session's own release (two processes). This session's stand-in model files are reused.
+and pack-logic ('once') tiers on the session's own release (three processes). This session's stand-in model files are reused.
 
 They start in the background as soon as this session has written the stand-ins (the first host
 test), so they run beside this process's own tests; the tests here, sorted last, wait for them. A
@@ -48,10 +48,10 @@ def test_host_tests_pass_on_release(release, release_runs, request):
               request.config.pea_release_results)
 
 
-@pytest.mark.parametrize("name", list(releases.SLOW_RUNS))
-def test_slow_tier_passes_on_this_release(name, release_runs, request):
+@pytest.mark.parametrize("name", list(releases.BACKGROUND_TIERS))
+def test_tier_passes_on_this_release(name, release_runs, request):
     if name not in release_runs:
-        pytest.skip("the slow tier runs in this process, or is not selected")
+        pytest.skip("the slow and once tiers run in this process, or are not selected")
     release = request.config.pea_release
     check_run(release_runs[name], f"{name} on ComfyUI {release.version}, beside this session",
               request.config.pea_release_results)

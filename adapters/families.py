@@ -52,6 +52,9 @@ FAMILIES: dict[str, Family] = {f.head: f for f in (
            ("Flux", "FluxSchnell", "FluxInpaint"), trainable=False, token_keys=("t5xxl", "l")),
 )}
 HEADS = tuple(FAMILIES)
+SDXL_SIZE_IDS_WIDTH = 6 * 256
+"""Width of the size ids in an SDXL label vector (ComfyUI's ``SDXL.encode_adm``: original size, crop,
+target size, each number a 256-d timestep embedding), after the pooled text vector."""
 
 
 class UnsupportedModelError(IncompatibleError):
@@ -81,7 +84,8 @@ def family_of(model) -> Family:
     The detected config class decides (ComfyUI derives Flux2, Chroma, LongCat-Image and others
     from its FLUX classes, so the model class alone cannot). FLUX.1 must also have FLUX.1's exact
     text widths, which its detection fixes. UNet families keep the model's context width as
-    read, so that narrow stand-ins built from ComfyUI's SD15/SDXL classes train like the real ones.
+    read (SDXL also its pooled width, from the label embedding's input), so that narrow stand-ins
+    built from ComfyUI's SD15/SDXL classes train like the real ones.
     """
     config = _base_model(model).model_config
     name, unet = type(config).__name__, config.unet_config
@@ -96,4 +100,6 @@ def family_of(model) -> Family:
                 f"The model {model_label(model)} reads (image_model, text, pooled) = {widths}, not FLUX.1's "
                 f"('flux', {family.context_dim}, {family.pooled_dim}); supported: {supported_models()}.")
         return family
+    if family.head == "sdxl" and unet.get("adm_in_channels"):
+        return replace(family, context_dim=unet["context_dim"], pooled_dim=unet["adm_in_channels"] - SDXL_SIZE_IDS_WIDTH)
     return replace(family, context_dim=unet["context_dim"])

@@ -66,10 +66,13 @@ def test_flux_relatives_are_refused_by_name(comfy_path, variant):
         family_of(model)
 
 
-@pytest.mark.parametrize("shape,head", [("sd15", "sd15"), ("sdxl", "sdxl")])
-def test_unet_families_keep_the_model_widths(comfy_path, shape, head):
+@pytest.mark.parametrize("shape,head,widths", [("sd15", "sd15", (64, None)), ("sdxl", "sdxl", (64, 1280)),
+                                               ("demo_xl", "sdxl", (96, 64))])
+def test_unet_families_keep_the_model_widths(comfy_path, shape, head, widths):
+    """A narrow stand-in keeps its context width and (SDXL) the pooled width its label embedding
+    reads after the size ids; the rest is the family's."""
     from training.miniworld.tiny_base import tiny_unet_model
 
     family = family_of(tiny_unet_model(shape))
-    assert family.head == head and family.context_dim == 64  # the stand-in's narrow context
-    assert family.pooled_dim == FAMILIES[head].pooled_dim and family.resolution == FAMILIES[head].resolution
+    assert family.head == head and (family.context_dim, family.pooled_dim) == widths
+    assert family.resolution == FAMILIES[head].resolution and family.hidden == FAMILIES[head].hidden

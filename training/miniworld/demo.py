@@ -19,18 +19,16 @@ from adapters import load_language_encoder
 from adapters.file_format import atomic_write
 from adapters.demo_files import make_chinese_clip
 
-from training.data.sampling import Record, load_image, read_manifest
+from training.data.sampling import Record, read_manifest
 from training.config import TrainConfig
 from training.loop import Trainer
 from training.step.objective import LossWeights
 from training.runs.previous import RunFolderError, previous_run_files
-from training.miniworld.teacher import load_unet, save_unet, train_teacher
-from training.miniworld.tiny_base import calibrate_vae, tiny_sd15_parts
+from training.miniworld.teacher import prepare_teacher
+from training.miniworld.tiny_base import tiny_sd15_parts
 from training.miniworld.world import read_pairs, write_dataset
 
 DEMO_STEPS = 250
-TEACHER_STEPS, TEACHER_LR = 1200, 2e-3
-SHIPPED_TEACHER = Path(__file__).with_name("data") / "teacher_unet.safetensors"
 DEMO_ADAPTER = "pea_demo_zh.safetensors"
 
 
@@ -63,24 +61,6 @@ def held_out_losses(trainer: Trainer, records: list[Record], draws_key: int = 10
     w = trainer.cfg.weights
     return {"lkd": sums[0].item() / n, "fkd": sums[1].item() / n, "sd": sums[2].item() / n,
             "kd": (w.logit * sums[0].item() + w.feature * sums[1].item()) / n}
-
-
-def teacher_records(folder: Path) -> list:
-    """The English teacher's training set: every training pair under its English captions."""
-    return read_manifest(write_dataset(folder, [p for p in read_pairs() if not p["held_out"]], ("en",), name="teacher"))
-
-
-def prepare_teacher(parts, folder: Path, cache: Path, seed: int = 0, progress: bool = True) -> None:
-    """Give the tiny UNet its English teacher weights: the shipped file (trained by
-    ``python -m training.miniworld.demo --write-teacher``), else a cached or freshly trained one."""
-    records = teacher_records(folder)
-    calibrate_vae(parts.vae, torch.stack([load_image(r.image, (64, 64)) for r in records]))
-    for path in (SHIPPED_TEACHER, cache):
-        if seed == 0 and path.is_file():
-            load_unet(parts, path)
-            return
-    train_teacher(parts, records, TEACHER_STEPS, 64, lr=TEACHER_LR, seed=seed, progress=progress)
-    save_unet(parts, cache)
 
 
 def run_demo(output: Path, steps: int = DEMO_STEPS, seed: int = 0, progress: bool = True, overwrite: bool = False) -> dict:
@@ -117,22 +97,3 @@ def run_demo(output: Path, steps: int = DEMO_STEPS, seed: int = 0, progress: boo
     print(f"adapter: {results['matched']['adapter']}\nloss plot: {output / 'matched' / 'loss.png'}\n"
           f"preview: {output / 'matched' / 'previews' / 'final.png'}")
     return results
-
-
-if __name__ == "__main__":
-    import argparse
-    import tempfile
-
-    from comfy_runtime import import_comfy
-
-    parser = argparse.ArgumentParser(description="Rebuild the shipped demo teacher (a few minutes on a CPU).")
-    parser.add_argument("--write-teacher", action="store_true", required=True)
-    parser.parse_args()
-    import_comfy(cpu=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        records = teacher_records(Path(tmp))
-        parts = tiny_sd15_parts("demo", 0)
-        calibrate_vae(parts.vae, torch.stack([load_image(r.image, (64, 64)) for r in records]))
-        train_teacher(parts, records, TEACHER_STEPS, 64, lr=TEACHER_LR)
-        save_unet(parts, SHIPPED_TEACHER, dtype=torch.float16)
-    print(f"wrote {SHIPPED_TEACHER}")

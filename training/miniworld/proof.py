@@ -5,11 +5,14 @@
     python -m training.miniworld.proof --seed 1 --output runs/seed1          # one seed of the table ...
     python -m training.miniworld.proof --merge runs/seed0 runs/seed1 runs/seed2 --output runs/table
                                                     # ... and one table from seeds run side by side
+    python -m training.miniworld.proof --family sdxl   # the same world behind an SDXL-shaped teacher
 
 The world (``training/miniworld/world.py``): coloured shapes captioned in English, Chinese and
 Russian, plus a lantern (灯笼) captioned in Chinese only. The teacher is a tiny SD1.5-family
-UNet trained from scratch on the English captions behind ComfyUI's SD1 CLIP (shipped, rebuilt by
-``python -m training.miniworld.demo --write-teacher``). The students are a different language encoder (a
+UNet trained from scratch on the English captions behind ComfyUI's SD1 CLIP, or with ``--family
+sdxl`` a tiny UNet of ComfyUI's SDXL class behind its CLIP-L + CLIP-G text encoder, reading the
+pooled vector and size ids through its label embedding (each shipped, rebuilt by ``python -m
+training.miniworld.teacher --write-teacher [--family sdxl]``). The students are a different language encoder (a
 Chinese-CLIP-shaped BERT with its own tokenizer and weights, reading Chinese and Russian) plus a
 PEA adapter, distilled from the frozen teacher by this pack's ``Trainer`` on parallel captions,
 the lantern images joining as native samples (``L_SD`` only). A judge trained on drawn images
@@ -19,10 +22,12 @@ combinations never trained on).
 
 Every setting of the proof (the constants below; the rest are ``TrainConfig``'s defaults):
 
-- Teacher (``demo.prepare_teacher``): 1200 steps, batch 32, AdamW lr 2e-3, weight decay 0, no
-  warm-up, caption dropout 0.1, 64x64 images; shipped, so the proof reuses it.
+- Teacher (``teacher.prepare_teacher``): 1200 steps, batch 32, AdamW lr 2e-3, weight decay 0, no
+  warm-up, caption dropout 0.1, 64x64 images (SDXL: size ids 64x64, crop 0,0); shipped, so the
+  proof reuses it.
 - Student encoder: 64-d, context length 77 (the teacher's, so text alignment compares tokens).
-  Adapter: hidden widths 256, 256 (SD1.5 head, 64-d tokens out).
+  Adapter: hidden widths 256, 256 (SD1.5 head, 64-d tokens out; SDXL head, 64-d pooled trunk
+  widened to 96-d tokens).
 - Students: 1200 steps (700 with ``--quick`` and in the CI test), batch 32 on one process, one
   64x64 bucket (8x8 latents), AdamW lr 1e-2, weight decay 0.01, 20 linear warm-up steps then
   constant, no gradient clipping, no noise offset, CFG dropout 0.1, loss weights λ_SD 1, λ_L 1,
@@ -36,7 +41,13 @@ Every setting of the proof (the constants below; the rest are ``TrainConfig``'s 
   this project's reading of the paper's Table 2 (the paper does not say which samples get
   ``L_SD`` there, and no ablation code was released), so each differs from *PEA as published*
   in two factors: ``L_SD`` on parallel samples and the KD terms; text-space alignment
-  (GlueGen-style, no UNet).
+  (GlueGen-style, no UNet). The SDXL world measures *PEA as published* and the KD-free row.
+- The SDXL world's students never see an orange shape (no caption, no image): the teacher knows
+  orange by its English word only, the analogue of a LoRA trigger word. Its ``trigger`` rows ask
+  for orange inside Chinese prompts, through the pack's own PEA CLIP (Apply PEA Adapter with the
+  teacher's CLIP): the English word read by the language encoder (*PEA alone*), or in backticks,
+  read by the teacher's CLIP and joined after the PEA tokens (*PEA + English span*); 4 images
+  per prompt for all 48 orange combinations. Orange prompts are left out of the other rows.
 """
 from __future__ import annotations
 
@@ -52,17 +63,17 @@ from pathlib import Path
 
 import torch
 
-from adapters import LanguageEncoder, PEAError, load_language_encoder
+from adapters import LanguageEncoder, PEAError, load_adapter, load_language_encoder
 from adapters.file_format import atomic_write
 from adapters.demo_files import make_chinese_clip
 from training.data.caches import TeacherText
 from training.data.sampling import read_manifest
 from training.config import TrainConfig
 from training.loop import Trainer
-from training.miniworld.demo import prepare_teacher
 from training.miniworld.judge import Judge, accuracy, drawn_images, load_judge
-from training.miniworld.tiny_base import tiny_sd15_parts
-from training.miniworld.world import read_pairs, write_dataset
+from training.miniworld.teacher import prepare_teacher
+from training.miniworld.tiny_base import TINY_PARTS
+from training.miniworld.world import COLORS, read_pairs, write_dataset
 from training.step.objective import LossWeights
 
 STUDENTS = {  # the ablation rows as this project reads the paper's Table 2: L_SD on every sample (sd_on_parallel)
@@ -75,6 +86,20 @@ STUDENTS = {  # the ablation rows as this project reads the paper's Table 2: L_S
 }
 OURS = "PEA as published"
 """Parallel captions: logit + feature KD only; the native lantern captions: L_SD only."""
+KD_FREE = "fine-tuning only (L_SD)"
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """What a family's world measures: its student rows, and the colour its students never see
+    (the trigger-word analogue; None: every colour is trained)."""
+
+    rows: tuple[str, ...]
+    withheld: str | None = None
+
+
+WORLDS = {"sd15": WorldSpec(tuple(STUDENTS)), "sdxl": WorldSpec((KD_FREE, OURS), withheld="orange")}
+TRIGGER_SAMPLES_PER_PROMPT = 4
 LANGUAGES = ("zh", "ru")
 STUDENT_STEPS = 1200
 QUICK_STEPS = 700
@@ -92,54 +117,94 @@ SAMPLER = {"steps": 20, "cfg": 5.0, "sampler_name": "euler", "scheduler": "norma
 class World:
     parts: object
     encoder: LanguageEncoder
+    encoder_folder: Path
     judge: Judge
     pairs: list[dict]
+    """Every pair of the world but those of the withheld colour."""
+    withheld: list[dict]
+    """The pairs of the withheld colour (ordinary shapes), never seen by the students."""
     manifest: Path
     output: Path
 
 
-def build_world(output: Path, progress: bool = True) -> World:
+def build_world(output: Path, family: str = "sd15", progress: bool = True) -> World:
     """Teacher, student encoder, judge and the students' training manifest."""
-    pairs = read_pairs()
+    spec, pairs = WORLDS[family], read_pairs()
     data = output / "data"
-    parts = tiny_sd15_parts("demo", 0)
+    parts = TINY_PARTS[family](seed=0)
     prepare_teacher(parts, data, output / "teacher_unet.safetensors", 0, progress)
     texts = [p[lang] for p in pairs for lang in LANGUAGES if p[lang]]
     folder = make_chinese_clip(output / "language_clip" / "zh-ru-clip-tiny", extra_text=texts, max_positions=80,
                                hidden=STUDENT_ENCODER_WIDTH)
     encoder = load_language_encoder(folder, context_length=77)  # the teacher's length: text alignment compares tokens
+    withheld = [p for p in pairs if p["color"] == spec.withheld]
+    pairs = [p for p in pairs if p["color"] != spec.withheld]
     manifest = write_dataset(data, [p for p in pairs if not p["held_out"]], LANGUAGES, name="students")
-    return World(parts, encoder, load_judge(), pairs, manifest, output)
+    return World(parts, encoder, folder, load_judge(), pairs, [p for p in withheld if not p["native"]], manifest,
+                 output)
+
+
+Conditioning = tuple[torch.Tensor, "torch.Tensor | None"]
+"""Cross-attention tokens [N, L, C] and, for SDXL, the pooled vector [N, P]."""
+
+
+def comfy_conditioning(cond: Conditioning, size: int = 64) -> list:
+    """ComfyUI's CONDITIONING for a batch; SDXL's size ids as the students were trained with them."""
+    tokens, pooled = cond
+    extra = {} if pooled is None else {"pooled_output": pooled.float().cpu(), "width": size, "height": size,
+                                       "target_width": size, "target_height": size, "crop_w": 0, "crop_h": 0}
+    return [[tokens.float().cpu(), extra]]
 
 
 @torch.no_grad()
-def sample(parts, tokens: torch.Tensor, negative: torch.Tensor, seed: int) -> torch.Tensor:
+def sample(parts, positive: Conditioning, negative: Conditioning, seed: int) -> torch.Tensor:
     """Images [N, 64, 64, 3] for a batch of conditionings, through ComfyUI's sampler and VAE."""
     import comfy.sample
 
-    latent = torch.zeros(tokens.shape[0], 4, 8, 8)
+    latent = torch.zeros(positive[0].shape[0], 4, 8, 8)
     noise = comfy.sample.prepare_noise(latent, seed)
-    samples = comfy.sample.sample(parts.model, noise, positive=[[tokens.float().cpu(), {}]],
-                                  negative=[[negative.float().cpu(), {}]], latent_image=latent, denoise=1.0,
+    samples = comfy.sample.sample(parts.model, noise, positive=comfy_conditioning(positive),
+                                  negative=comfy_conditioning(negative), latent_image=latent, denoise=1.0,
                                   disable_pbar=True, seed=seed, **SAMPLER)
     return parts.vae.decode(samples).clamp(0, 1).cpu()
 
 
 class Conditioner:
-    """Prompts -> cross-attention tokens, for the teacher or for a student."""
+    """Prompts -> conditioning, for the teacher or for a student."""
 
     def __init__(self, world: World, adapter=None):
         self.world, self.adapter = world, adapter
         self.teacher = TeacherText(world.parts.clip, memory=True) if adapter is None else None
 
     @torch.no_grad()
-    def __call__(self, texts: list[str]) -> torch.Tensor:
+    def __call__(self, texts: list[str]) -> Conditioning:
         if self.adapter is None:
-            return self.teacher.encode_batch(texts)[0]
-        return self.adapter(self.world.encoder.encode(texts).float())[0]
+            return self.teacher.encode_batch(texts)
+        return self.adapter(self.world.encoder.encode(texts).float())
 
 
-def score(world: World, conditioner: Conditioner, pairs: list[dict], texts: list[str], seed: int,
+class PackConditioner:
+    """Prompts -> conditioning through the pack's own PEA CLIP: the student's adapter file applied
+    as Apply PEA Adapter applies it, with the teacher's CLIP as the checkpoint's CLIP, so English
+    spans in backticks go to the teacher's CLIP (``nodes/english_route.py``)."""
+
+    def __init__(self, world: World, adapter_file: Path):
+        from comfy_runtime import load_pack
+
+        nodes = load_pack().nodes
+        language_clip = nodes.language_clip.load_language_clip(world.encoder_folder, dtype="fp32", device="cpu",
+                                                               context_length=77)
+        self.clip = nodes.pea_clip.adapter_clip(language_clip.clip, load_adapter(adapter_file), world.parts.clip,
+                                                adapter_file.name)
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str]) -> Conditioning:
+        encoded = [self.clip.encode_from_tokens(self.clip.tokenize(text), return_pooled=True) for text in texts]
+        pooled = [p for _, p in encoded]
+        return torch.cat([c for c, _ in encoded]), None if pooled[0] is None else torch.cat(pooled)
+
+
+def score(world: World, conditioner, pairs: list[dict], texts: list[str], seed: int,
           per_prompt: int = SAMPLES_PER_PROMPT):
     """Judge's accuracy on images sampled for ``texts`` (each ``per_prompt`` times)."""
     texts = [t for t in texts for _ in range(per_prompt)]
@@ -149,6 +214,7 @@ def score(world: World, conditioner: Conditioner, pairs: list[dict], texts: list
 
 
 def train_student(world: World, name: str, weights: LossWeights, seed: int, steps: int, progress: bool):
+    """Distil one student with the pack's Trainer; returns its adapter (the file is in its run folder)."""
     slug = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
     run = world.output / "students" / f"{slug}_seed{seed}"
     cfg = TrainConfig(output=run, steps=steps, batch_size=32, lr=STUDENT_LR, weight_decay=0.01, warmup=20, resolution=64,
@@ -156,8 +222,8 @@ def train_student(world: World, name: str, weights: LossWeights, seed: int, step
                       cache_dir=world.output / "cache", languages=list(LANGUAGES), memory_cache=True,
                       progress=progress, adapter_name="adapter.safetensors", overwrite=True)  # its own scratch runs
     trainer = Trainer(cfg, world.parts, world.encoder, read_manifest(world.manifest))
-    trainer.run()
-    return trainer.adapter.eval()
+    adapter_file = trainer.run()
+    return trainer.adapter.eval(), adapter_file
 
 
 def translate(pairs: list[dict]) -> dict[str, str]:
@@ -165,17 +231,29 @@ def translate(pairs: list[dict]) -> dict[str, str]:
     return {p[lang]: p["en"] for p in pairs for lang in LANGUAGES if p[lang]}
 
 
-def run_proof(output: Path, seeds: Sequence[int] = (0, 1, 2), rows: tuple[str, ...] = tuple(STUDENTS),
-              steps: int = STUDENT_STEPS, progress: bool = True, concept: bool = True) -> dict:
-    """Measure every row for each of ``seeds`` (and, with ``concept``, the lantern rows); write
-    proof.json and, when seed 0 is among them, samples.png; return the results."""
+def trigger_prompts(pairs: list[dict], word: str, span: bool) -> list[str]:
+    """The Chinese captions of ``pairs`` with their colour word replaced by the English ``word``,
+    in backticks when ``span``: "一个小的`orange`圆形在左边"."""
+    return [p["zh"].replace(COLORS[p["color"]][0], f"`{word}`" if span else word) for p in pairs]
+
+
+def run_proof(output: Path, seeds: Sequence[int] = (0, 1, 2), rows: tuple[str, ...] | None = None,
+              steps: int = STUDENT_STEPS, progress: bool = True, concept: bool = True, family: str = "sd15") -> dict:
+    """Measure every row (default: the family's, ``WORLDS``) for each of ``seeds`` (and, with
+    ``concept``, the lantern rows and, where the family's world withholds a colour, the trigger
+    rows); write proof.json and, when seed 0 is among them, samples.png; return the results."""
     start = time.perf_counter()
-    world = build_world(output, progress)
+    spec = WORLDS[family]
+    rows = spec.rows if rows is None else rows
+    world = build_world(output, family, progress)
     held = [p for p in world.pairs if p["held_out"] and not p["native"]]
     lanterns = [p for p in world.pairs if p["held_out"] and p["native"]] if concept else []
     dictionary = translate(world.pairs)
-    judge_real = accuracy(world.judge.read(drawn_images(world.pairs)), world.pairs)
-    results: dict = {"seeds": list(seeds), "judge_on_drawn_images": judge_real, "held_out_prompts": len(held),
+    triggers = world.withheld if concept else []
+    every_pair = world.pairs + world.withheld
+    judge_real = accuracy(world.judge.read(drawn_images(every_pair)), every_pair)
+    results: dict = {"family": family, "seeds": list(seeds), "judge_on_drawn_images": judge_real,
+                     "held_out_prompts": len(held), "trigger_prompts": len(triggers), "withheld": spec.withheld,
                      "lantern_prompts": len(lanterns), "samples_per_prompt": SAMPLES_PER_PROMPT,
                      "lantern_samples_per_prompt": LANTERN_SAMPLES_PER_PROMPT, "rows": {}}
     grid: dict[str, torch.Tensor] = {"ground truth": drawn_images(held + lanterns)}
@@ -204,8 +282,11 @@ def run_proof(output: Path, seeds: Sequence[int] = (0, 1, 2), rows: tuple[str, .
             acc, images = score_teacher(lanterns, [dictionary[p["zh"]] for p in lanterns], seed,
                                         LANTERN_SAMPLES_PER_PROMPT)
             record("concept 灯笼: translation -> teacher", seed, acc, images)
+        if triggers:
+            acc, _ = score_teacher(triggers, [p["en"] for p in triggers], seed, TRIGGER_SAMPLES_PER_PROMPT)
+            record(f"trigger {spec.withheld}: teacher, English prompts", seed, acc)
         for name in rows:
-            adapter = train_student(world, name, STUDENTS[name], seed, steps, progress)
+            adapter, adapter_file = train_student(world, name, STUDENTS[name], seed, steps, progress)
             student = Conditioner(world, adapter)
             for lang in LANGUAGES:
                 acc, images = score(world, student, held, [p[lang] for p in held], seed)
@@ -214,6 +295,12 @@ def run_proof(output: Path, seeds: Sequence[int] = (0, 1, 2), rows: tuple[str, .
                 acc, images = score(world, student, lanterns, [p["zh"] for p in lanterns], seed,
                                     LANTERN_SAMPLES_PER_PROMPT)
                 record(f"concept 灯笼: {OURS}", seed, acc, images)
+            if triggers and name == OURS:
+                through_pack = PackConditioner(world, adapter_file)
+                for label, span in (("PEA alone", False), ("PEA + English span", True)):
+                    acc, _ = score(world, through_pack, triggers, trigger_prompts(triggers, spec.withheld, span), seed,
+                                   TRIGGER_SAMPLES_PER_PROMPT)
+                    record(f"trigger {spec.withheld}: {label} (zh)", seed, acc)
     results["minutes"] = (time.perf_counter() - start) / 60
     if len(grid) > 1:
         save_grid(grid, len(held), output / "samples.png", lanterns=min(3, len(lanterns)))
@@ -301,6 +388,8 @@ def save_grid(grid: dict[str, torch.Tensor], held: int, dest: Path, shown: int =
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", type=Path, default=Path("pea_runs/world_proof"))
+    p.add_argument("--family", choices=sorted(WORLDS), default="sd15",
+                   help="the teacher's family: SD1.5-shaped (default) or SDXL-shaped")
     p.add_argument("--seeds", type=int, default=3, help="how many seeds: 0, 1, ...")
     p.add_argument("--seed", type=int, help="this seed only (run seeds side by side, then --merge)")
     p.add_argument("--merge", type=Path, nargs="+", metavar="FOLDER",
@@ -318,10 +407,10 @@ def main(argv=None) -> int:
         from comfy_runtime import import_comfy
 
         import_comfy(cpu=args.cpu or None)
-        rows = (OURS,) if args.quick else tuple(STUDENTS)
+        rows = (OURS,) if args.quick else None
         seeds = [0] if args.quick else [args.seed] if args.seed is not None else list(range(args.seeds))
         steps = args.steps or (QUICK_STEPS if args.quick else STUDENT_STEPS)
-        run_proof(args.output, seeds, rows, steps, not args.no_progress, concept=not args.quick)
+        run_proof(args.output, seeds, rows, steps, not args.no_progress, concept=not args.quick, family=args.family)
     except PEAError as e:
         raise SystemExit(f"error: {e}") from None
     return 0

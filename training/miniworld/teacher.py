@@ -1,8 +1,12 @@
-"""Training a tiny English teacher from scratch (demo and miniature-world use only).
+"""The miniature world's English teacher: a tiny UNet trained from scratch on English captions.
 
 A real user's checkpoint already reads English; the tiny UNet built in code does not, and a
 random teacher gives the student nothing language-specific to learn. This trains the UNet of
-``parts`` on English captions with the ordinary diffusion loss, through ComfyUI's model code.
+``parts`` on the world's English captions with the ordinary diffusion loss, through ComfyUI's
+model code, with the conditioning of the model's family (SDXL: pooled vector and size ids too).
+One teacher per family ships in ``data/``; rebuild one with
+
+    python -m training.miniworld.teacher --write-teacher [--family sdxl]
 """
 from __future__ import annotations
 
@@ -12,12 +16,20 @@ import safetensors.torch
 import torch
 from tqdm import tqdm
 
+from adapters.families import family_of
 from adapters.file_format import atomic_write
 
 from training.data.caches import TeacherText
-from training.data.sampling import Record, load_image
-from training.step.distill import sample_generator
+from training.data.sampling import Record, load_image, read_manifest
+from training.step.distill import sample_generator, sdxl_label
 from training.step.objective import per_sample_mse, prediction_target
+from training.miniworld.tiny_base import TINY_PARTS, calibrate_vae
+from training.miniworld.world import read_pairs, write_dataset
+
+TEACHER_STEPS, TEACHER_LR = 1200, 2e-3
+SHIPPED_TEACHERS = {"sd15": Path(__file__).with_name("data") / "teacher_unet.safetensors",
+                    "sdxl": Path(__file__).with_name("data") / "teacher_unet_sdxl.safetensors"}
+"""The shipped teacher UNet of each family's tiny base (``tiny_base.TINY_PARTS``), trained at seed 0."""
 
 
 def train_teacher(parts, records: list[Record], steps: int, size: int, batch_size: int = 32, lr: float = 1e-3,
@@ -29,11 +41,11 @@ def train_teacher(parts, records: list[Record], steps: int, size: int, batch_siz
     with torch.no_grad():
         latents = base.process_latent_in(parts.vae.encode(torch.stack([load_image(r.image, (size, size))
                                                                        for r in records])).float())
-        tokens, _ = text.encode_batch([r.en or "" for r in records])
-        empty = text.encode("")["tokens"]
+        tokens, pooled = text.encode_batch([r.en or "" for r in records])
+        empty = text.encode("")
     unet.requires_grad_(True).train()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
-    ms, outputs, losses = base.model_sampling, {}, []
+    ms, outputs, losses, sizes = base.model_sampling, {}, [], {}
     hook = unet.register_forward_hook(lambda _m, _i, out: outputs.__setitem__("out", out))
     order = torch.Generator().manual_seed(seed)
     try:
@@ -43,10 +55,12 @@ def train_teacher(parts, records: list[Record], steps: int, size: int, batch_siz
             t = torch.cat([torch.randint(0, 1000, (1,), generator=g) for g in draws])
             noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in draws])
             drop = torch.cat([torch.rand(1, generator=g) < caption_dropout for g in draws])
-            context = torch.where(drop[:, None, None], empty, tokens[idx])
+            context = torch.where(drop[:, None, None], empty["tokens"], tokens[idx])
+            y = None if pooled is None else sdxl_label(
+                base, torch.where(drop[:, None], empty["pooled"], pooled[idx]), (size, size), sizes)
             sigma = ms.sigma(t.float())
             noisy = ms.noise_scaling(sigma, noise, latents[idx])
-            base.apply_model(noisy, sigma, c_crossattn=context)
+            base.apply_model(noisy, sigma, c_crossattn=context, y=y)
             loss = per_sample_mse(outputs["out"], prediction_target(ms, sigma, noisy, latents[idx])).mean()
             loss.backward()
             optimizer.step()
@@ -66,3 +80,41 @@ def save_unet(parts, path: Path, dtype: torch.dtype = torch.float32) -> None:
 def load_unet(parts, path: Path) -> None:
     unet = parts.model.model.diffusion_model
     unet.load_state_dict({k: v.float() for k, v in safetensors.torch.load_file(str(path)).items()})
+
+
+def teacher_records(folder: Path) -> list:
+    """The English teacher's training set: every training pair under its English captions."""
+    return read_manifest(write_dataset(folder, [p for p in read_pairs() if not p["held_out"]], ("en",), name="teacher"))
+
+
+def prepare_teacher(parts, folder: Path, cache: Path, seed: int = 0, progress: bool = True) -> None:
+    """Give the tiny UNet its English teacher weights: the shipped file of its family, else a
+    cached or freshly trained one (seeds other than 0 always train their own)."""
+    records = teacher_records(folder)
+    calibrate_vae(parts, torch.stack([load_image(r.image, (64, 64)) for r in records]))
+    for path in (SHIPPED_TEACHERS[family_of(parts.model).head], cache):
+        if seed == 0 and path.is_file():
+            load_unet(parts, path)
+            return
+    train_teacher(parts, records, TEACHER_STEPS, 64, lr=TEACHER_LR, seed=seed, progress=progress)
+    save_unet(parts, cache)
+
+
+if __name__ == "__main__":
+    import argparse
+    import tempfile
+
+    from comfy_runtime import import_comfy
+
+    parser = argparse.ArgumentParser(description="Rebuild a shipped miniature-world teacher (minutes on a CPU).")
+    parser.add_argument("--write-teacher", action="store_true", required=True)
+    parser.add_argument("--family", choices=sorted(TINY_PARTS), default="sd15")
+    args = parser.parse_args()
+    import_comfy(cpu=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        world_parts = TINY_PARTS[args.family](seed=0)
+        train_records = teacher_records(Path(tmp))
+        calibrate_vae(world_parts, torch.stack([load_image(r.image, (64, 64)) for r in train_records]))
+        train_teacher(world_parts, train_records, TEACHER_STEPS, 64, lr=TEACHER_LR)
+        save_unet(world_parts, SHIPPED_TEACHERS[args.family], dtype=torch.float16)
+    print(f"wrote {SHIPPED_TEACHERS[args.family]}")

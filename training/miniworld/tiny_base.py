@@ -13,6 +13,14 @@ from training.base_checkpoint import BaseParts
 
 TINY_CLIP = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
              "num_hidden_layers": 2, "projection_dim": 64}
+TINY_SDXL_CLIPS = {
+    # SDXL reads both encoders' penultimate states side by side (32 + 64 = 96-d tokens) and CLIP-G's
+    # projected pooled vector (64-d: the UNet's label embedding reads 64 + 6 x 256 size-id widths)
+    "clip_l_model_config": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
+                            "num_hidden_layers": 3},
+    "clip_g_model_config": {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+                            "num_hidden_layers": 3},
+}
 
 UNET_SHAPES = {
     # SD1.5 layout (4 levels, 2 res blocks, attention on the first 3) at small width
@@ -27,6 +35,11 @@ UNET_SHAPES = {
     "demo": dict(model_channels=32, num_res_blocks=[1, 1], channel_mult=[1, 2], transformer_depth=[1, 1],
                  transformer_depth_output=[1, 1, 1, 1], context_dim=64, use_linear_in_transformer=False,
                  adm_in_channels=None),
+    # the demo's size with SDXL's conditioning: two text encoders (96-d tokens), pooled vector and
+    # size ids through the label embedding, linear projections in the transformers
+    "demo_xl": dict(model_channels=32, num_res_blocks=[1, 1], channel_mult=[1, 2], transformer_depth=[1, 1],
+                    transformer_depth_output=[1, 1, 1, 1], context_dim=96, use_linear_in_transformer=True,
+                    adm_in_channels=64 + 6 * 256),
 }
 
 
@@ -116,26 +129,42 @@ def pooling_taesd(latent_channels: int = 4):
 
 
 @torch.no_grad()
-def calibrate_vae(vae, images: torch.Tensor, latent_scale: float = 0.18215) -> None:
-    """Set a random TAESD's ``vae_scale``/``vae_shift`` so that ``images`` ([B, H, W, 3] in
+def calibrate_vae(parts: BaseParts, images: torch.Tensor) -> None:
+    """Set the random TAESD's ``vae_scale``/``vae_shift`` so that ``images`` ([B, H, W, 3] in
     [0, 1]) give latents of unit variance after the model's latent scaling, as a trained VAE does."""
-    taesd = vae.first_stage_model
+    taesd = parts.vae.first_stage_model
     raw = taesd.taesd_encoder(images.movedim(-1, 1).to(taesd.vae_scale.device))
-    taesd.vae_scale.fill_(raw.std().item() * latent_scale)
+    taesd.vae_scale.fill_(raw.std().item() * parts.model.model.latent_format.scale_factor)
     taesd.vae_shift.fill_(-raw.mean().item() / taesd.vae_scale.item())
 
 
-def tiny_sd15_parts(shape: str = "demo", seed: int = 0) -> BaseParts:
-    """A tiny SD1.5-family MODEL/CLIP/VAE: ComfyUI's SD1 CLIP (real tokenizer, 64-d) and TAESD."""
+def _tiny_parts(shape: str, seed: int, clip_options: dict) -> BaseParts:
+    """MODEL/CLIP/VAE around ``tiny_unet_model(shape)``: ComfyUI's CLIP of the model's family with
+    the widths of ``clip_options`` (real tokenizers), and the pooling TAESD."""
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.sd
-    import comfy.supported_models as sm
+
     model = tiny_unet_model(shape, seed)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                                offload_device=mm.unet_offload_device())
-    clip = comfy.sd.CLIP(sm.SD15({}).clip_target(), model_options={"clip_l_model_config": TINY_CLIP})
+    clip = comfy.sd.CLIP(model.model_config.clip_target(), model_options=clip_options)
     init_weights(clip.cond_stage_model, seed + 1)
     vae = comfy.sd.VAE(sd=pooling_taesd().state_dict(), dtype=torch.float32)  # the same numbers on any device
     vae.first_stage_model.requires_grad_(False)
     return BaseParts(patcher, clip, vae, f"tiny-{shape}")
+
+
+def tiny_sd15_parts(shape: str = "demo", seed: int = 0) -> BaseParts:
+    """A tiny SD1.5-family MODEL/CLIP/VAE: ComfyUI's SD1 CLIP (real tokenizer, 64-d) and TAESD."""
+    return _tiny_parts(shape, seed, {"clip_l_model_config": TINY_CLIP})
+
+
+def tiny_sdxl_parts(shape: str = "demo_xl", seed: int = 0) -> BaseParts:
+    """A tiny SDXL-family MODEL/CLIP/VAE: ComfyUI's SDXL class (label embedding for the pooled
+    vector and size ids), its CLIP-L + CLIP-G text encoder at ``TINY_SDXL_CLIPS`` widths, TAESD."""
+    return _tiny_parts(shape, seed, TINY_SDXL_CLIPS)
+
+
+TINY_PARTS = {"sd15": tiny_sd15_parts, "sdxl": tiny_sdxl_parts}
+"""The miniature world's base model per family head."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -168,23 +169,37 @@ TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
 """The temp names of :func:`atomic_write`: ``.<target name>.<process id>.<8 hex digits>.tmp``."""
 
 
-def remove_abandoned_temp_files(folder: Path) -> list[Path]:
-    """Delete the temp files :func:`atomic_write` left in ``folder`` (not below) when its process was
-    killed mid-write: only names of its pattern, only regular files, only those whose process is gone
-    (a live writer's file is left alone). Returns what was deleted."""
-    if not folder.is_dir():
-        return []
-    found = [(Path(e.path), int(m["pid"])) for e in os.scandir(folder)
-             if (m := TEMP_NAME.match(e.name)) and e.is_file(follow_symlinks=False)]
+def _temp_files(folder: Path, recursive: bool, older_than_s: float):
+    """(path, writer's pid) of each temp file of :func:`atomic_write` in ``folder`` last written
+    ``older_than_s`` seconds ago or more."""
+    for entry in os.scandir(folder):
+        if recursive and entry.is_dir(follow_symlinks=False):
+            yield from _temp_files(Path(entry.path), True, older_than_s)
+        elif (m := TEMP_NAME.match(entry.name)) and entry.is_file(follow_symlinks=False):
+            if time.time() - entry.stat(follow_symlinks=False).st_mtime >= older_than_s:
+                yield Path(entry.path), int(m["pid"])
+
+
+def remove_abandoned_temp_files(folder: Path, *, recursive: bool = False, older_than_s: float = 0.0) -> list[Path]:
+    """Delete the temp files :func:`atomic_write` left in ``folder`` (``recursive``: and below) when
+    its process was killed mid-write: only names of its pattern, only regular files, only those
+    whose process is gone from this machine and, with ``older_than_s``, last written that long ago
+    (for folders that writers on other machines share: their processes are not visible here).
+    Returns what was deleted."""
+    found = list(_temp_files(folder, recursive, older_than_s)) if folder.is_dir() else []
     if not found:
         return []
     import psutil  # a ComfyUI requirement; needed only when temp files are found
 
     removed = []
     for path, pid in found:
-        if pid != os.getpid() and not psutil.pid_exists(pid):
-            path.unlink(missing_ok=True)
-            removed.append(path)
+        if pid == os.getpid() or psutil.pid_exists(pid):
+            continue
+        try:
+            path.unlink()
+        except (FileNotFoundError, PermissionError):  # renamed meanwhile; open elsewhere (Windows)
+            continue
+        removed.append(path)
     return removed
 
 

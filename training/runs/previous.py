@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 
 from adapters.errors import PEAError
-from adapters.file_format import TEMP_NAME
+from adapters.file_format import remove_abandoned_temp_files
 
 from training.runs.files import checkpoints, find_checkpoint
 
@@ -171,10 +171,10 @@ def prepare_run_folder(output: Path, adapter_name: str, resume: Path | None = No
                 folder.rmdir()
         if old:
             log.warning("--overwrite: deleted %d file(s) of the previous run in %s", len(old), output)
-    removed = remove_temp_files(output, recursive=False) + remove_temp_files(output / "checkpoints", recursive=False)
-    removed += remove_temp_files(output / "previews", recursive=False)
+    removed = [path for folder in (output, output / "checkpoints", output / "previews")
+               for path in remove_abandoned_temp_files(folder)]
     if cache_dir is not None:
-        removed += remove_temp_files(cache_dir, recursive=True, older_than_s=STALE_AFTER_S)
+        removed += remove_abandoned_temp_files(cache_dir, recursive=True, older_than_s=STALE_AFTER_S)
     if removed:
         log.warning("removed %d temp file(s) left by interrupted writes (%s)", len(removed),
                     ", ".join(str(p) for p in removed[:3]) + (" ..." if len(removed) > 3 else ""))
@@ -191,23 +191,3 @@ def check_later_checkpoints(folder: Path, step: int, overwrite: bool) -> None:
             f"that a later --resume would continue instead; resume from the newest, or pass --overwrite to delete them")
     for path in later:
         path.unlink()
-
-
-def remove_temp_files(folder: Path, recursive: bool, older_than_s: float = 0.0) -> list[Path]:
-    """Delete the atomic writer's temp files in ``folder`` not modified for ``older_than_s``
-    seconds; returns them."""
-    if not folder.is_dir():
-        return []
-    removed, now = [], time.time()
-    for entry in os.scandir(folder):
-        if recursive and entry.is_dir(follow_symlinks=False):
-            removed += remove_temp_files(Path(entry.path), True, older_than_s)
-        elif TEMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
-            if older_than_s and now - entry.stat(follow_symlinks=False).st_mtime < older_than_s:
-                continue
-            try:
-                os.remove(entry.path)
-            except (FileNotFoundError, PermissionError):  # renamed meanwhile; open elsewhere (Windows)
-                continue
-            removed.append(Path(entry.path))
-    return removed

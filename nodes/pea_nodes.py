@@ -90,9 +90,11 @@ class PEAApplyAdapter:
                     "tooltip": "Optional: the checkpoint's MODEL, to check that the adapter is made for "
                                "its family (SD1.5, SDXL or FLUX.1) before sampling."}),
                 "clip": ("CLIP", {
-                    "tooltip": "Optional: the checkpoint's own CLIP (or LoraLoader's clip output). Then "
-                               "`English spans` and embedding:name in prompts go to it, with its embeddings "
-                               "and LoRA; the rest goes through the language encoder."}),
+                    "tooltip": "Optional: the checkpoint's own CLIP (or LoraLoader's clip output; for FLUX.1 "
+                               "DualCLIPLoader's). Then `English spans` in backticks and embedding:name in prompts "
+                               "go to it, with its embeddings and LoRA, their tokens after PEA's (SDXL: from text_g; "
+                               "FLUX.1: from t5xxl, through T5); the rest, and the pooled vector, come from the "
+                               "language encoder and adapter."}),
             },
         }
 

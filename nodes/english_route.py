@@ -20,7 +20,7 @@ import torch
 
 import comfy.sd
 
-from ..adapters.errors import NonFiniteError, PromptError
+from ..adapters.errors import IncompatibleError, NonFiniteError, PromptError
 
 ENGLISH = re.compile(r"`(?P<span>[^`]*)`|(?P<embedding>\(embedding:[^\s()]+\)"
                      r"|(?<![A-Za-z0-9_])embedding:[^\s,()\u3000-\u303f\uff00-\uffef]+)")
@@ -90,12 +90,15 @@ class EnglishRoute:
     """The checkpoint's CLIP as the English side of a PEA CLIP, used as given: LoRA patches
     (LoraLoader's clip output), CLIP Set Last Layer and ComfyUI's embeddings folder all apply."""
 
-    def __init__(self, clip: comfy.sd.CLIP):
+    def __init__(self, clip: comfy.sd.CLIP, adapter_name: str = "the adapter"):
         self.clip = clip
+        self.adapter_name = adapter_name
 
-    def tokens(self, chunks: list, english: str) -> EnglishTokens:
-        """``chunks`` (the PEA side's tokens) carrying the checkpoint CLIP's tokens of ``english``."""
-        return EnglishTokens(chunks, english, self.clip.tokenize(english) if english else None)
+    def tokens(self, keys: tuple[str, ...], chunks: list, english: str) -> dict[str, EnglishTokens]:
+        """``chunks`` (the PEA side's tokens) under every key of ``keys``, each carrying the checkpoint
+        CLIP's tokens of ``english`` (tokenized once)."""
+        tokens = self.clip.tokenize(english) if english else None
+        return {k: EnglishTokens(chunks, english, tokens) for k in keys}
 
     def join(self, cond: torch.Tensor, tokens: list) -> torch.Tensor:
         """``cond`` followed on the token axis by the English part's conditioning, as stock CLIP Text
@@ -107,4 +110,9 @@ class EnglishRoute:
         if not torch.isfinite(english_cond).all():
             raise NonFiniteError(f"PEA prompt: the checkpoint's CLIP gave NaN or infinite values for the English "
                                  f"part '{tokens.text}' (an embedding file with such values?).")
+        if english_cond.shape[-1] != cond.shape[-1]:
+            raise IncompatibleError(
+                f"PEA prompt: the CLIP on Apply PEA Adapter's 'clip' input gives {english_cond.shape[-1]}-wide tokens, "
+                f"{self.adapter_name} gives {cond.shape[-1]}-wide ones, so the English part '{tokens.text}' cannot "
+                "join them. Connect the CLIP of the checkpoint you sample with.")
         return torch.cat([cond, english_cond.to(cond)], dim=1)

@@ -73,7 +73,7 @@ class PEATokenizer:
             tokens = self.sd_tokenizer.tokenize_with_weights(language, return_word_ids, **kwargs)
         if self.english is None:
             return {k: list(tokens) for k in self.keys}
-        return {k: self.english.tokens(tokens, prompt.english) for k in self.keys}
+        return self.english.tokens(self.keys, tokens, prompt.english)
 
     def untokenize(self, token_weight_pair):
         with tokenizer_panics(self.where):
@@ -191,7 +191,7 @@ def adapter_clip(encoder_clip: comfy.sd.CLIP, adapter: PEAAdapter, english_clip:
     english = None
     if english_clip is not None:
         check_english_clip(english_clip, adapter.shape.head, adapter_name)
-        english = EnglishRoute(english_clip)
+        english = EnglishRoute(english_clip, adapter_name)
     encoder = encoder_clip.cond_stage_model.encoder
     patcher = encoder_clip.patcher
     adapter_patcher = comfy.model_patcher.ModelPatcher(

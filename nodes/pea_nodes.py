@@ -5,7 +5,7 @@ from __future__ import annotations
 import folder_paths
 import nodes as comfy_nodes
 
-from ..adapters import load_adapter
+from ..adapters import IncompatibleError, load_adapter
 from ..adapters.encoders.base import MAX_CONTEXT_LENGTH
 from ..adapters.families import family_of, model_label
 from ..adapters.pairing import check_base_model, check_pairing
@@ -20,6 +20,11 @@ LANGUAGES = ["multilingual", "Chinese", "Russian", "Korean", "Japanese", "non-En
              "中文", "多语言", "翻译", "русский", "перевод", "한국어", "번역", "日本語", "翻訳"]
 """Search terms shared by the three nodes: what people look for when they want to prompt in
 their language (ComfyUI's node search reads ``SEARCH_ALIASES``)."""
+
+
+NOT_CONNECTED = object()
+"""Default of an optional input left unconnected. ComfyUI passes None for one connected to an output
+that holds nothing, e.g. the CLIP of a checkpoint without a text encoder."""
 
 
 def found_or_message(find, name: str) -> bool | str:
@@ -85,9 +90,11 @@ class PEAApplyAdapter:
                     "tooltip": "Optional: the checkpoint's MODEL, to check that the adapter is made for "
                                "its family (SD1.5, SDXL or FLUX.1) before sampling."}),
                 "clip": ("CLIP", {
-                    "tooltip": "Optional: the checkpoint's own CLIP (or LoraLoader's clip output). Then "
-                               "`English spans` and embedding:name in prompts go to it, with its embeddings "
-                               "and LoRA; the rest goes through the language encoder."}),
+                    "tooltip": "Optional: the checkpoint's own CLIP (or LoraLoader's clip output; for FLUX.1 "
+                               "DualCLIPLoader's). Then `English spans` in backticks and embedding:name in prompts "
+                               "go to it, with its embeddings and LoRA, their tokens after PEA's (SDXL: from text_g; "
+                               "FLUX.1: from t5xxl, through T5); the rest, and the pooled vector, come from the "
+                               "language encoder and adapter."}),
             },
         }
 
@@ -105,12 +112,18 @@ class PEAApplyAdapter:
     def VALIDATE_INPUTS(cls, adapter_name):
         return found_or_message(find_adapter, adapter_name)
 
-    def apply(self, language_clip: LanguageClip, adapter_name: str, model=None, clip=None):
+    def apply(self, language_clip: LanguageClip, adapter_name: str, model=None, clip=NOT_CONNECTED):
+        if clip is None:
+            raise IncompatibleError(
+                "Apply PEA Adapter: the clip input is connected but receives no CLIP (None), as a checkpoint loader "
+                "gives for a checkpoint without a text encoder. Connect the text encoders of the checkpoint's family "
+                "from a CLIP loader, or disconnect the input and keep English spans and embedding: out of the prompts.")
         adapter = load_adapter(find_adapter(adapter_name), dtype=language_clip.model_options["dtype"])
         check_pairing(language_clip.encoder, adapter.info, adapter_name)
         if model is not None:
             check_base_model(adapter.shape, adapter_name, model_label(model), family_of(model))
-        return (adapter_clip(language_clip.clip, adapter, clip, adapter_name),)
+        english_clip = None if clip is NOT_CONNECTED else clip
+        return (adapter_clip(language_clip.clip, adapter, english_clip, adapter_name),)
 
 
 class PEAEncodePrompt:

@@ -39,10 +39,12 @@ NOTES = {
         "\n\n" + FILES_SDXL_ZH + "\n- models/controlnet/controlnet-canny-sdxl-1.0.safetensors (an SDXL canny ControlNet)"
         "\n- input/pea_canny_source.png (any photo: load your own image)"),
     "04_sdxl_lora": (
-        "SDXL + a LoRA with a Chinese prompt: the UNet is unchanged by PEA, so LoRAs apply as usual "
-        "(here on the MODEL only). For a LoRA's trigger word, load it with Load LoRA on MODEL and CLIP, connect its "
-        "clip output to Apply PEA Adapter's clip input and write the trigger word between backticks, as workflow 12 "
-        "does.\n\n" + FILES_SDXL_ZH
+        "SDXL + a LoRA with a Chinese prompt: the UNet is unchanged by PEA, so LoRAs apply as usual. The LoRA's "
+        "trigger word is written between backticks (`ohwx style`): Apply PEA Adapter takes Load LoRA's clip output, "
+        "so the span goes to the checkpoint's own CLIP-L + CLIP-G with the LoRA's text-encoder patches, and its "
+        "tokens follow PEA's; the rest of the prompt, the pooled vector and the size conditioning come from PEA. "
+        "Put your LoRA's trigger word between the backticks, or remove the span for a LoRA without one.\n\n"
+        + FILES_SDXL_ZH.replace("(any SDXL checkpoint)", "(any SDXL checkpoint with its text encoders)")
         + "\n- models/loras/sdxl_style_lora.safetensors (any SDXL LoRA)"),
     "05_sdxl_lcm_lora_4_steps": (
         "SDXL + LCM-LoRA: 4 steps, cfg 1.5, sampler lcm, ModelSamplingDiscrete set to lcm.\n\n" + FILES_SDXL_ZH

@@ -32,6 +32,21 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("background runs: the slow tier, and the other ComfyUI releases")
         for line in lines:
             terminalreporter.write_line(line)
+    cpu = cpu_minutes()
+    if cpu:
+        terminalreporter.write_line(f"CPU time of this process: {cpu[0]:.1f} min; of the processes it waited for "
+                                    f"(servers, commands, background runs): {cpu[1]:.1f} min")
+
+
+def cpu_minutes() -> tuple[float, float] | None:
+    """(this process, its waited-for children) user + system CPU minutes; None where the OS does
+    not count them (Windows). What the suite's time budget is made of, per process."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return tuple((u.ru_utime + u.ru_stime) / 60 for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                          resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 @pytest.fixture(scope="session")

@@ -188,13 +188,13 @@ class PackConditioner:
     as Apply PEA Adapter applies it, with the teacher's CLIP as the checkpoint's CLIP, so English
     spans in backticks go to the teacher's CLIP (``nodes/english_route.py``)."""
 
-    def __init__(self, world: World, adapter_file: Path):
+    def __init__(self, encoder_folder: Path, english_clip, adapter_file: Path):
         from comfy_runtime import load_pack
 
         nodes = load_pack().nodes
-        language_clip = nodes.language_clip.load_language_clip(world.encoder_folder, dtype="fp32", device="cpu",
+        language_clip = nodes.language_clip.load_language_clip(encoder_folder, dtype="fp32", device="cpu",
                                                                context_length=77)
-        self.clip = nodes.pea_clip.adapter_clip(language_clip.clip, load_adapter(adapter_file), world.parts.clip,
+        self.clip = nodes.pea_clip.adapter_clip(language_clip.clip, load_adapter(adapter_file), english_clip,
                                                 adapter_file.name)
 
     @torch.no_grad()
@@ -296,7 +296,7 @@ def run_proof(output: Path, seeds: Sequence[int] = (0, 1, 2), rows: tuple[str, .
                                     LANTERN_SAMPLES_PER_PROMPT)
                 record(f"concept 灯笼: {OURS}", seed, acc, images)
             if triggers and name == OURS:
-                through_pack = PackConditioner(world, adapter_file)
+                through_pack = PackConditioner(world.encoder_folder, world.parts.clip, adapter_file)
                 for label, span in (("PEA alone", False), ("PEA + English span", True)):
                     acc, _ = score(world, through_pack, triggers, trigger_prompts(triggers, spec.withheld, span), seed,
                                    TRIGGER_SAMPLES_PER_PROMPT)

@@ -22,6 +22,18 @@ comfyui="${COMFYUI_PATH:-}"
 if [ -z "$comfyui" ] && [ "$(basename "$(dirname "$PWD")")" = custom_nodes ] && [ -f ../../main.py ]; then
     comfyui=../..
 fi
+install_pins() {  # the packages release $1 (folder $2) pins, into $hosts/extras-$1, whole or not at all
+    local version=$1 name=$2
+    rm -rf "$hosts/extras-$version.partial"
+    { grep -E '^[A-Za-z0-9_.-]+==' "$hosts/$name/requirements.txt" || true; } > "$hosts/pins-$version.txt"
+    mkdir "$hosts/extras-$version.partial"
+    if [ -s "$hosts/pins-$version.txt" ]; then
+        python -m pip install -q --target "$hosts/extras-$version.partial" -r "$hosts/pins-$version.txt"
+    fi
+    mv "$hosts/extras-$version.partial" "$hosts/extras-$version"
+}
+
+installs=()
 for archive in "${archives[@]}"; do
     name=$(basename "$archive" .tar.gz)  # ComfyUI-vX.Y.Z
     version=${name#ComfyUI-v}
@@ -35,16 +47,10 @@ for archive in "${archives[@]}"; do
     fi
     if [ ! -d "$hosts/extras-$version" ]; then
         echo "installing the packages ComfyUI $version pins into $hosts/extras-$version"
-        rm -rf "$hosts/extras-$version.partial"
-        { grep -E '^[A-Za-z0-9_.-]+==' "$hosts/$name/requirements.txt" || true; } > "$hosts/pins-$version.txt"
-        mkdir "$hosts/extras-$version.partial"
-        if [ -s "$hosts/pins-$version.txt" ]; then
-            python -m pip install -q --target "$hosts/extras-$version.partial" -r "$hosts/pins-$version.txt"
-        fi
-        mv "$hosts/extras-$version.partial" "$hosts/extras-$version"
+        install_pins "$version" "$name" &  # side by side with the other releases' and the requirements below
+        installs+=($!)
     fi
 done
-
 if [ -z "$comfyui" ] && [ ${#archives[@]} -eq 0 ]; then
     echo "no ComfyUI: no COMFYUI_PATH, no ComfyUI around the pack, no archives in $archives_dir"
     exit 0
@@ -59,3 +65,6 @@ fi
     > "$hosts/requirements.txt"
 echo "installing the ComfyUI requirements ($hosts/requirements.txt)"
 python -m pip install -q -r "$hosts/requirements.txt"
+for pid in "${installs[@]}"; do
+    wait "$pid" || { echo "installing a release's pinned packages failed (see above)" >&2; exit 1; }
+done

@@ -177,7 +177,7 @@ def browser():
 def release_runs(request) -> dict[str, releases.SubRun]:
     """The background runs of a full session (one that collected tests/host/test_releases.py): the
     other releases' sub-runs and, when this session handed them over, the slow and the pack-logic
-    tiers on its own release (three processes, releases.BACKGROUND_TIERS). They start at the first
+    tiers on its own release (releases.BACKGROUND_TIERS, a process each). They start at the first
     host test, once this session's stand-ins are written, run beside its own tests (each process
     waits on its ComfyUI server much of the time), and are stopped at the session's end."""
     config = request.config
@@ -185,7 +185,7 @@ def release_runs(request) -> dict[str, releases.SubRun]:
         yield {}
         return
     stand_ins = request.getfixturevalue("base_dir")
-    torch.set_num_threads(1)  # four test processes share the machine's cores from here on
+    torch.set_num_threads(1)  # the test processes share the machine's cores from here on
     runs = {r.version: releases.SubRun(r, stand_ins) for r in releases.other_releases(config.pea_release)}
     if config.pea_tiers_in_background:
         for name, (tier, paths, ignore) in releases.BACKGROUND_TIERS.items():

@@ -109,13 +109,16 @@ SLOW_TIER = "slow"
 ONCE_TIER = "once"
 """The marker of the pack-logic host tests, which run on the session's release only."""
 WORLD_PROOF = "tests/host/test_world_proof.py"
-BACKGROUND_TIERS = {"slow-world-proof": (SLOW_TIER, (WORLD_PROOF,), ()),
+WORLD_FLOOR = f"{WORLD_PROOF}::test_reduced_world_proof_keeps_the_pea_student_near_the_teacher"
+BACKGROUND_TIERS = {"slow-world-proof-sd15": (SLOW_TIER, (f"{WORLD_FLOOR}[sd15]",), ()),
+                    "slow-world-proof-sdxl": (SLOW_TIER, (f"{WORLD_FLOOR}[sdxl]",), ()),
                     "slow": (SLOW_TIER, ("tests/host",), (WORLD_PROOF,)),
                     "once": (f"{ONCE_TIER} and not {SLOW_TIER}", ("tests/host",), ())}
 """The background runs on the session's release in a full session, by name: (marker expression,
-paths, paths ignored). The world proof, the slow tier's longest test, runs in a process of its
-own beside the rest of that tier; the pack-logic tests run in a third, so that the session's own
-process keeps only the unit tests and the host tests every release runs."""
+paths, paths ignored). The world proof's two floors (SD1.5 and SDXL teachers), the slow tier's
+longest tests, run in processes of their own beside the rest of that tier; the pack-logic tests
+run in another, so that the session's own process keeps only the unit tests and the host tests
+every release runs."""
 OTHER_RELEASES_TIER = "not slow and not once"
 """What the other releases' sub-runs run: every host test but the slow tier and the pack-logic tests."""
 

@@ -1,34 +1,90 @@
-"""The miniature-world proof, reduced: one seed, the PEA row, no lantern rows (the full table is
-``python -m training.miniworld.proof``; docs/world_proof.md)."""
+"""The miniature-world proof, reduced: one seed, the PEA row, no lantern or trigger rows, for each
+teacher family (the full tables are ``python -m training.miniworld.proof [--family sdxl]``;
+docs/world_proof.md)."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-FLOOR = 0.55
+FLOORS = {"sd15": 0.55, "sdxl": 0.42}
 """PEA / teacher mean attribute accuracy, in each language, must stay above this. The test trains
-its student for QUICK_STEPS (700), not the table's 1200: the 3-seed table measured at 700 steps
-(2026-11-28, one thread) gave 0.81 to 1.00 in Chinese, 0.67 to 0.96 in Russian, the lowest being
-seed 0, the seed this test runs, undertrained at 700 steps (its final feature-KD loss twice the
-other seeds'). The floor sits 0.12 below it, for other machines' arithmetic (thread counts change
-the reductions, and seed 0 moves most with them), and far above a trainer that stops
-transferring: text-space alignment measures 0.38x, chance 0.30x."""
+its student for QUICK_STEPS (700), not the tables' 1200.
+
+SD1.5: the 3-seed table measured at 700 steps (2026-11-28, one thread) gave 0.81 to 1.00 in
+Chinese, 0.67 to 0.96 in Russian, the lowest being seed 0, the seed this test runs, undertrained
+at 700 steps (its final feature-KD loss twice the other seeds'). The floor sits 0.12 below it, for
+other machines' arithmetic (thread counts change the reductions, and seed 0 moves most with
+them), and far above a trainer that stops transferring: text-space alignment measures 0.38x,
+chance 0.30x.
+
+SDXL: the SDXL-shaped world's students fall short of their teacher (0.64x/0.57x at 1200 steps,
+docs/world_proof.md). At 700 steps (2026-12-06, one thread) the 3 seeds gave 0.50, 0.62, 0.57 in
+Chinese and 0.59, 0.42, 0.62 in Russian; seed 0, which this test runs, 0.50 and 0.59. The floor
+sits 0.08 below seed 0 and above chance (0.33x), but inside the KD-free row's range (0.38x to
+0.45x at 1200 steps): it guards the SDXL path's wiring (head, pooled vector, size ids, sampling)
+against a break that leaves the student at chance, not the quality the 0.85x target asks for."""
 
 
 @pytest.mark.slow
-def test_reduced_world_proof_keeps_the_pea_student_near_the_teacher(comfy_path, tmp_path):
+@pytest.mark.parametrize("family", sorted(FLOORS))
+def test_reduced_world_proof_keeps_the_pea_student_near_the_teacher(comfy_path, tmp_path, family):
     from training.miniworld.proof import OURS, QUICK_STEPS, run_proof
 
     results = run_proof(tmp_path / "proof", seeds=[0], rows=(OURS,), steps=QUICK_STEPS, progress=False,
-                        concept=False)
+                        concept=False, family=family)
     judge = results["judge_on_drawn_images"]
     assert min(judge[k] for k in ("color", "shape", "place", "size")) >= 0.95, judge
     summary = {row: s["mean"]["mean"] for row, s in results["summary"].items()}
     teacher = summary["teacher, English prompts"]
     assert teacher > 0.6, summary  # chance is 0.25 (8 colours, 7 shapes, 4 places, 2 sizes)
     for lang in ("zh", "ru"):
-        assert summary[f"{OURS} ({lang})"] >= FLOOR * teacher, (lang, summary)
+        assert summary[f"{OURS} ({lang})"] >= FLOORS[family] * teacher, (lang, summary)
     saved = json.loads((tmp_path / "proof" / "proof.json").read_text(encoding="utf-8"))
-    assert saved["summary"].keys() == results["summary"].keys()
+    assert saved["summary"].keys() == results["summary"].keys() and saved["family"] == family
     assert (tmp_path / "proof" / "samples.png").stat().st_size > 0
+
+
+@pytest.mark.once
+def test_trigger_rows_condition_through_the_pack_like_the_students(comfy_path, tmp_path):
+    """The SDXL world's trigger rows go through the pack's own PEA CLIP (Apply PEA Adapter with the
+    teacher's CLIP): without a span it gives exactly the student's conditioning the other rows
+    sample with; a backtick span adds the teacher CLIP's tokens of the English word after them."""
+    import torch
+
+    from adapters import AdapterShape, EncoderSpec, PEAAdapter, load_language_encoder
+    from adapters.demo_files import make_chinese_clip
+    from adapters.families import family_of
+    from adapters.file_format import save_adapter
+    from adapters.metadata import AdapterInfo
+    from training.data.caches import TeacherText
+    from training.miniworld.proof import PackConditioner, trigger_prompts
+    from training.miniworld.tiny_base import tiny_sdxl_parts
+    from training.miniworld.world import read_pairs
+
+    parts = tiny_sdxl_parts()
+    orange = [p for p in read_pairs() if p["color"] == "orange" and not p["native"]][:3]
+    folder = make_chinese_clip(tmp_path / "zh", extra_text=[p["zh"] for p in orange], max_positions=80, hidden=32)
+    encoder = load_language_encoder(folder, context_length=77)
+    torch.manual_seed(0)
+    adapter = PEAAdapter(AdapterShape.for_family(family_of(parts.model), 32, (48,))).eval()
+    spec = EncoderSpec(encoder.kind, encoder.name, "last", encoder.context_length, encoder.use_attention_mask)
+    adapter_file = save_adapter(adapter, AdapterInfo(shape=adapter.shape, encoder=spec, languages=["zh"]),
+                                tmp_path / "adapter.safetensors")
+    through_pack = PackConditioner(folder, parts.clip, adapter_file)
+
+    alone = trigger_prompts(orange, "orange", span=False)
+    assert alone[0].startswith("一个") and "orange" in alone[0] and "橙色" not in alone[0]
+    tokens, pooled = through_pack(alone)
+    with torch.no_grad():
+        expected_tokens, expected_pooled = adapter(encoder.encode(alone).float())
+    assert torch.allclose(tokens, expected_tokens, atol=1e-5) and torch.allclose(pooled, expected_pooled, atol=1e-5)
+
+    spans = trigger_prompts(orange, "orange", span=True)
+    assert "`orange`" in spans[0]
+    joined, joined_pooled = through_pack(spans)
+    english = TeacherText(parts.clip).encode("orange")["tokens"]
+    assert joined.shape == (3, 154, 96) and torch.allclose(joined[:, 77:], english.expand(3, -1, -1), atol=1e-5)
+    language_only = through_pack([s.replace("`orange`", " ") for s in spans])
+    assert torch.allclose(joined[:, :77], language_only[0], atol=1e-5)
+    assert torch.allclose(joined_pooled, language_only[1], atol=1e-5)

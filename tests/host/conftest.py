@@ -178,18 +178,21 @@ def release_runs(request) -> dict[str, releases.SubRun]:
     """The background runs of a full session (one that collected tests/host/test_releases.py): the
     other releases' sub-runs and, when this session handed them over, the slow and the pack-logic
     tiers on its own release (releases.BACKGROUND_TIERS, a process each). They start at the first
-    host test, once this session's stand-ins are written, run beside its own tests (each process
-    waits on its ComfyUI server much of the time), and are stopped at the session's end."""
+    host test (those that read stand-in model files once this session's are written), run beside
+    its own tests (each process waits on its ComfyUI server much of the time), and are stopped at
+    the session's end."""
     config = request.config
     if not getattr(config, "pea_release_runs_wanted", False):
         yield {}
         return
-    stand_ins = request.getfixturevalue("base_dir")
     torch.set_num_threads(1)  # the test processes share the machine's cores from here on
-    runs = {r.version: releases.SubRun(r, stand_ins) for r in releases.other_releases(config.pea_release)}
-    if config.pea_tiers_in_background:
-        for name, (tier, paths, ignore) in releases.BACKGROUND_TIERS.items():
-            runs[name] = releases.SubRun(config.pea_release, stand_ins, tier, name, paths, ignore)
+    tiers = releases.BACKGROUND_TIERS if config.pea_tiers_in_background else {}
+    runs = {name: releases.SubRun(config.pea_release, None, tier.marks, name, tier.paths, tier.ignore)
+            for name, tier in tiers.items() if not tier.stand_ins}
+    stand_ins = request.getfixturevalue("base_dir")
+    runs.update({r.version: releases.SubRun(r, stand_ins) for r in releases.other_releases(config.pea_release)})
+    runs.update({name: releases.SubRun(config.pea_release, stand_ins, tier.marks, name, tier.paths, tier.ignore)
+                 for name, tier in tiers.items() if tier.stand_ins})
     yield runs
     for run in runs.values():
         run.stop()

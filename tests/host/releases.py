@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 from comfy_runtime import PACK_ROOT, PREPARED, find_comfyui, version_key
@@ -110,15 +111,27 @@ ONCE_TIER = "once"
 """The marker of the pack-logic host tests, which run on the session's release only."""
 WORLD_PROOF = "tests/host/test_world_proof.py"
 WORLD_FLOOR = f"{WORLD_PROOF}::test_reduced_world_proof_keeps_the_pea_student_near_the_teacher"
-BACKGROUND_TIERS = {"slow-world-proof-sd15": (SLOW_TIER, (f"{WORLD_FLOOR}[sd15]",), ()),
-                    "slow-world-proof-sdxl": (SLOW_TIER, (f"{WORLD_FLOOR}[sdxl]",), ()),
-                    "slow": (SLOW_TIER, ("tests/host",), (WORLD_PROOF,)),
-                    "once": (f"{ONCE_TIER} and not {SLOW_TIER}", ("tests/host",), ())}
-"""The background runs on the session's release in a full session, by name: (marker expression,
-paths, paths ignored). The world proof's two floors (SD1.5 and SDXL teachers), the slow tier's
-longest tests, run in processes of their own beside the rest of that tier; the pack-logic tests
-run in another, so that the session's own process keeps only the unit tests and the host tests
-every release runs."""
+
+
+class Tier(NamedTuple):
+    """A background run on the session's release: ``pytest <paths> -m <marks>``, less ``ignore``;
+    ``stand_ins``: whether its tests read the session's stand-in model files (a run that does not
+    starts before they are written)."""
+
+    marks: str
+    paths: tuple[str, ...]
+    ignore: tuple[str, ...] = ()
+    stand_ins: bool = True
+
+
+BACKGROUND_TIERS = {"slow-world-proof-sd15": Tier(SLOW_TIER, (f"{WORLD_FLOOR}[sd15]",), stand_ins=False),
+                    "slow-world-proof-sdxl": Tier(SLOW_TIER, (f"{WORLD_FLOOR}[sdxl]",), stand_ins=False),
+                    "slow": Tier(SLOW_TIER, ("tests/host",), (WORLD_PROOF,)),
+                    "once": Tier(f"{ONCE_TIER} and not {SLOW_TIER}", ("tests/host",))}
+"""The background runs on the session's release in a full session, by name. The world proof's two
+floors (SD1.5 and SDXL teachers), the slow tier's longest tests, run in processes of their own
+beside the rest of that tier, from the session's start; the pack-logic tests run in another, so
+that the session's own process keeps only the unit tests and the host tests every release runs."""
 OTHER_RELEASES_TIER = "not slow and not once"
 """What the other releases' sub-runs run: every host test but the slow tier and the pack-logic tests."""
 

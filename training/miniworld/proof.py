@@ -216,7 +216,7 @@ def score(world: World, conditioner, pairs: list[dict], texts: list[str], seed: 
 
 
 def train_student(world: World, name: str, weights: LossWeights, seed: int, steps: int, progress: bool):
-    """Distil one student with the pack's Trainer; returns its adapter (the file is in its run folder)."""
+    """Distil one student with the pack's Trainer; returns its adapter and the adapter file it wrote."""
     slug = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
     run = world.output / "students" / f"{slug}_seed{seed}"
     cfg = TrainConfig(output=run, steps=steps, batch_size=32, lr=STUDENT_LR, weight_decay=0.01, warmup=20, resolution=64,

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from adapters.families import SDXL_SIZE_IDS_WIDTH
 from training.base_checkpoint import BaseParts
 
 TINY_CLIP = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
@@ -39,7 +40,7 @@ UNET_SHAPES = {
     # size ids through the label embedding, linear projections in the transformers
     "demo_xl": dict(model_channels=32, num_res_blocks=[1, 1], channel_mult=[1, 2], transformer_depth=[1, 1],
                     transformer_depth_output=[1, 1, 1, 1], context_dim=96, use_linear_in_transformer=True,
-                    adm_in_channels=64 + 6 * 256),
+                    adm_in_channels=64 + SDXL_SIZE_IDS_WIDTH),
 }
 
 

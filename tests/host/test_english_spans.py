@@ -117,17 +117,12 @@ def tiny_text_encoder(family: str, seed: int):
     clip target: tokenizers and text models), at TINY_FAMILIES' widths, weights initialised."""
     import comfy.sd
     import comfy.supported_models
-    import comfy.text_encoders.t5
 
     from training.miniworld.tiny_base import init_weights
 
     config, options, _ = TINY_FAMILIES[family]
     clip = comfy.sd.CLIP(target=getattr(comfy.supported_models, config)({}).clip_target(), model_options=options)
     init_weights(clip.cond_stage_model, seed)
-    with torch.no_grad():  # T5's RMS norms, which init_weights does not know
-        for m in clip.cond_stage_model.modules():
-            if isinstance(m, comfy.text_encoders.t5.T5LayerNorm):
-                m.weight.fill_(1.0)
     return clip
 
 

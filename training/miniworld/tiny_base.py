@@ -47,7 +47,8 @@ UNET_SHAPES = {
 @torch.no_grad()
 def init_weights(module: nn.Module, seed: int, on_device: bool = False) -> nn.Module:
     """Initialise every layer (ComfyUI's ops skip init to load faster): Linear/conv layers get
-    PyTorch's default bounds (uniform, 1/sqrt(fan_in)), norms ones and zeros, embeddings N(0, 1).
+    PyTorch's default bounds (uniform, 1/sqrt(fan_in)), norms ones and zeros (RMS norms ones),
+    embeddings N(0, 1).
 
     Values come from numpy's legacy ``RandomState``, whose streams never change: the same weights
     on every machine and torch version, so a teacher trained on top of them can be shipped.
@@ -74,6 +75,8 @@ def init_weights(module: nn.Module, seed: int, on_device: bool = False) -> nn.Mo
         elif isinstance(m, (nn.GroupNorm, nn.LayerNorm)) and m.weight is not None:
             m.weight.fill_(1.0)
             m.bias.zero_()
+        elif type(m).__name__.endswith("Norm") and isinstance(getattr(m, "weight", None), nn.Parameter):
+            m.weight.fill_(1.0)  # RMS-style norms of their own class (ComfyUI's T5LayerNorm): a scale only
         elif isinstance(m, nn.Embedding):
             normal(m.weight)
     return module

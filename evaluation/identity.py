@@ -34,6 +34,7 @@ class ContentIds:
             self.cache: dict = json.loads(self.cache_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             self.cache = {}  # missing or damaged: hash again
+        self.unsaved = False
 
     def sha256(self, path: Path) -> str:
         """The sha256 of ``path``'s bytes, from the cache where its size and mtime are unchanged."""
@@ -47,18 +48,24 @@ class ContentIds:
             for block in iter(lambda: f.read(1 << 24), b""):
                 digest.update(block)
         self.cache[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
-        data = json.dumps(self.cache, indent=1)
-        atomic_write(self.cache_path, lambda tmp: Path(tmp).write_text(data, encoding="utf-8"))
+        self.unsaved = True
         return digest.hexdigest()
 
     def of(self, path: Path) -> dict:
-        """``{"sha256": ...}`` for a file; ``{"files": {relative path: sha256}}`` for a folder."""
+        """``{"sha256": ...}`` for a file; ``{"files": {relative path: sha256}}`` for a folder; the
+        cache file is written once, after a file or folder with new hashes."""
         path = Path(path)
         if not path.exists():
             raise EvaluationError(f"model file or folder not found: {path}")
         if path.is_file():
-            return {"sha256": self.sha256(path)}
-        return {"files": {rel: self.sha256(path / rel) for rel in model_files(path)}}
+            identity = {"sha256": self.sha256(path)}
+        else:
+            identity = {"files": {rel: self.sha256(path / rel) for rel in model_files(path)}}
+        if self.unsaved:
+            data = json.dumps(self.cache, indent=1)
+            atomic_write(self.cache_path, lambda tmp: Path(tmp).write_text(data, encoding="utf-8"))
+            self.unsaved = False
+        return identity
 
 
 def model_files(folder: Path) -> list[str]:

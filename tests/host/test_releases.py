@@ -1,10 +1,10 @@
 """The background runs of a full test session (tests/host/conftest.py, ``release_runs``): the host
 tests on every other ComfyUI release prepared from ../shared/comfyui/ (tests/host/releases.py;
 without the slow tier and the pack-logic tests, which run on the session's release), and the slow
-and pack-logic ('once') tiers on the session's own release (three processes). This session's stand-in model files are reused.
+and pack-logic ('once') tiers on the session's own release (a process each, releases.BACKGROUND_TIERS). This session's stand-in model files are reused.
 
-They start in the background as soon as this session has written the stand-ins (the first host
-test), so they run beside this process's own tests; the tests here, sorted last, wait for them. A
+They start in the background at the first host test (those that read the stand-in model files once
+this session has written them), so they run beside this process's own tests; the tests here, sorted last, wait for them. A
 run passes only with exit status 0: failures, errors and "no tests ran" (5) fail here, with the
 run's output (kept in test-artifacts/releases/)."""
 from __future__ import annotations

@@ -187,11 +187,11 @@ def release_runs(request) -> dict[str, releases.SubRun]:
         return
     torch.set_num_threads(1)  # the test processes share the machine's cores from here on
     tiers = releases.BACKGROUND_TIERS if config.pea_tiers_in_background else {}
-    runs = {name: releases.SubRun(config.pea_release, None, tier.marks, name, tier.paths, tier.ignore)
+    runs = {name: releases.SubRun(config.pea_release, None, tier, name)
             for name, tier in tiers.items() if not tier.stand_ins}
     stand_ins = request.getfixturevalue("base_dir")
     runs.update({r.version: releases.SubRun(r, stand_ins) for r in releases.other_releases(config.pea_release)})
-    runs.update({name: releases.SubRun(config.pea_release, stand_ins, tier.marks, name, tier.paths, tier.ignore)
+    runs.update({name: releases.SubRun(config.pea_release, stand_ins, tier, name)
                  for name, tier in tiers.items() if tier.stand_ins})
     yield runs
     for run in runs.values():

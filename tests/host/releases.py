@@ -114,45 +114,52 @@ WORLD_FLOOR = f"{WORLD_PROOF}::test_reduced_world_proof_keeps_the_pea_student_ne
 
 
 class Tier(NamedTuple):
-    """A background run on the session's release: ``pytest <paths> -m <marks>``, less ``ignore``;
-    ``stand_ins``: whether its tests read the session's stand-in model files (a run that does not
-    starts before they are written)."""
+    """A background run: ``pytest <paths> -m <marks>``, less ``ignore``; ``stand_ins``: whether its
+    tests read the session's stand-in model files (a run that does not starts before they are
+    written); ``nice``: how far it stands back for the other test processes (a niceness; POSIX only)."""
 
     marks: str
-    paths: tuple[str, ...]
+    paths: tuple[str, ...] = ("tests/host",)
     ignore: tuple[str, ...] = ()
     stand_ins: bool = True
+    nice: int = 0
 
 
-BACKGROUND_TIERS = {"slow-world-proof-sd15": Tier(SLOW_TIER, (f"{WORLD_FLOOR}[sd15]",), stand_ins=False),
-                    "slow-world-proof-sdxl": Tier(SLOW_TIER, (f"{WORLD_FLOOR}[sdxl]",), stand_ins=False),
-                    "slow": Tier(SLOW_TIER, ("tests/host",), (WORLD_PROOF,)),
-                    "once": Tier(f"{ONCE_TIER} and not {SLOW_TIER}", ("tests/host",))}
+CPU_BOUND = 10
+"""The niceness of the runs that only compute (the slow tier): the processes whose tests wait on a
+ComfyUI server or a browser get a core whenever they are ready to run, and these take what is left.
+Fair shares made the session's own process, which waits on its server most of the time, the last
+to finish, alone on the machine for its last minutes."""
+BACKGROUND_TIERS = {"slow-world-proof-sd15": Tier(SLOW_TIER, (f"{WORLD_FLOOR}[sd15]",), stand_ins=False, nice=CPU_BOUND),
+                    "slow-world-proof-sdxl": Tier(SLOW_TIER, (f"{WORLD_FLOOR}[sdxl]",), stand_ins=False, nice=CPU_BOUND),
+                    "slow": Tier(SLOW_TIER, ignore=(WORLD_PROOF,), nice=CPU_BOUND),
+                    "once": Tier(f"{ONCE_TIER} and not {SLOW_TIER}")}
 """The background runs on the session's release in a full session, by name. The world proof's two
 floors (SD1.5 and SDXL teachers), the slow tier's longest tests, run in processes of their own
 beside the rest of that tier, from the session's start; the pack-logic tests run in another, so
 that the session's own process keeps only the unit tests and the host tests every release runs."""
-OTHER_RELEASES_TIER = "not slow and not once"
+OTHER_RELEASES_TIER = Tier("not slow and not once")
 """What the other releases' sub-runs run: every host test but the slow tier and the pack-logic tests."""
 
 
 class SubRun:
-    """``pytest <paths> -m <tier>`` (paths: tests/host) on ``release``, in the background in its own
-    process group, its output written to test-artifacts/releases/ComfyUI-<version>[-<name>].log."""
+    """``tier`` on ``release``, in the background in its own process group, its output written to
+    test-artifacts/releases/ComfyUI-<version>[-<name>].log."""
 
-    def __init__(self, release: Release, stand_ins: Path | None, tier: str = OTHER_RELEASES_TIER, name: str = "",
-                 paths: tuple[str, ...] = ("tests/host",), ignore: tuple[str, ...] = ()):
+    def __init__(self, release: Release, stand_ins: Path | None, tier: Tier = OTHER_RELEASES_TIER, name: str = ""):
         env = {**os.environ, "COMFYUI_PATH": str(release.path), "PYTHONPATH": release.pythonpath(),
                SUBRUN_ENV: release.version, "OMP_NUM_THREADS": "1"}  # beside this session: one thread each
         if stand_ins is not None:
             env[STANDINS_ENV] = str(stand_ins)
-        ignored = [arg for path in ("tests/host/test_releases.py", *ignore) for arg in ("--ignore", path)]
-        cmd = [sys.executable, "-m", "pytest", *paths, *ignored, "-m", tier, "-q", "-rfEs", "-p", "no:cacheprovider", "--durations=15"]
+        ignored = [arg for path in ("tests/host/test_releases.py", *tier.ignore) for arg in ("--ignore", path)]
+        cmd = [sys.executable, "-m", "pytest", *tier.paths, *ignored, "-m", tier.marks, "-q", "-rfEs", "-p", "no:cacheprovider", "--durations=15"]
         LOGS.mkdir(parents=True, exist_ok=True)
         self.log = LOGS / f"ComfyUI-{release.version}{'-' + name if name else ''}.log"
         with open(self.log, "w", encoding="utf-8") as out:
             self.proc = subprocess.Popen(cmd, cwd=PACK_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)
+        if tier.nice and hasattr(os, "setpriority"):  # before it starts its servers and workers, which inherit it
+            os.setpriority(os.PRIO_PROCESS, self.proc.pid, tier.nice)
         self.started = time.monotonic()
 
     def result(self) -> tuple[int, str]:

@@ -185,7 +185,11 @@ def release_runs(request) -> dict[str, releases.SubRun]:
     if not getattr(config, "pea_release_runs_wanted", False):
         yield {}
         return
-    torch.set_num_threads(1)  # the test processes share the machine's cores from here on
+    # The test processes share the machine's cores from here on: one torch thread each, this process
+    # and what it starts (its ComfyUI server, commands) too. A server with a thread per core spun in
+    # OpenMP's barriers whenever another process held a core: twice the CPU, four times the wall time.
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
     tiers = releases.BACKGROUND_TIERS if config.pea_tiers_in_background else {}
     runs = {name: releases.SubRun(config.pea_release, None, tier, name)
             for name, tier in tiers.items() if not tier.stand_ins}

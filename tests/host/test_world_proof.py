@@ -88,3 +88,18 @@ def test_trigger_rows_condition_through_the_pack_like_the_students(comfy_path, t
     language_only = through_pack([s.replace("`orange`", " ") for s in spans])
     assert torch.allclose(joined[:, :77], language_only[0], atol=1e-5)
     assert torch.allclose(joined_pooled, language_only[1], atol=1e-5)
+
+
+@pytest.mark.once
+def test_free_token_oracle_steers_the_sdxl_teacher_by_kd_alone(comfy_path, tmp_path):
+    """The oracle's free tokens, two captions, 40 steps: both KD terms fall (measured 0.019 -> 0.011
+    logit, 22 -> 10 feature; at 400 steps on 16 captions the free tokens sample at the teacher's
+    accuracy, docs/world_proof.md), and the teacher's row is sampled and judged like the proof's
+    (measured 0.69, chance 0.33)."""
+    from training.miniworld.oracle import run_oracle
+
+    result = run_oracle(tmp_path / "oracle", "sdxl", captions=2, steps=40)
+    first, last = result["kd"][0], result["kd"][-1]
+    assert last["step"] == 40 and last["lkd"] < 0.75 * first["lkd"] and last["fkd"] < 0.6 * first["fkd"], result["kd"]
+    assert set(result["rows"]) == {"teacher, English prompts", "free tokens (KD only)"}
+    assert result["rows"]["teacher, English prompts"]["mean"] > 0.5, result["rows"]

@@ -219,23 +219,38 @@ EVERY_FRONTEND = {"01_sd15_chinese_text_to_image", "09_flux_schnell_chinese", "1
 others open on the session's release only (each takes seconds of browser time)."""
 
 
+@pytest.fixture(scope="module")
+def app_page(server, browser):
+    """One page of ComfyUI's frontend that the workflows below open in turn (each load replaces the
+    graph): the frontend starts once, not once per workflow (seconds of CPU each)."""
+    page = open_app(browser, server.url)
+    yield page
+    page.close()
+
+
 @pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in EVERY_FRONTEND else pytest.mark.once)
                                   for n in sorted(api_workflows())])
-def test_ui_workflow_opens_in_the_browser_without_missing_nodes(server, browser, name):
+def test_ui_workflow_opens_in_the_browser_without_missing_nodes(app_page, name):
     workflow = json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
-    page = open_app(browser, server.url)
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))  # from here on: errors caused by the workflow
-    page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
-    page.wait_for_timeout(1500)
-    dialogs = " ".join(page.locator(".p-dialog").all_inner_texts())
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
-    types = page.evaluate("window.app.graph._nodes.map(n => n.type)")
-    unregistered = page.evaluate("window.app.graph._nodes.filter(n => n.constructor.nodeData === undefined && "
-                                 "!['Note', 'MarkdownNote'].includes(n.type)).map(n => n.type)")
-    queued = page.evaluate("async () => (await window.app.graphToPrompt()).output")  # what Run would send
-    page.close()
+    page, errors = app_page, []
+
+    def record(error) -> None:  # the page's errors while this workflow loads
+        errors.append(str(error))
+
+    page.on("pageerror", record)
+    try:
+        page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
+        page.wait_for_timeout(1500)
+        dialogs = " ".join(page.locator(".p-dialog").all_inner_texts())
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+        types = page.evaluate("window.app.graph._nodes.map(n => n.type)")
+        unregistered = page.evaluate("window.app.graph._nodes.filter(n => n.constructor.nodeData === undefined && "
+                                     "!['Note', 'MarkdownNote'].includes(n.type)).map(n => n.type)")
+        queued = page.evaluate("async () => (await window.app.graphToPrompt()).output")  # what Run would send
+    finally:
+        page.remove_listener("pageerror", record)
+        page.keyboard.press("Escape")  # a dialog this load opened, closed before the next workflow
     fed = [(str(n["id"]), i["name"]) for n in workflow["nodes"] for i in n["inputs"] if "widget" in i and i["link"]]
     assert all(isinstance(queued[node]["inputs"][name], list) for node, name in fed), "linked widgets stay linked"
     assert "missing" not in dialogs.lower(), dialogs

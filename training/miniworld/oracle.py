@@ -26,39 +26,39 @@ from training.miniworld.proof import WORLDS, Conditioner, World, build_world, sa
 from training.step.distill import sample_draws, sdxl_label
 from training.step.objective import LossWeights, distillation_loss, prediction_target
 from training.step.taps import tap_names
-from training.step.unet_pass import tapped_forward, unet_inputs
+from training.step.unet_pass import UNetPasses, unet_inputs
 
 IMAGES_PER_CAPTION = 4
 KD_ONLY = LossWeights(sd=0.0)
 """The students' KD weights (λ_L 1, λ_F 0.1) and no ``L_SD``: every caption is a parallel one."""
 
 
-def distil_free_tokens(world: World, pairs: list[dict], steps: int, lr: float, seed: int = 0) -> tuple[torch.Tensor, list[dict]]:
-    """Free tokens ``[N, L, C]`` for the English captions of ``pairs``, trained with Adam; and the
-    KD losses every 100 steps and at the last."""
+def distil_free_tokens(world: World, teacher: Conditioner, pairs: list[dict], steps: int, lr: float,
+                       seed: int = 0) -> tuple[torch.Tensor, list[dict]]:
+    """Free tokens ``[N, L, C]`` for the English captions of ``pairs``, trained with Adam against
+    ``teacher``'s conditioning; and the KD losses every 100 steps and at the last."""
     import comfy.model_management as mm
 
     mm.load_models_gpu([world.parts.model], force_full_load=True)
     device = world.parts.model.load_device
     base = world.parts.model.model
-    unet, ms = base.diffusion_model, base.model_sampling
-    teacher = Conditioner(world)
+    ms = base.model_sampling
     tokens, pooled = (None if t is None else t.to(device) for t in teacher([p["en"] for p in pairs]))
     empty = teacher([""])[0].to(device)
     with torch.no_grad():
         latents = base.process_latent_in(world.parts.vae.encode(drawn_images(pairs)).float().to(device))
     free = empty.repeat(len(pairs), 1, 1).clone().requires_grad_(True)
     optimizer = torch.optim.Adam([free], lr=lr)
-    taps = tap_names(unet)
+    taps = tap_names(base.diffusion_model)
+    passes = UNetPasses(base.diffusion_model, taps)
     y = sdxl_label(base, pooled, (64, 64), {})
     kd_mask, log = torch.ones(len(pairs), device=device), []
     for step in range(steps):
         t, noise, _ = zip(*(sample_draws(seed, step, i, latents.shape[1:], 0.0) for i in range(len(pairs))))
         sigma = ms.sigma(torch.cat(t).float().to(device))
         noisy = ms.noise_scaling(sigma, torch.stack(noise).to(device), latents)
-        with torch.no_grad():
-            output, features = tapped_forward(unet, *unet_inputs(base, noisy, sigma, tokens, y), frozenset(taps))
-        student_output, student = tapped_forward(unet, *unet_inputs(base, noisy, sigma, free, y), frozenset(taps))
+        output, features = passes.teacher(*unet_inputs(base, noisy, sigma, tokens, y))
+        student_output, student = passes.student(*unet_inputs(base, noisy, sigma, free, y))
         loss, parts = distillation_loss({**student, "output": student_output}, {**features, "output": output},
                                         prediction_target(ms, sigma, noisy, latents), kd_mask, taps, KD_ONLY)
         optimizer.zero_grad(set_to_none=True)
@@ -77,8 +77,8 @@ def run_oracle(output: Path, family: str = "sdxl", captions: int = 16, steps: in
     pairs = [p for p in world.pairs if not p["held_out"] and not p["native"]]
     random.Random(seed).shuffle(pairs)
     pairs = pairs[:captions]
-    free, log = distil_free_tokens(world, pairs, steps, lr, seed)
-    teacher = Conditioner(world)
+    teacher = Conditioner(world)  # its text encodings are kept: the training and the rows share them
+    free, log = distil_free_tokens(world, teacher, pairs, steps, lr, seed)
     tokens, pooled = teacher([p["en"] for p in pairs])
     truth = [p for p in pairs for _ in range(IMAGES_PER_CAPTION)]
 

@@ -6,10 +6,10 @@ One free token tensor per caption (no language encoder, no adapter), initialised
 prompt's tokens and trained with the students' KD terms (λ_L 1, λ_F 0.1, the taps of
 ``training.step.taps``) against the teacher's conditioning of the English caption, on the
 caption's own drawn image; then sampled and judged as the proof's rows are (CFG 5 against the
-teacher's empty prompt, 4 images per caption). The pooled vector stays the teacher's (the SDXL
-teacher does not read it, docs/world_proof.md). Where the oracle reaches the teacher and the
-students do not, the KD objective and the teacher are not what stops them: what their path
-(a frozen encoder, a position-wise adapter) can produce is.
+teacher's empty prompt, 4 images per caption). The pooled vector stays the teacher's: only the
+tokens are free. Where the oracle reaches the teacher and the students do not, the KD objective
+and the teacher are not what stops them: what their path (a frozen encoder, a position-wise
+adapter) can produce, or how it is trained, is (docs/world_proof.md).
 """
 from __future__ import annotations
 

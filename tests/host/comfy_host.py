@@ -27,12 +27,11 @@ def call_node(node_class, **inputs) -> tuple:
 
 
 def open_app(browser, url: str, viewport: tuple[int, int] = (2400, 1400)):
-    """A browser page with ComfyUI's frontend loaded and its graph ready (a first-run dialog closed)."""
+    """A browser page with ComfyUI's frontend loaded and its graph ready."""
     page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
     page.goto(url, wait_until="domcontentloaded")
     page.wait_for_function("window.app && window.app.graph", timeout=120_000)
     page.wait_for_timeout(1000)
-    page.keyboard.press("Escape")  # a first-run templates dialog, if any
     return page
 
 
@@ -63,9 +62,14 @@ class ComfyServer:
                 raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}; see {self.log.name}")
             try:
                 self.get("/object_info/KSampler")
-                return
             except (urllib.error.URLError, ConnectionError):
                 time.sleep(1)
+                continue
+            # A returning user: pages open the default workflow, not the first-run templates browser,
+            # whose loading placeholders animate as long as the page is open (a CPU core on 0.10.0,
+            # where Escape does not close it).
+            self.set_setting("Comfy.TutorialCompleted", True)
+            return
         raise TimeoutError(f"ComfyUI did not answer within {timeout}s; see {self.log.name}")
 
     def alive(self) -> bool:

@@ -103,3 +103,31 @@ def test_free_token_oracle_steers_the_sdxl_teacher_by_kd_alone(comfy_path, tmp_p
     assert last["step"] == 40 and last["lkd"] < 0.75 * first["lkd"] and last["fkd"] < 0.6 * first["fkd"], result["kd"]
     assert set(result["rows"]) == {"teacher, English prompts", "free tokens (KD only)"}
     assert result["rows"]["teacher, English prompts"]["mean"] > 0.5, result["rows"]
+
+
+def test_a_teacher_file_keeps_the_vae_calibration_of_its_latents(comfy_path, tmp_path):
+    """The shipped teachers carry the TAESD calibration they were trained with (so a world loads it
+    instead of encoding every training image again); a saved teacher gives it back bit for bit, and
+    a file without it is not loaded."""
+    import safetensors.torch
+    import torch
+
+    from training.miniworld.teacher import SHIPPED_TEACHERS, load_unet, save_unet
+    from training.miniworld.tiny_base import TINY_PARTS, calibrate_vae, vae_calibration
+
+    for family, shipped in SHIPPED_TEACHERS.items():
+        assert load_unet(TINY_PARTS[family](seed=0), shipped), shipped
+    parts, fresh = TINY_PARTS["sdxl"](seed=0), TINY_PARTS["sdxl"](seed=1)
+    calibrate_vae(parts, torch.rand(4, 64, 64, 3, generator=torch.Generator().manual_seed(0)))
+    save_unet(parts, tmp_path / "teacher.safetensors")
+    assert load_unet(fresh, tmp_path / "teacher.safetensors")
+    assert vae_calibration(fresh) == vae_calibration(parts) != vae_calibration(TINY_PARTS["sdxl"](seed=0))
+    for name in ("vae_scale", "vae_shift"):
+        assert torch.equal(getattr(fresh.vae.first_stage_model, name), getattr(parts.vae.first_stage_model, name))
+    unet = parts.model.model.diffusion_model.state_dict()
+    assert all(torch.equal(v, unet[k]) for k, v in fresh.model.model.diffusion_model.state_dict().items())
+    safetensors.torch.save_file(unet, str(tmp_path / "bare.safetensors"))
+    other = TINY_PARTS["sdxl"](seed=2)
+    before = {k: v.clone() for k, v in other.model.model.diffusion_model.state_dict().items()}
+    assert not load_unet(other, tmp_path / "bare.safetensors")
+    assert all(torch.equal(v, before[k]) for k, v in other.model.model.diffusion_model.state_dict().items())

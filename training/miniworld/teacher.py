@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import safetensors
 import safetensors.torch
 import torch
 from tqdm import tqdm
@@ -23,7 +24,7 @@ from training.data.caches import TeacherText
 from training.data.sampling import Record, load_image, read_manifest
 from training.step.distill import sample_generator, sdxl_label
 from training.step.objective import per_sample_mse, prediction_target
-from training.miniworld.tiny_base import TINY_PARTS, calibrate_vae
+from training.miniworld.tiny_base import TINY_PARTS, VAE_CALIBRATION, calibrate_vae, set_vae_calibration, vae_calibration
 from training.miniworld.world import read_pairs, write_dataset
 
 TEACHER_STEPS, TEACHER_LR = 1200, 2e-3
@@ -73,13 +74,22 @@ def train_teacher(parts, records: list[Record], steps: int, size: int, batch_siz
 
 
 def save_unet(parts, path: Path, dtype: torch.dtype = torch.float32) -> None:
+    """The UNet's weights, and (as metadata) the TAESD calibration its training latents were made with."""
     state = {k: v.to(dtype).contiguous() for k, v in parts.model.model.diffusion_model.state_dict().items()}
-    atomic_write(path, lambda tmp: safetensors.torch.save_file(state, tmp))
+    atomic_write(path, lambda tmp: safetensors.torch.save_file(state, tmp, metadata=vae_calibration(parts)))
 
 
-def load_unet(parts, path: Path) -> None:
-    unet = parts.model.model.diffusion_model
-    unet.load_state_dict({k: v.float() for k, v in safetensors.torch.load_file(str(path)).items()})
+def load_unet(parts, path: Path) -> bool:
+    """The UNet's weights and the TAESD calibration saved with them; False, loading nothing, for a
+    file without that calibration (written before teachers kept it)."""
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        calibration = f.metadata() or {}
+        if not all(name in calibration for name in VAE_CALIBRATION):
+            return False
+        state = {k: f.get_tensor(k).float() for k in f.keys()}
+    parts.model.model.diffusion_model.load_state_dict(state)
+    set_vae_calibration(parts, calibration)
+    return True
 
 
 def teacher_records(folder: Path) -> list:
@@ -88,14 +98,14 @@ def teacher_records(folder: Path) -> list:
 
 
 def prepare_teacher(parts, folder: Path, cache: Path, seed: int = 0, progress: bool = True) -> None:
-    """Give the tiny UNet its English teacher weights: the shipped file of its family, else a
-    cached or freshly trained one (seeds other than 0 always train their own)."""
+    """Give the tiny UNet its English teacher weights and the TAESD the calibration they were
+    trained with: the shipped file of its family, else a cached one, else a freshly trained one
+    (seeds other than 0 always train their own)."""
+    for path in (SHIPPED_TEACHERS[family_of(parts.model).head], cache):
+        if seed == 0 and path.is_file() and load_unet(parts, path):
+            return
     records = teacher_records(folder)
     calibrate_vae(parts, torch.stack([load_image(r.image, (64, 64)) for r in records]))
-    for path in (SHIPPED_TEACHERS[family_of(parts.model).head], cache):
-        if seed == 0 and path.is_file():
-            load_unet(parts, path)
-            return
     train_teacher(parts, records, TEACHER_STEPS, 64, lr=TEACHER_LR, seed=seed, progress=progress)
     save_unet(parts, cache)
 

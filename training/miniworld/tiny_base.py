@@ -5,6 +5,8 @@ model code, the same conditioning path, at widths a CPU trains in seconds.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 from torch import nn
@@ -140,6 +142,24 @@ def calibrate_vae(parts: BaseParts, images: torch.Tensor) -> None:
     raw = taesd.taesd_encoder(images.movedim(-1, 1).to(taesd.vae_scale.device))
     taesd.vae_scale.fill_(raw.std().item() * parts.model.model.latent_format.scale_factor)
     taesd.vae_shift.fill_(-raw.mean().item() / taesd.vae_scale.item())
+
+
+VAE_CALIBRATION = ("vae_scale", "vae_shift")
+"""The TAESD numbers ``calibrate_vae`` sets; a teacher's file keeps those its latents were made with."""
+
+
+def vae_calibration(parts: BaseParts) -> dict[str, str]:
+    """``calibrate_vae``'s numbers as exact text (safetensors metadata)."""
+    taesd = parts.vae.first_stage_model
+    return {name: repr(getattr(taesd, name).item()) for name in VAE_CALIBRATION}
+
+
+@torch.no_grad()
+def set_vae_calibration(parts: BaseParts, calibration: Mapping[str, str]) -> None:
+    """Give the TAESD the numbers ``vae_calibration`` wrote, bit for bit."""
+    taesd = parts.vae.first_stage_model
+    for name in VAE_CALIBRATION:
+        getattr(taesd, name).fill_(float(calibration[name]))
 
 
 def _tiny_parts(shape: str, seed: int, clip_options: dict) -> BaseParts:

@@ -26,7 +26,7 @@ from training.miniworld.proof import WORLDS, Conditioner, World, build_world, sa
 from training.step.distill import sample_draws, sdxl_label
 from training.step.objective import LossWeights, distillation_loss, prediction_target
 from training.step.taps import tap_names
-from training.step.unet_pass import UNetPasses, unet_inputs
+from training.step.unet_pass import UNetPasses
 
 IMAGES_PER_CAPTION = 4
 KD_ONLY = LossWeights(sd=0.0)
@@ -57,10 +57,9 @@ def distil_free_tokens(world: World, teacher: Conditioner, pairs: list[dict], st
         t, noise, _ = zip(*(sample_draws(seed, step, i, latents.shape[1:], 0.0) for i in range(len(pairs))))
         sigma = ms.sigma(torch.cat(t).float().to(device))
         noisy = ms.noise_scaling(sigma, torch.stack(noise).to(device), latents)
-        output, features = passes.teacher(*unet_inputs(base, noisy, sigma, tokens, y))
-        student_output, student = passes.student(*unet_inputs(base, noisy, sigma, free, y))
-        loss, parts = distillation_loss({**student, "output": student_output}, {**features, "output": output},
-                                        prediction_target(ms, sigma, noisy, latents), kd_mask, taps, KD_ONLY)
+        student, teacher_features = passes.both(base, noisy, sigma, (tokens, y), (free, y))
+        loss, parts = distillation_loss(student, teacher_features, prediction_target(ms, sigma, noisy, latents),
+                                        kd_mask, taps, KD_ONLY)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -14,7 +14,7 @@ from torch import nn
 from adapters import LanguageEncoder
 from training.step.objective import LossWeights, distillation_loss, prediction_target, text_alignment
 from training.step.taps import check_features, tap_names
-from training.step.unet_pass import UNetPasses, recompute_plan, unet_inputs
+from training.step.unet_pass import UNetPasses, recompute_plan
 
 TIMESTEPS = 1000
 
@@ -140,10 +140,7 @@ class Distiller(nn.Module):
             return distillation_loss({}, {}, None, kd_mask, self.tap_names, self.weights, text)
         size = batch.pixel_size
         t_y, s_y = (sdxl_label(self.base, pooled, size, self.size_embeddings) for pooled in (t_pooled, s_pooled))
-        output, teacher = self.passes.teacher(*unet_inputs(self.base, noisy, sigma, t_tokens, t_y))
-        teacher = {**teacher, "output": output}
-        output, student = self.passes.student(*unet_inputs(self.base, noisy, sigma, s_tokens, s_y))
-        student = {**student, "output": output}
+        student, teacher = self.passes.both(self.base, noisy, sigma, (t_tokens, t_y), (s_tokens, s_y))
         if not self.checked_shapes:
             check_features(self.base.diffusion_model, teacher, *batch.latents.shape[-2:])
             self.checked_shapes = True

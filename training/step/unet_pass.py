@@ -181,6 +181,15 @@ class UNetPasses:
         with _distinct_sizes():
             return self._student(self.unet, x, timesteps, context, y, self.taps, self.recompute)
 
+    def both(self, base_model, noisy: torch.Tensor, sigma: torch.Tensor,
+             teacher: tuple[torch.Tensor, torch.Tensor | None],
+             student: tuple[torch.Tensor, torch.Tensor | None]) -> tuple[Features, Features]:
+        """The student's and the teacher's tapped features, with their predictions as ``"output"``,
+        on the same noisy latents; each side's conditioning is its (tokens, label ``y``)."""
+        output, teacher_features = self.teacher(*unet_inputs(base_model, noisy, sigma, *teacher))
+        student_output, student_features = self.student(*unet_inputs(base_model, noisy, sigma, *student))
+        return {**student_features, "output": student_output}, {**teacher_features, "output": output}
+
 
 def _distinct_sizes():
     """Give every dynamic size its own symbol: with duck shaping a square first bucket would

@@ -57,7 +57,7 @@ def distil_free_tokens(world: World, teacher: Conditioner, pairs: list[dict], st
         t, noise, _ = zip(*(sample_draws(seed, step, i, latents.shape[1:], 0.0) for i in range(len(pairs))))
         sigma = ms.sigma(torch.cat(t).float().to(device))
         noisy = ms.noise_scaling(sigma, torch.stack(noise).to(device), latents)
-        student, teacher_features = passes.both(base, noisy, sigma, (tokens, y), (free, y))
+        student, teacher_features = passes.both(base, noisy, sigma, teacher=(tokens, y), student=(free, y))
         loss, parts = distillation_loss(student, teacher_features, prediction_target(ms, sigma, noisy, latents),
                                         kd_mask, taps, KD_ONLY)
         optimizer.zero_grad(set_to_none=True)

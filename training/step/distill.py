@@ -140,7 +140,8 @@ class Distiller(nn.Module):
             return distillation_loss({}, {}, None, kd_mask, self.tap_names, self.weights, text)
         size = batch.pixel_size
         t_y, s_y = (sdxl_label(self.base, pooled, size, self.size_embeddings) for pooled in (t_pooled, s_pooled))
-        student, teacher = self.passes.both(self.base, noisy, sigma, (t_tokens, t_y), (s_tokens, s_y))
+        student, teacher = self.passes.both(self.base, noisy, sigma, teacher=(t_tokens, t_y),
+                                            student=(s_tokens, s_y))
         if not self.checked_shapes:
             check_features(self.base.diffusion_model, teacher, *batch.latents.shape[-2:])
             self.checked_shapes = True

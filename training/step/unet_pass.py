@@ -181,11 +181,12 @@ class UNetPasses:
         with _distinct_sizes():
             return self._student(self.unet, x, timesteps, context, y, self.taps, self.recompute)
 
-    def both(self, base_model, noisy: torch.Tensor, sigma: torch.Tensor,
+    def both(self, base_model, noisy: torch.Tensor, sigma: torch.Tensor, *,
              teacher: tuple[torch.Tensor, torch.Tensor | None],
              student: tuple[torch.Tensor, torch.Tensor | None]) -> tuple[Features, Features]:
         """The student's and the teacher's tapped features, with their predictions as ``"output"``,
-        on the same noisy latents; each side's conditioning is its (tokens, label ``y``)."""
+        on the same noisy latents, in ``distillation_loss``'s order; each side's conditioning is
+        its (tokens, label ``y``), named so that the two cannot be swapped."""
         output, teacher_features = self.teacher(*unet_inputs(base_model, noisy, sigma, *teacher))
         student_output, student_features = self.student(*unet_inputs(base_model, noisy, sigma, *student))
         return {**student_features, "output": student_output}, {**teacher_features, "output": output}

@@ -108,10 +108,11 @@ def test_free_token_oracle_steers_the_sdxl_teacher_by_kd_alone(comfy_path, tmp_p
 def test_a_teacher_file_keeps_the_vae_calibration_of_its_latents(comfy_path, tmp_path):
     """The shipped teachers carry the TAESD calibration they were trained with (so a world loads it
     instead of encoding every training image again); a saved teacher gives it back bit for bit, and
-    a file without it is not loaded."""
+    a file without it is not loaded; a damaged one is refused, naming the file and the entry."""
     import safetensors.torch
     import torch
 
+    from adapters import PEAError
     from training.miniworld.teacher import SHIPPED_TEACHERS, load_unet, save_unet
     from training.miniworld.tiny_base import TINY_PARTS, calibrate_vae, vae_calibration
 
@@ -131,3 +132,9 @@ def test_a_teacher_file_keeps_the_vae_calibration_of_its_latents(comfy_path, tmp
     before = {k: v.clone() for k, v in other.model.model.diffusion_model.state_dict().items()}
     assert not load_unet(other, tmp_path / "bare.safetensors")
     assert all(torch.equal(v, before[k]) for k, v in other.model.model.diffusion_model.state_dict().items())
+    for name, text in (("vae_scale", "nan"), ("vae_shift", "inf"), ("vae_scale", "0.0"), ("vae_shift", "x")):
+        damaged = tmp_path / "damaged.safetensors"
+        safetensors.torch.save_file(unet, str(damaged), metadata={**vae_calibration(parts), name: text})
+        with pytest.raises(PEAError, match=rf"damaged\.safetensors.*{name} is '{text}'"):
+            load_unet(other, damaged)
+        assert all(torch.equal(v, before[k]) for k, v in other.model.model.diffusion_model.state_dict().items())

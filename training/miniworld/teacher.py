@@ -17,6 +17,7 @@ import safetensors.torch
 import torch
 from tqdm import tqdm
 
+from adapters import PEAError
 from adapters.families import family_of
 from adapters.file_format import atomic_write
 
@@ -24,7 +25,8 @@ from training.data.caches import TeacherText
 from training.data.sampling import Record, load_image, read_manifest
 from training.step.distill import sample_generator, sdxl_label
 from training.step.objective import per_sample_mse, prediction_target
-from training.miniworld.tiny_base import TINY_PARTS, VAE_CALIBRATION, calibrate_vae, set_vae_calibration, vae_calibration
+from training.miniworld.tiny_base import (TINY_PARTS, VAE_CALIBRATION, calibrate_vae, read_vae_calibration,
+                                          set_vae_calibration, vae_calibration)
 from training.miniworld.world import read_pairs, write_dataset
 
 TEACHER_STEPS, TEACHER_LR = 1200, 2e-3
@@ -86,9 +88,14 @@ def load_unet(parts, path: Path) -> bool:
         calibration = f.metadata() or {}
         if not all(name in calibration for name in VAE_CALIBRATION):
             return False
+        try:
+            numbers = read_vae_calibration(calibration)
+        except ValueError as e:
+            raise PEAError(f"{path}: the teacher's VAE calibration (file metadata) is damaged: {e}. Delete the "
+                           f"file to train the teacher again.") from None
         state = {k: f.get_tensor(k).float() for k in f.keys()}
     parts.model.model.diffusion_model.load_state_dict(state)
-    set_vae_calibration(parts, calibration)
+    set_vae_calibration(parts, numbers)
     return True
 
 

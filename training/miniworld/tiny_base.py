@@ -5,6 +5,7 @@ model code, the same conditioning path, at widths a CPU trains in seconds.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -154,12 +155,28 @@ def vae_calibration(parts: BaseParts) -> dict[str, str]:
     return {name: repr(getattr(taesd, name).item()) for name in VAE_CALIBRATION}
 
 
+def read_vae_calibration(calibration: Mapping[str, str]) -> dict[str, float]:
+    """``vae_calibration``'s text back as numbers; ValueError naming the entry that is not a finite
+    number (or, for ``vae_scale``, not positive: latents are divided by it)."""
+    numbers = {}
+    for name in VAE_CALIBRATION:
+        try:
+            value = float(calibration[name])
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or (name == "vae_scale" and value <= 0):
+            raise ValueError(f"{name} is {calibration[name]!r}, expected a finite number"
+                             + (" above 0" if name == "vae_scale" else ""))
+        numbers[name] = value
+    return numbers
+
+
 @torch.no_grad()
-def set_vae_calibration(parts: BaseParts, calibration: Mapping[str, str]) -> None:
-    """Give the TAESD the numbers ``vae_calibration`` wrote, bit for bit."""
+def set_vae_calibration(parts: BaseParts, calibration: Mapping[str, float]) -> None:
+    """Give the TAESD the numbers ``read_vae_calibration`` read, bit for bit."""
     taesd = parts.vae.first_stage_model
     for name in VAE_CALIBRATION:
-        getattr(taesd, name).fill_(float(calibration[name]))
+        getattr(taesd, name).fill_(calibration[name])
 
 
 def _tiny_parts(shape: str, seed: int, clip_options: dict) -> BaseParts:

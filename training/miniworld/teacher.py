@@ -30,6 +30,13 @@ from training.miniworld.tiny_base import (TINY_PARTS, VAE_CALIBRATION, calibrate
 from training.miniworld.world import read_pairs, write_dataset
 
 TEACHER_STEPS, TEACHER_LR = 1200, 2e-3
+LABEL_LR_SCALE = 0.01
+"""The SDXL teacher's label embedding (pooled vector and size ids) trains at this fraction of
+``TEACHER_LR``. Its 1536 size-id inputs never change in this world (every image is 64x64), and
+Adam moves a weight by about the learning rate whatever its input, so at the full rate the layer's
+output moved like a bias at 1536 times the rate: in the first SDXL teacher it grew from 0.1 to 8.5
+(mean absolute value), two thirds of the embedding sat below -4 where SiLU is flat, and the UNet
+read neither its timestep nor its pooled vector (docs/world_proof.md)."""
 SHIPPED_TEACHERS = {"sd15": Path(__file__).with_name("data") / "teacher_unet.safetensors",
                     "sdxl": Path(__file__).with_name("data") / "teacher_unet_sdxl.safetensors"}
 """The shipped teacher UNet of each family's tiny base (``tiny_base.TINY_PARTS``), trained at seed 0."""
@@ -47,7 +54,11 @@ def train_teacher(parts, records: list[Record], steps: int, size: int, batch_siz
         tokens, pooled = text.encode_batch([r.en or "" for r in records])
         empty = text.encode("")
     unet.requires_grad_(True).train()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    label = [p for name, p in unet.named_parameters() if name.startswith("label_emb.")]
+    groups = [{"params": [p for name, p in unet.named_parameters() if not name.startswith("label_emb.")]}]
+    if label:
+        groups.append({"params": label, "lr": lr * LABEL_LR_SCALE})
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
     ms, outputs, losses, sizes = base.model_sampling, {}, [], {}
     hook = unet.register_forward_hook(lambda _m, _i, out: outputs.__setitem__("out", out))
     order = torch.Generator().manual_seed(seed)

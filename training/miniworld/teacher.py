@@ -34,9 +34,10 @@ LABEL_LR_SCALE = 0.01
 """The SDXL teacher's label embedding (pooled vector and size ids) trains at this fraction of
 ``TEACHER_LR``. Its 1536 size-id inputs never change in this world (every image is 64x64), and
 Adam moves a weight by about the learning rate whatever its input, so at the full rate the layer's
-output moved like a bias at 1536 times the rate: in the first SDXL teacher it grew from 0.1 to 8.5
-(mean absolute value), two thirds of the embedding sat below -4 where SiLU is flat, and the UNet
-read neither its timestep nor its pooled vector (docs/world_proof.md)."""
+output moved like a bias at about 870 times the rate (the sum of those inputs' magnitudes): in the
+first SDXL teacher it grew from 0.1 to 8.5 (mean absolute value), 61% of the summed embedding sat
+below -4 where SiLU is flat, and the UNet read neither its timestep nor its pooled vector
+(docs/world_proof.md)."""
 SHIPPED_TEACHERS = {"sd15": Path(__file__).with_name("data") / "teacher_unet.safetensors",
                     "sdxl": Path(__file__).with_name("data") / "teacher_unet_sdxl.safetensors"}
 """The shipped teacher UNet of each family's tiny base (``tiny_base.TINY_PARTS``), trained at seed 0."""

@@ -52,7 +52,8 @@ def test_hugging_face_clip_score_equals_the_upstream_model(encoder_dirs, images,
     expected = upstream_clip_score(image_features, text_features)
     assert torch.allclose(scorer.score(images, TEXTS), expected, atol=1e-5, rtol=0)
     one_text = upstream_clip_score(image_features, text_features[:1])
-    assert torch.allclose(scorer.score(images, TEXTS[0]), one_text, atol=1e-5, rtol=0)
+    # one text is encoded without the batch's padding: the 0-100 score may differ by a few float32 steps
+    assert torch.allclose(scorer.score(images, TEXTS[0]), one_text, atol=1e-4, rtol=0)
 
 
 def test_open_clip_score_equals_open_clip_encode_image_and_text(encoder_dirs, images):

@@ -556,11 +556,11 @@ def test_demo_refuses_flags_it_cannot_honour(flags, refused, capsys):
 def test_world_proof_merges_seeds_run_side_by_side(tmp_path, capsys):
     from training.miniworld.proof import merge_proofs
 
-    def run(folder: str, seed: int, teacher: float, pea: float) -> Path:
+    def run(folder: str, seed: int, teacher: float, pea: float, batch: int = 32) -> Path:
         acc = lambda v: {"color": v, "shape": v, "place": v, "size": v, "mean": v, "all": v}  # noqa: E731
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "proof.json").write_text(json.dumps(
-            {"seeds": [seed], "held_out_prompts": 39, "samples_per_prompt": 2, "lantern_prompts": 0,
+            {"family": "sd15", "seeds": [seed], "steps": 1200, "batch": batch, "held_out_prompts": 39, "samples_per_prompt": 2, "lantern_prompts": 0,
              "lantern_samples_per_prompt": 8, "judge_on_drawn_images": acc(1.0), "minutes": 30.0,
              "rows": {"teacher, English prompts": [acc(teacher)], "PEA as published (zh)": [acc(pea)]}}))
         return tmp_path / folder
@@ -577,3 +577,7 @@ def test_world_proof_merges_seeds_run_side_by_side(tmp_path, capsys):
     assert "2 seed(s)" in capsys.readouterr().out
     with pytest.raises(PEAError, match="repeat a seed"):
         merge_proofs([folders[0], folders[0]], tmp_path / "again")
+    other = run("c", 2, 0.8, 0.7, batch=128)
+    with pytest.raises(PEAError, match=r"c.proof\.json has batch 128, .*a.proof\.json 32: merge runs made alike"):
+        merge_proofs([*folders, other], tmp_path / "mixed")
+    assert not (tmp_path / "mixed" / "proof.json").exists()

@@ -28,10 +28,12 @@ Every setting of the proof (the constants below; the rest are ``TrainConfig``'s 
 - Student encoder: 64-d, context length 77 (the teacher's, so text alignment compares tokens).
   Adapter: hidden widths 256, 256 (SD1.5 head, 64-d tokens out; SDXL head, 64-d pooled trunk
   widened to 96-d tokens).
-- Students: 1200 steps (``WorldSpec.quick_steps`` with ``--quick`` and in the CI test), batch 32 on one process, one
-  64x64 bucket (8x8 latents), AdamW lr 1e-2, weight decay 0.01, 20 linear warm-up steps then
-  constant, no gradient clipping, no noise offset, CFG dropout 0.1, loss weights λ_SD 1, λ_L 1,
-  λ_F 0.1 (λ_T 1 and the others 0 in the text-space row), seeds 0, 1, 2 (``--seed K``: one).
+- Students: 1200 steps, batch 32 (SD1.5 world) or 64 (SDXL world, ``WorldSpec.batch``; the
+  authors' SDXL run's global batch was 320) on one process (``--quick`` and the CI test: 400 steps
+  of batch 32, ``WorldSpec.quick_steps`` and ``quick_batch``), one 64x64 bucket (8x8 latents),
+  AdamW lr 1e-2, weight decay 0.01, 20 linear warm-up steps then constant, no gradient clipping,
+  no noise offset, CFG dropout 0.1, loss weights λ_SD 1, λ_L 1, λ_F 0.1 (λ_T 1 and the others 0
+  in the text-space row), seeds 0, 1, 2 (``--seed K``: one).
   The official run's lr 1e-5, weight decay 0 and 100 warm-up steps are for 70,000 steps of a
   full-size adapter; a tiny adapter over 1200 steps needs the larger lr (see the README).
 - Sampling: ComfyUI's euler sampler, normal schedule, 20 steps, CFG 5, 64x64; 2 images per
@@ -91,18 +93,20 @@ KD_FREE = "fine-tuning only (L_SD)"
 
 @dataclass(frozen=True)
 class WorldSpec:
-    """What a family's world measures: its student rows, the colour its students never see (the
-    trigger-word analogue; None: every colour is trained), and the training steps of ``--quick``
-    (the CI floor's one student, short of the table's: tests/host/test_world_proof.py gives the
-    measured basis)."""
+    """What a family's world measures: its student rows, their batch, the colour its students never
+    see (the trigger-word analogue; None: every colour is trained), and the steps and batch of
+    ``--quick`` (the CI floor's one student, cheaper than the table's: tests/host/test_world_proof.py
+    gives the measured basis)."""
 
     rows: tuple[str, ...]
+    batch: int
     quick_steps: int
+    quick_batch: int
     withheld: str | None = None
 
 
-WORLDS = {"sd15": WorldSpec(tuple(STUDENTS), quick_steps=400),
-          "sdxl": WorldSpec((KD_FREE, OURS), quick_steps=400, withheld="orange")}
+WORLDS = {"sd15": WorldSpec(tuple(STUDENTS), batch=32, quick_steps=400, quick_batch=32),
+          "sdxl": WorldSpec((KD_FREE, OURS), batch=64, quick_steps=400, quick_batch=32, withheld="orange")}
 TRIGGER_SAMPLES_PER_PROMPT = 4
 LANGUAGES = ("zh", "ru")
 STUDENT_STEPS = 1200
@@ -215,12 +219,12 @@ def score(world: World, conditioner, pairs: list[dict], texts: list[str], seed: 
     return accuracy(world.judge.read(images), truth), images[::per_prompt]
 
 
-def train_student(world: World, name: str, weights: LossWeights, seed: int, steps: int, progress: bool):
+def train_student(world: World, name: str, weights: LossWeights, seed: int, steps: int, batch: int, progress: bool):
     """Distil one student with the pack's Trainer; returns its adapter and the adapter file it wrote."""
     slug = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
     run = world.output / "students" / f"{slug}_seed{seed}"
-    cfg = TrainConfig(output=run, steps=steps, batch_size=32, lr=STUDENT_LR, weight_decay=0.01, warmup=20, resolution=64,
-                      hidden=ADAPTER_HIDDEN, save_every=steps, log_every=20, seed=seed, weights=weights,
+    cfg = TrainConfig(output=run, steps=steps, batch_size=batch, lr=STUDENT_LR, weight_decay=0.01, warmup=20,
+                      resolution=64, hidden=ADAPTER_HIDDEN, save_every=steps, log_every=20, seed=seed, weights=weights,
                       cache_dir=world.output / "cache", languages=list(LANGUAGES), memory_cache=True,
                       progress=progress, adapter_name="adapter.safetensors", overwrite=True)  # its own scratch runs
     trainer = Trainer(cfg, world.parts, world.encoder, read_manifest(world.manifest))
@@ -240,13 +244,16 @@ def trigger_prompts(pairs: list[dict], word: str, span: bool) -> list[str]:
 
 
 def run_proof(output: Path, seeds: Sequence[int] = (0, 1, 2), rows: tuple[str, ...] | None = None,
-              steps: int = STUDENT_STEPS, progress: bool = True, concept: bool = True, family: str = "sd15") -> dict:
+              steps: int = STUDENT_STEPS, progress: bool = True, concept: bool = True, family: str = "sd15",
+              batch: int | None = None) -> dict:
     """Measure every row (default: the family's, ``WORLDS``) for each of ``seeds`` (and, with
     ``concept``, the lantern rows and, where the family's world withholds a colour, the trigger
-    rows); write proof.json and, when seed 0 is among them, samples.png; return the results."""
+    rows), training each student ``steps`` steps of ``batch`` (default: the family's); write
+    proof.json and, when seed 0 is among them, samples.png; return the results."""
     start = time.perf_counter()
     spec = WORLDS[family]
     rows = spec.rows if rows is None else rows
+    batch = batch or spec.batch
     world = build_world(output, family, progress)
     held = [p for p in world.pairs if p["held_out"] and not p["native"]]
     lanterns = [p for p in world.pairs if p["held_out"] and p["native"]] if concept else []
@@ -254,7 +261,8 @@ def run_proof(output: Path, seeds: Sequence[int] = (0, 1, 2), rows: tuple[str, .
     triggers = world.withheld if concept else []
     every_pair = world.pairs + world.withheld
     judge_real = accuracy(world.judge.read(drawn_images(every_pair)), every_pair)
-    results: dict = {"family": family, "seeds": list(seeds), "judge_on_drawn_images": judge_real,
+    results: dict = {"family": family, "seeds": list(seeds), "steps": steps, "batch": batch,
+                     "judge_on_drawn_images": judge_real,
                      "held_out_prompts": len(held), "trigger_prompts": len(triggers), "withheld": spec.withheld,
                      "lantern_prompts": len(lanterns), "samples_per_prompt": SAMPLES_PER_PROMPT,
                      "lantern_samples_per_prompt": LANTERN_SAMPLES_PER_PROMPT, "rows": {}}
@@ -288,7 +296,7 @@ def run_proof(output: Path, seeds: Sequence[int] = (0, 1, 2), rows: tuple[str, .
             acc, _ = score_teacher(triggers, [p["en"] for p in triggers], seed, TRIGGER_SAMPLES_PER_PROMPT)
             record(f"trigger {spec.withheld}: teacher, English prompts", seed, acc)
         for name in rows:
-            adapter, adapter_file = train_student(world, name, STUDENTS[name], seed, steps, progress)
+            adapter, adapter_file = train_student(world, name, STUDENTS[name], seed, steps, batch, progress)
             student = Conditioner(world, adapter)
             for lang in LANGUAGES:
                 acc, images = score(world, student, held, [p[lang] for p in held], seed)
@@ -330,6 +338,10 @@ def merge_proofs(folders: list[Path], output: Path) -> dict:
     for run, folder in runs:
         if run["rows"].keys() != runs[0][0]["rows"].keys():
             raise PEAError(f"{folder / 'proof.json'} measured other rows than {runs[0][1] / 'proof.json'}")
+        for key in ("family", "steps", "batch"):
+            if run.get(key) != runs[0][0].get(key):
+                raise PEAError(f"{folder / 'proof.json'} has {key} {run.get(key)!r}, "
+                               f"{runs[0][1] / 'proof.json'} {runs[0][0].get(key)!r}: merge runs made alike")
         for row, accs in run["rows"].items():
             merged["rows"].setdefault(row, []).extend(accs)
         if 0 in run["seeds"] and (folder / "samples.png").is_file():
@@ -398,6 +410,9 @@ def main(argv=None) -> int:
                    help="make one table, in --output, from these single-seed runs; nothing is trained")
     p.add_argument("--steps", type=int, help=f"training steps per student (default {STUDENT_STEPS}; with "
                                               f"--quick {', '.join(f'{k} {w.quick_steps}' for k, w in WORLDS.items())})")
+    p.add_argument("--batch", type=int, help="students' batch (default: "
+                   + ", ".join(f"{k} {w.batch}" for k, w in WORLDS.items()) + "; with --quick "
+                   + ", ".join(f"{k} {w.quick_batch}" for k, w in WORLDS.items()) + ")")
     p.add_argument("--quick", action="store_true", help="one seed, the PEA row only, no lantern rows")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even where CUDA is available")
@@ -411,8 +426,11 @@ def main(argv=None) -> int:
         import_comfy(cpu=args.cpu or None)
         rows = (OURS,) if args.quick else None
         seeds = [0] if args.quick else [args.seed] if args.seed is not None else list(range(args.seeds))
-        steps = args.steps or (WORLDS[args.family].quick_steps if args.quick else STUDENT_STEPS)
-        run_proof(args.output, seeds, rows, steps, not args.no_progress, concept=not args.quick, family=args.family)
+        spec = WORLDS[args.family]
+        steps = args.steps or (spec.quick_steps if args.quick else STUDENT_STEPS)
+        batch = args.batch or (spec.quick_batch if args.quick else spec.batch)
+        run_proof(args.output, seeds, rows, steps, not args.no_progress, concept=not args.quick, family=args.family,
+                  batch=batch)
     except PEAError as e:
         raise SystemExit(f"error: {e}") from None
     return 0

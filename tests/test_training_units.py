@@ -560,7 +560,8 @@ def test_world_proof_merges_seeds_run_side_by_side(tmp_path, capsys):
         acc = lambda v: {"color": v, "shape": v, "place": v, "size": v, "mean": v, "all": v}  # noqa: E731
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "proof.json").write_text(json.dumps(
-            {"family": "sd15", "seeds": [seed], "steps": 1200, "batch": batch, "held_out_prompts": 39, "samples_per_prompt": 2, "lantern_prompts": 0,
+            {"family": "sd15", "seeds": [seed], "steps": 1200, "batch": batch,
+             "held_out_prompts": 39, "samples_per_prompt": 2, "lantern_prompts": 0,
              "lantern_samples_per_prompt": 8, "judge_on_drawn_images": acc(1.0), "minutes": 30.0,
              "rows": {"teacher, English prompts": [acc(teacher)], "PEA as published (zh)": [acc(pea)]}}))
         return tmp_path / folder

@@ -582,3 +582,12 @@ def test_world_proof_merges_seeds_run_side_by_side(tmp_path, capsys):
     with pytest.raises(PEAError, match=r"c.proof\.json has batch 128, .*a.proof\.json 32: merge runs made alike"):
         merge_proofs([*folders, other], tmp_path / "mixed")
     assert not (tmp_path / "mixed" / "proof.json").exists()
+
+
+@pytest.mark.parametrize("field", ["steps", "batch_size", "grad_accum"])
+def test_train_config_refuses_counts_below_one(tmp_path, field):
+    from training.config import TrainConfig
+
+    with pytest.raises(PEAError, match=f"{field} must be 1 or more, got -3"):
+        TrainConfig(output=tmp_path, **{field: -3})
+    assert getattr(TrainConfig(output=tmp_path, **{field: 1}), field) == 1

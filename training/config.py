@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adapters import PEAError
 from training.step.distill import StepConfig
 from training.step.objective import LossWeights
 
@@ -54,6 +55,11 @@ class TrainConfig:
     """Share of the UNet's attention blocks whose student activations are kept (others recomputed)."""
     compile: bool = False
     """torch.compile each UNet pass into one graph."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise PEAError(f"{name} must be 1 or more, got {getattr(self, name)}")
 
     def step_config(self) -> StepConfig:
         """What the distillation step takes from these settings."""

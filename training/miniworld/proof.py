@@ -253,7 +253,7 @@ def run_proof(output: Path, seeds: Sequence[int] = (0, 1, 2), rows: tuple[str, .
     start = time.perf_counter()
     spec = WORLDS[family]
     rows = spec.rows if rows is None else rows
-    batch = batch or spec.batch
+    batch = spec.batch if batch is None else batch
     world = build_world(output, family, progress)
     held = [p for p in world.pairs if p["held_out"] and not p["native"]]
     lanterns = [p for p in world.pairs if p["held_out"] and p["native"]] if concept else []
@@ -427,8 +427,8 @@ def main(argv=None) -> int:
         rows = (OURS,) if args.quick else None
         seeds = [0] if args.quick else [args.seed] if args.seed is not None else list(range(args.seeds))
         spec = WORLDS[args.family]
-        steps = args.steps or (spec.quick_steps if args.quick else STUDENT_STEPS)
-        batch = args.batch or (spec.quick_batch if args.quick else spec.batch)
+        steps = args.steps if args.steps is not None else spec.quick_steps if args.quick else STUDENT_STEPS
+        batch = args.batch if args.batch is not None else spec.quick_batch if args.quick else spec.batch
         run_proof(args.output, seeds, rows, steps, not args.no_progress, concept=not args.quick, family=args.family,
                   batch=batch)
     except PEAError as e:

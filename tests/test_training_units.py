@@ -584,6 +584,36 @@ def test_world_proof_merges_seeds_run_side_by_side(tmp_path, capsys):
     assert not (tmp_path / "mixed" / "proof.json").exists()
 
 
+def test_the_pretrained_student_encoder_reads_both_languages_alike(tmp_path):
+    """The shipped pretrained encoder (the SDXL world's students') puts a held-out combination's
+    Chinese and Russian captions next to each other (measured 1.00 of 39, the initialised encoder
+    0.03); a file that does not fit is refused by name."""
+    import safetensors.torch
+    import transformers
+
+    from training.miniworld.encoder import SHIPPED_ENCODER, load_text_tower, make_student_encoder, text_features
+    from training.miniworld.world import read_pairs
+
+    held = [p for p in read_pairs() if p["held_out"] and not p["native"]]
+
+    def cross_lingual(folder: Path) -> float:
+        model = transformers.ChineseCLIPModel.from_pretrained(str(folder))
+        tok = transformers.BertTokenizerFast.from_pretrained(str(folder))
+        with torch.no_grad():
+            zh, ru = (text_features(model, tok, [p[lang] for p in held]) for lang in ("zh", "ru"))
+        return (zh @ ru.T).argmax(1).eq(torch.arange(len(held))).float().mean().item()
+
+    assert cross_lingual(make_student_encoder(tmp_path / "pretrained", pretrained=True)) > 0.9
+    initialised = make_student_encoder(tmp_path / "initialised", pretrained=False)
+    assert cross_lingual(initialised) < 0.2
+    model = transformers.ChineseCLIPModel.from_pretrained(str(initialised))
+    state = safetensors.torch.load_file(str(SHIPPED_ENCODER))
+    state["text_model.embeddings.word_embeddings.weight"] = state["text_model.embeddings.word_embeddings.weight"][:-1]
+    safetensors.torch.save_file(state, str(tmp_path / "other.safetensors"))
+    with pytest.raises(PEAError, match=r"other\.safetensors: does not fit the world's student encoder.*--write-encoder"):
+        load_text_tower(model, tmp_path / "other.safetensors")
+
+
 @pytest.mark.parametrize("field", ["steps", "batch_size", "grad_accum"])
 def test_train_config_refuses_counts_below_one(tmp_path, field):
     from training.config import TrainConfig

@@ -25,7 +25,9 @@ Every setting of the proof (the constants below; the rest are ``TrainConfig``'s 
 - Teacher (``teacher.prepare_teacher``): 1200 steps, batch 32, AdamW lr 2e-3, weight decay 0, no
   warm-up, caption dropout 0.1, 64x64 images (SDXL: size ids 64x64, crop 0,0); shipped, so the
   proof reuses it.
-- Student encoder: 64-d, context length 77 (the teacher's, so text alignment compares tokens).
+- Student encoder (``encoder.py``): 64-d, context length 77 (the teacher's, so text alignment
+  compares tokens); as initialised in the SD1.5 world, pretrained CLIP-style on the world's
+  training images and their Chinese and Russian captions in the SDXL world (shipped).
   Adapter: hidden widths 256, 256 (SD1.5 head, 64-d tokens out; SDXL head, 64-d pooled trunk
   widened to 96-d tokens).
 - Students: 1200 steps, batch 32 (SD1.5 world) or 64 (SDXL world, ``WorldSpec.batch``; the
@@ -67,11 +69,11 @@ import torch
 
 from adapters import LanguageEncoder, PEAError, load_adapter, load_language_encoder
 from adapters.file_format import atomic_write
-from adapters.demo_files import make_chinese_clip
 from training.data.caches import TeacherText
 from training.data.sampling import read_manifest
 from training.config import TrainConfig
 from training.loop import Trainer
+from training.miniworld.encoder import LANGUAGES, make_student_encoder
 from training.miniworld.judge import Judge, accuracy, drawn_images, load_judge
 from training.miniworld.teacher import prepare_teacher
 from training.miniworld.tiny_base import TINY_PARTS
@@ -96,21 +98,22 @@ class WorldSpec:
     """What a family's world measures: its student rows, their batch, the colour its students never
     see (the trigger-word analogue; None: every colour is trained), and the steps and batch of
     ``--quick`` (the CI floor's one student, cheaper than the table's: tests/host/test_world_proof.py
-    gives the measured basis)."""
+    gives the measured basis); whether the students' encoder is the pretrained one
+    (``encoder.make_student_encoder``) or as initialised."""
 
     rows: tuple[str, ...]
     batch: int
     quick_steps: int
     quick_batch: int
     withheld: str | None = None
+    pretrained_encoder: bool = False
 
 
 WORLDS = {"sd15": WorldSpec(tuple(STUDENTS), batch=32, quick_steps=400, quick_batch=32),
-          "sdxl": WorldSpec((KD_FREE, OURS), batch=64, quick_steps=400, quick_batch=32, withheld="orange")}
+          "sdxl": WorldSpec((KD_FREE, OURS), batch=64, quick_steps=400, quick_batch=32, withheld="orange",
+                            pretrained_encoder=True)}
 TRIGGER_SAMPLES_PER_PROMPT = 4
-LANGUAGES = ("zh", "ru")
 STUDENT_STEPS = 1200
-STUDENT_ENCODER_WIDTH = 64
 ADAPTER_HIDDEN = (256, 256)
 STUDENT_LR = 1e-2
 SAMPLES_PER_PROMPT = 2
@@ -139,9 +142,7 @@ def build_world(output: Path, family: str = "sd15", progress: bool = True) -> Wo
     data = output / "data"
     parts = TINY_PARTS[family](seed=0)
     prepare_teacher(parts, data, output / "teacher_unet.safetensors", 0, progress)
-    texts = [p[lang] for p in pairs for lang in LANGUAGES if p[lang]]
-    folder = make_chinese_clip(output / "language_clip" / "zh-ru-clip-tiny", extra_text=texts, max_positions=80,
-                               hidden=STUDENT_ENCODER_WIDTH)
+    folder = make_student_encoder(output / "language_clip" / "zh-ru-clip-tiny", spec.pretrained_encoder)
     encoder = load_language_encoder(folder, context_length=77)  # the teacher's length: text alignment compares tokens
     withheld = [p for p in pairs if p["color"] == spec.withheld]
     pairs = [p for p in pairs if p["color"] != spec.withheld]

@@ -31,8 +31,9 @@ Every setting of the proof (the constants below; the rest are ``TrainConfig``'s 
   Adapter: hidden widths 256, 256 (SD1.5 head, 64-d tokens out; SDXL head, 64-d pooled trunk
   widened to 96-d tokens).
 - Students: 1200 steps, batch 32 (SD1.5 world) or 64 (SDXL world, ``WorldSpec.batch``; the
-  authors' SDXL run's global batch was 320) on one process (``--quick`` and the CI test: 400 steps
-  of batch 32, ``WorldSpec.quick_steps`` and ``quick_batch``), one 64x64 bucket (8x8 latents),
+  authors' SDXL run's global batch was 320) on one process (``--quick`` and the CI test: 600 steps
+  (SD1.5) or 400 (SDXL) of batch 32, ``WorldSpec.quick_steps`` and ``quick_batch``), one 64x64
+  bucket (8x8 latents),
   AdamW lr 1e-2, weight decay 0.01, 20 linear warm-up steps then constant, no gradient clipping,
   no noise offset, CFG dropout 0.1, loss weights λ_SD 1, λ_L 1, λ_F 0.1 (λ_T 1 and the others 0
   in the text-space row), seeds 0, 1, 2 (``--seed K``: one).
@@ -109,7 +110,7 @@ class WorldSpec:
     pretrained_encoder: bool = False
 
 
-WORLDS = {"sd15": WorldSpec(tuple(STUDENTS), batch=32, quick_steps=400, quick_batch=32),
+WORLDS = {"sd15": WorldSpec(tuple(STUDENTS), batch=32, quick_steps=600, quick_batch=32),
           "sdxl": WorldSpec((KD_FREE, OURS), batch=64, quick_steps=400, quick_batch=32, withheld="orange",
                             pretrained_encoder=True)}
 TRIGGER_SAMPLES_PER_PROMPT = 4

@@ -32,7 +32,8 @@ ENCODER_WIDTH = 64
 MAX_POSITIONS = 80
 PRETRAIN_STEPS, PRETRAIN_BATCH, PRETRAIN_LR = 1500, 128, 1e-3
 WITHHELD = "orange"
-"""The colour the shipped encoder never saw (the SDXL world's students never see it either)."""
+"""The colour the shipped encoder never saw, which the SDXL world withholds from its students too
+(``proof.WORLDS``)."""
 SHIPPED_ENCODER = Path(__file__).with_name("data") / "student_encoder_clip.safetensors"
 TRAINED_PREFIXES = ("text_model.", "text_projection.")
 
@@ -76,6 +77,11 @@ def image_encoder(out_dim: int) -> nn.Module:
                          nn.Linear(128, out_dim))
 
 
+def image_batch(pairs: list[dict]) -> torch.Tensor:
+    """The drawn images of ``pairs`` as the image encoder reads them: [N, 3, 64, 64], centred on 0."""
+    return drawn_images(pairs).permute(0, 3, 1, 2) - 0.5
+
+
 def text_features(model, tokenizer, texts: list[str]) -> torch.Tensor:
     """Unit-length CLIP text features: the projected state at [CLS], as Chinese-CLIP computes them."""
     ids = tokenizer(texts, padding=True, return_tensors="pt")
@@ -87,7 +93,7 @@ def pretrain(model, tokenizer, pairs: list[dict], steps: int = PRETRAIN_STEPS, s
     """Train ``model``'s text tower CLIP-style on ``pairs`` (each step: ``PRETRAIN_BATCH`` distinct
     combinations, each under one of its captions); returns the loss per step and the image encoder."""
     torch.manual_seed(seed)
-    images = drawn_images(pairs).permute(0, 3, 1, 2) - 0.5
+    images = image_batch(pairs)
     captions = [[p[lang] for lang in LANGUAGES if p[lang]] for p in pairs]
     vision = image_encoder(model.config.projection_dim)
     scale = nn.Parameter(torch.tensor(2.659))  # CLIP's initial temperature, log(1 / 0.07)
@@ -110,7 +116,7 @@ def pretrain(model, tokenizer, pairs: list[dict], steps: int = PRETRAIN_STEPS, s
 @torch.no_grad()
 def retrieval(model, tokenizer, vision: nn.Module, pairs: list[dict], lang: str) -> float:
     """Share of ``pairs`` whose ``lang`` caption finds its own image among theirs."""
-    seen = nn.functional.normalize(vision(drawn_images(pairs).permute(0, 3, 1, 2) - 0.5), dim=-1)
+    seen = nn.functional.normalize(vision(image_batch(pairs)), dim=-1)
     found = (text_features(model, tokenizer, [p[lang] for p in pairs]) @ seen.T).argmax(1)
     return (found == torch.arange(len(pairs))).float().mean().item()
 

@@ -74,7 +74,7 @@ from training.data.caches import TeacherText
 from training.data.sampling import read_manifest
 from training.config import TrainConfig
 from training.loop import Trainer
-from training.miniworld.encoder import LANGUAGES, make_student_encoder
+from training.miniworld.encoder import LANGUAGES, WITHHELD, make_student_encoder
 from training.miniworld.judge import Judge, accuracy, drawn_images, load_judge
 from training.miniworld.teacher import prepare_teacher
 from training.miniworld.tiny_base import TINY_PARTS
@@ -111,7 +111,7 @@ class WorldSpec:
 
 
 WORLDS = {"sd15": WorldSpec(tuple(STUDENTS), batch=32, quick_steps=600, quick_batch=32),
-          "sdxl": WorldSpec((KD_FREE, OURS), batch=64, quick_steps=400, quick_batch=32, withheld="orange",
+          "sdxl": WorldSpec((KD_FREE, OURS), batch=64, quick_steps=400, quick_batch=32, withheld=WITHHELD,
                             pretrained_encoder=True)}
 TRIGGER_SAMPLES_PER_PROMPT = 4
 STUDENT_STEPS = 1200
